@@ -1,0 +1,54 @@
+"""Domain errors raised by the core and the store; the API maps them to HTTP statuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MachineryError(Exception):
+    """Base of every domain error; `errors` carries details for the reply."""
+
+    def __init__(self, message: str, errors: Any = None):
+        super().__init__(message)
+        self.message = message
+        self.errors = errors
+
+
+class ConfigError(MachineryError):
+    """A setting has a value that cannot be used."""
+
+
+class NotFound(MachineryError):
+    """The thing asked for does not exist."""
+
+
+class Conflict(MachineryError):
+    """The request clashes with the current state (a service in use, an event not failed)."""
+
+
+class Gone(MachineryError):
+    """The thing existed but can no longer be used (an expired or spent callback token)."""
+
+
+class InvalidData(MachineryError):
+    """Data does not match the fields it was checked against; `errors` names each field."""
+
+
+class DataflowError(MachineryError):
+    """A workflow's chain does not check; `errors` lists each break with step, field and context."""
+
+
+class StoreUnavailable(MachineryError):
+    """The store does not answer."""
+
+
+class ServiceCallError(MachineryError):
+    """A call to a service failed; `retryable` says whether another attempt may succeed."""
+
+    def __init__(self, message: str, kind: str, retryable: bool,
+                 status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after

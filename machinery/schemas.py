@@ -1,0 +1,215 @@
+"""Marshmallow schemas for services, workflows, events and the error body, as instances to share."""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates, validates_schema
+
+from machinery import types
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+NAME_RULE = validate.And(
+    validate.Length(min=1, max=100),
+    validate.Regexp(NAME_PATTERN, error="must start with a letter or digit and hold only letters, "
+                                        "digits, '_', '.' and '-'"),
+)
+FIELD_NAME_RULE = validate.Length(min=1, max=100)
+STATUSES = ("pending", "running", "waiting", "completed", "failed")
+
+
+class FieldSchema(Schema):
+    """One typed input or output."""
+
+    name = fields.String(required=True, validate=FIELD_NAME_RULE)
+    type = fields.String(required=True, metadata={"enum": list(types.TYPE_NAMES)})
+    description = fields.String(validate=validate.Length(max=2000))
+
+    @validates("type")
+    def _known_type(self, value, **_):
+        try:
+            types.canonical(value)
+        except ValueError as error:
+            raise ValidationError(str(error)) from None
+
+    @validates("name")
+    def _no_operator(self, value, **_):
+        if value.startswith("$") or "." in value:
+            raise ValidationError("must not start with '$' or contain '.'")
+
+
+def _unique_names(field_list, label):
+    names = [field["name"] for field in field_list]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise ValidationError(f"{label} declared twice: {', '.join(duplicated)}", label)
+
+
+class RetrySchema(Schema):
+    max_attempts = fields.Integer(load_default=3, validate=validate.Range(min=1, max=20))
+    backoff_s = fields.Float(load_default=0.5, validate=validate.Range(min=0, max=60),
+                             allow_nan=False)
+
+
+class ServiceSchema(Schema):
+    """A service definition as registered."""
+
+    name = fields.String(required=True, validate=NAME_RULE)
+    address = fields.Url(required=True, schemes={"http", "https"}, require_tld=False,
+                         validate=validate.Length(max=2000),
+                         error_messages={"invalid": "must be an http:// or https:// URL"})
+    description = fields.String(load_default=None, validate=validate.Length(max=2000))
+    inputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
+    outputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
+    timeout_s = fields.Float(load_default=None, allow_nan=False,
+                             validate=validate.Range(min=0.001, max=3600))
+    callback_timeout_s = fields.Float(load_default=None, allow_nan=False,
+                                      validate=validate.Range(min=0.001, max=30 * 86400))
+    retry = fields.Nested(RetrySchema, load_default=None)
+
+    @validates_schema
+    def _unique_fields(self, data, **_):
+        _unique_names(data.get("inputs") or [], "inputs")
+        _unique_names(data.get("outputs") or [], "outputs")
+
+
+class OperationSchema(Schema):
+    """A rename at a step boundary."""
+
+    service = fields.String(required=True, validate=NAME_RULE)
+    step = fields.Integer(validate=validate.Range(min=0))
+    inputs = fields.Dict(keys=fields.String(validate=FIELD_NAME_RULE),
+                         values=fields.String(validate=FIELD_NAME_RULE))
+    outputs = fields.Dict(keys=fields.String(validate=FIELD_NAME_RULE),
+                          values=fields.String(validate=FIELD_NAME_RULE))
+
+
+class WorkflowSchema(Schema):
+    """A workflow definition as registered."""
+
+    name = fields.String(required=True, validate=NAME_RULE)
+    description = fields.String(load_default=None, validate=validate.Length(max=2000))
+    services = fields.List(fields.String(validate=NAME_RULE), required=True,
+                           validate=validate.Length(min=1, max=100))
+    inputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
+    outputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
+    operations = fields.List(fields.Nested(OperationSchema), load_default=list,
+                             validate=validate.Length(max=200))
+
+    @validates_schema
+    def _unique_fields(self, data, **_):
+        _unique_names(data.get("inputs") or [], "inputs")
+        _unique_names(data.get("outputs") or [], "outputs")
+
+
+class ServiceOutSchema(ServiceSchema):
+    service_id = fields.String(required=True)
+    ack_date = fields.DateTime(required=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    used_by = fields.List(fields.String())
+
+
+class WorkflowOutSchema(WorkflowSchema):
+    workflow_id = fields.String(required=True)
+    version = fields.Integer(required=True)
+    ack_date = fields.DateTime(required=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class PageArgsSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    page_size = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+
+
+class EventListArgsSchema(PageArgsSchema):
+    workflow = fields.String(validate=validate.Length(min=1, max=100),
+                             metadata={"description": "workflow id or name"})
+    status = fields.String(validate=validate.OneOf(STATUSES))
+
+
+def page_of(item_schema):
+    """A page envelope around a list of items."""
+    return Schema.from_dict({
+        "items": fields.List(fields.Nested(item_schema)),
+        "page": fields.Integer(),
+        "page_size": fields.Integer(),
+        "total": fields.Integer(),
+    }, name=f"{item_schema.__name__.replace('Schema', '')}Page")
+
+
+class StepSchema(Schema):
+    """One run of one step."""
+
+    step = fields.Integer()
+    service = fields.String()
+    status = fields.String()
+    run = fields.Integer()
+    attempts = fields.Integer()
+    started_at = fields.DateTime()
+    finished_at = fields.DateTime()
+    duration_ms = fields.Float()
+    inputs = fields.Dict()
+    outputs = fields.Dict()
+    error = fields.Dict()
+    attempt_log = fields.List(fields.Dict())
+
+
+class EventAckSchema(Schema):
+    """What POST /e/<workflow> answers."""
+
+    event_id = fields.String(required=True)
+    workflow_id = fields.String()
+    workflow = fields.String(attribute="workflow_name")
+    ack_date = fields.DateTime(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    outputs = fields.Dict(allow_none=True)
+    error = fields.Dict(allow_none=True)
+
+
+class EventSchema(EventAckSchema):
+    """An event's whole record."""
+
+    workflow_version = fields.Integer()
+    data = fields.Dict()
+    context = fields.Dict()
+    plan = fields.Dict()
+    steps = fields.List(fields.Nested(StepSchema))
+    waiting = fields.Dict(allow_none=True)
+    next_step = fields.Integer()
+    run = fields.Integer()
+    runs = fields.List(fields.Dict())
+    claims = fields.List(fields.Dict())
+    callback_url = fields.String(allow_none=True)
+    webhook = fields.Dict(allow_none=True)
+    idempotency_key = fields.String(allow_none=True)
+    updated_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class EventSummarySchema(EventAckSchema):
+    """An event in a list."""
+
+    workflow_version = fields.Integer()
+    next_step = fields.Integer()
+    updated_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class ErrorSchema(Schema):
+    """The one error body every endpoint answers with."""
+
+    code = fields.Integer(required=True, metadata={"description": "HTTP status code"})
+    status = fields.String(required=True, metadata={"description": "HTTP status name"})
+    message = fields.String(required=True, metadata={"description": "What went wrong, in one sentence"})
+    errors = fields.Raw(metadata={"description": "Details: each field, step or item at fault"})
+
+
+service_schema = ServiceSchema()
+workflow_schema = WorkflowSchema()
+service_out_schema = ServiceOutSchema()
+workflow_out_schema = WorkflowOutSchema()
+event_ack_schema = EventAckSchema()
+event_schema = EventSchema()

@@ -1,0 +1,350 @@
+"""The only module that talks to MongoDB: collections, indexes, definitions, events, claims and leases."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from contextlib import nullcontext
+from datetime import UTC, datetime, timedelta
+from typing import Any, Iterable, Mapping
+
+import pymongo
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from machinery.exceptions import Conflict, NotFound, StoreUnavailable
+
+LOG = logging.getLogger(__name__)
+
+SERVICES, WORKFLOWS, EVENTS = "services", "workflows", "events"
+FINISHED = ("completed", "failed")
+ACTIVE = ("pending", "running", "waiting")
+EPOCH = datetime(1970, 1, 1)
+
+
+def utcnow() -> datetime:
+    """Now, as the naive UTC datetime both MongoDB and mongomock store without surprise."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _aware(value: Any) -> Any:
+    """Make every datetime in a document timezone-aware UTC, recursively."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, dict):
+        return {key: _aware(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_aware(item) for item in value]
+    return value
+
+
+def _object_id(ref: str) -> ObjectId | None:
+    try:
+        return ObjectId(ref)
+    except (InvalidId, TypeError):
+        return None
+
+
+def _by_ref(ref: str) -> dict:
+    """Query a definition by id or by name: a valid ObjectId may still be a name."""
+    oid = _object_id(ref)
+    return {"$or": [{"_id": oid}, {"name": ref}]} if oid else {"name": ref}
+
+
+def _out(document: Mapping[str, Any] | None, id_field: str) -> dict | None:
+    """A stored document as the plain dict the rest of the program sees: string id, aware dates."""
+    if document is None:
+        return None
+    result = _aware(dict(document))
+    result[id_field] = str(result.pop("_id"))
+    return result
+
+
+def _serialised(method):
+    """Run a store method under the embedded store's lock (mongomock is not thread-safe)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._guard:
+            try:
+                return method(self, *args, **kwargs)
+            except (DuplicateKeyError, NotFound, Conflict):
+                raise
+            except PyMongoError as error:
+                raise StoreUnavailable(f"the store did not answer: {error.__class__.__name__}") from error
+    return wrapper
+
+
+class Store:
+    """Definitions and events in one MongoDB database; returns plain dicts, raises domain errors."""
+
+    def __init__(self, database, *, embedded: bool = False):
+        self.db = database
+        self.embedded = embedded
+        self._guard = threading.RLock() if embedded else nullcontext()
+        self.services = database[SERVICES]
+        self.workflows = database[WORKFLOWS]
+        self.events = database[EVENTS]
+        self.writes = 0  # store writes made, for benchmarks and metrics
+
+    @classmethod
+    def connect(cls, uri: str, timeout_ms: int = 2000) -> Store:
+        """Open the store named by a URI; `mongomock://` is the embedded in-memory one."""
+        if uri.startswith("mongomock://"):
+            import mongomock
+
+            client = mongomock.MongoClient("mongodb://" + uri[len("mongomock://"):])
+            embedded = True
+        else:
+            client = pymongo.MongoClient(
+                uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                socketTimeoutMS=max(timeout_ms * 5, 10000), connect=False,
+            )
+            embedded = False
+        try:
+            database = client.get_default_database()
+        except pymongo.errors.ConfigurationError:
+            database = client["machinery"]
+        return cls(database, embedded=embedded)
+
+    # -- health and indexes -------------------------------------------------------------
+
+    @_serialised
+    def ping(self) -> None:
+        if not self.embedded:
+            self.db.client.admin.command("ping")
+
+    @_serialised
+    def ensure_indexes(self, event_ttl_days: float | None = None) -> None:
+        """Create the indexes every query relies on; idempotent."""
+        self.services.create_index("name", unique=True)
+        self.workflows.create_index("name", unique=True)
+        self.workflows.create_index("services")
+        self.events.create_index([("workflow_id", 1), ("ack_date", -1)])
+        self.events.create_index([("status", 1), ("ack_date", -1)])
+        self.events.create_index([("ack_date", -1)])
+        self.events.create_index([("status", 1), ("lease_expires", 1)])
+        self.events.create_index(
+            [("workflow_id", 1), ("idempotency_key", 1)], unique=True, name="idempotency",
+            partialFilterExpression={"idempotency_key": {"$exists": True}},
+        )
+        self.events.create_index(
+            "waiting.token_hash", name="callback_token",
+            partialFilterExpression={"waiting.token_hash": {"$exists": True}},
+        )
+        self.events.create_index("spent_tokens")
+        self._ensure_ttl(event_ttl_days)
+
+    def _ensure_ttl(self, days: float | None) -> None:
+        existing = {index["name"]: index for index in self.events.list_indexes()}
+        name = "retention"
+        if days is None:
+            if name in existing:
+                self.events.drop_index(name)
+            return
+        seconds = int(days * 86400)
+        if name in existing and existing[name].get("expireAfterSeconds") != seconds:
+            self.events.drop_index(name)
+        self.events.create_index("finished_at", name=name, expireAfterSeconds=seconds)
+
+    # -- definitions --------------------------------------------------------------------
+
+    def _put(self, collection, definition: Mapping[str, Any], bump_version: bool) -> tuple[dict, bool]:
+        now = utcnow()
+        update: dict[str, Any] = {
+            "$set": {**definition, "updated_at": now, "ack_date": now},
+            "$setOnInsert": {"created_at": now},
+        }
+        if bump_version:
+            update["$inc"] = {"version": 1}
+        before = collection.find_one_and_update(
+            {"name": definition["name"]}, update, upsert=True, return_document=ReturnDocument.BEFORE,
+            projection={"_id": 1},
+        )
+        self.writes += 1
+        after = collection.find_one({"name": definition["name"]})
+        return after, before is None
+
+    @_serialised
+    def put_service(self, definition: Mapping[str, Any]) -> tuple[dict, bool]:
+        """Register a service, or replace the one of that name; returns (service, created)."""
+        document, created = self._put(self.services, definition, bump_version=False)
+        return _out(document, "service_id"), created
+
+    @_serialised
+    def get_service(self, ref: str) -> dict:
+        document = self.services.find_one(_by_ref(ref))
+        if document is None:
+            raise NotFound(f"no service {ref!r}")
+        return _out(document, "service_id")
+
+    @_serialised
+    def find_services(self, names: Iterable[str]) -> dict[str, dict]:
+        """The registered services among `names`, by name."""
+        return {doc["name"]: _out(doc, "service_id")
+                for doc in self.services.find({"name": {"$in": list(set(names))}})}
+
+    @_serialised
+    def list_services(self, page: int, page_size: int) -> tuple[list[dict], int]:
+        return self._page(self.services, {}, [("name", 1)], page, page_size, "service_id")
+
+    @_serialised
+    def workflows_using(self, service_name: str) -> list[dict]:
+        return [_out(doc, "workflow_id") for doc in self.workflows.find({"services": service_name}).sort("name", 1)]
+
+    @_serialised
+    def delete_service(self, ref: str) -> dict:
+        """Delete a service; Conflict naming the workflows that use it."""
+        service = self.get_service(ref)
+        users = [workflow["name"] for workflow in self.workflows_using(service["name"])]
+        if users:
+            raise Conflict(
+                f"service {service['name']!r} is used by workflow{'s' if len(users) > 1 else ''} "
+                f"{', '.join(users)}; delete or change {'them' if len(users) > 1 else 'it'} first",
+                errors={"workflows": users},
+            )
+        self.services.delete_one({"_id": ObjectId(service["service_id"])})
+        self.writes += 1
+        return service
+
+    @_serialised
+    def put_workflow(self, definition: Mapping[str, Any]) -> tuple[dict, bool]:
+        """Register a workflow, or replace the one of that name and bump its version."""
+        document, created = self._put(self.workflows, definition, bump_version=True)
+        return _out(document, "workflow_id"), created
+
+    @_serialised
+    def get_workflow(self, ref: str) -> dict:
+        document = self.workflows.find_one(_by_ref(ref))
+        if document is None:
+            raise NotFound(f"no workflow {ref!r}")
+        return _out(document, "workflow_id")
+
+    @_serialised
+    def list_workflows(self, page: int, page_size: int) -> tuple[list[dict], int]:
+        return self._page(self.workflows, {}, [("name", 1)], page, page_size, "workflow_id")
+
+    @_serialised
+    def delete_workflow(self, ref: str) -> dict:
+        workflow = self.get_workflow(ref)
+        self.workflows.delete_one({"_id": ObjectId(workflow["workflow_id"])})
+        self.writes += 1
+        return workflow
+
+    def _page(self, collection, query, sort, page, page_size, id_field) -> tuple[list[dict], int]:
+        total = collection.count_documents(query)
+        cursor = collection.find(query).sort(sort).skip((page - 1) * page_size).limit(page_size)
+        return [_out(doc, id_field) for doc in cursor], total
+
+    # -- events -------------------------------------------------------------------------
+
+    @_serialised
+    def insert_event(self, event: dict) -> tuple[dict, bool]:
+        """Insert a new event; with an idempotency key already used, return (the first event, False)."""
+        document = dict(event)
+        document.setdefault("_id", ObjectId())
+        try:
+            self.events.insert_one(document)
+        except DuplicateKeyError:
+            first = self.events.find_one({"workflow_id": event["workflow_id"],
+                                          "idempotency_key": event["idempotency_key"]})
+            if first is None:  # the clash was on something else
+                raise
+            return _out(first, "event_id"), False
+        self.writes += 1
+        return _out(document, "event_id"), True
+
+    @_serialised
+    def get_event(self, event_id: str) -> dict:
+        oid = _object_id(event_id)
+        document = self.events.find_one({"_id": oid}) if oid else None
+        if document is None:
+            raise NotFound(f"no event {event_id!r}")
+        return _out(document, "event_id")
+
+    @_serialised
+    def list_events(self, page: int, page_size: int, workflow_id: str | None = None,
+                    status: str | None = None) -> tuple[list[dict], int]:
+        query: dict[str, Any] = {}
+        if workflow_id:
+            query["workflow_id"] = workflow_id
+        if status:
+            query["status"] = status
+        total = self.events.count_documents(query)
+        cursor = (self.events.find(query, {"plan": 0, "context": 0})
+                  .sort([("ack_date", -1), ("_id", -1)]).skip((page - 1) * page_size).limit(page_size))
+        return [_out(doc, "event_id") for doc in cursor], total
+
+    @_serialised
+    def count_events(self, status: str) -> int:
+        return self.events.count_documents({"status": status})
+
+    @_serialised
+    def update_event(self, event_id: str, update: Mapping[str, Any], owner: str | None = None,
+                     expect: Mapping[str, Any] | None = None) -> bool:
+        """Apply one atomic update to an event, held by `owner` when given; False when it is not."""
+        query: dict[str, Any] = {"_id": ObjectId(event_id)}
+        if owner is not None:
+            query["lease_owner"] = owner
+        query.update(expect or {})
+        result = self.events.update_one(query, update)
+        self.writes += 1
+        return result.matched_count == 1
+
+    @_serialised
+    def claim_event(self, owner: str, lease_s: float) -> dict | None:
+        """Atomically take one event to work on: pending, a running one whose lease expired,
+        or a waiting one whose callback deadline passed (so its step can be failed)."""
+        now = utcnow()
+        document = self.events.find_one_and_update(
+            {"status": {"$in": list(ACTIVE)}, "lease_expires": {"$lte": now}},
+            {"$set": {"status": "running", "lease_owner": owner,
+                      "lease_expires": now + timedelta(seconds=lease_s)},
+             "$push": {"claims": {"owner": owner, "at": now}}},
+            sort=[("lease_expires", 1)],
+            return_document=ReturnDocument.AFTER,
+        )
+        if document is not None:
+            self.writes += 1
+        return _out(document, "event_id")
+
+    @_serialised
+    def renew_leases(self, owner: str, event_ids: Iterable[str], lease_s: float) -> int:
+        ids = [ObjectId(event_id) for event_id in event_ids]
+        if not ids:
+            return 0
+        result = self.events.update_many(
+            {"_id": {"$in": ids}, "lease_owner": owner},
+            {"$set": {"lease_expires": utcnow() + timedelta(seconds=lease_s)}},
+        )
+        self.writes += 1
+        return result.modified_count
+
+    @_serialised
+    def release_event(self, event_id: str, owner: str) -> bool:
+        """Give a running event back so another worker resumes it at once."""
+        return self.update_event(
+            event_id, {"$set": {"status": "pending", "lease_owner": None, "lease_expires": EPOCH}},
+            owner=owner, expect={"status": "running"},
+        )
+
+    @_serialised
+    def find_by_callback(self, token_hash: str) -> tuple[dict | None, bool]:
+        """The event waiting on a callback token, and whether the token was already spent."""
+        document = self.events.find_one({"waiting.token_hash": token_hash})
+        if document is not None:
+            return _out(document, "event_id"), False
+        spent = self.events.find_one({"spent_tokens": token_hash}, {"_id": 1})
+        return None, spent is not None
+
+    @_serialised
+    def pending_events_by_status(self) -> dict[str, int]:
+        return {status: self.events.count_documents({"status": status}) for status in ACTIVE}
+
+    @_serialised
+    def drop_everything(self) -> None:
+        """Empty the database: for tests and `machinery demo` only."""
+        for name in (SERVICES, WORKFLOWS, EVENTS):
+            self.db[name].delete_many({})

@@ -1,0 +1,24 @@
+"""Packaging for Machinery: the library, the `machinery` command, pinned majors."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="machinery",
+    version="0.1.0",
+    description="State-aware workflow orchestrator for HTTP microservices",
+    packages=find_packages(include=["machinery", "machinery.*"]),
+    include_package_data=True,
+    package_data={"machinery": ["templates/*.html", "static/*"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "flask>=3.1,<4",
+        "flask-smorest>=0.47,<0.48",
+        "marshmallow>=4,<5",
+        "pymongo>=4.6,<5",
+        "mongomock>=4.3,<5",
+        "requests>=2.31,<3",
+        "gunicorn>=22",
+        "prometheus_client>=0.20,<1",
+    ],
+    entry_points={"console_scripts": ["machinery = machinery.cli:main"]},
+)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Mapping
 
 import flask_smorest
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from machinery import __version__
 from machinery.api import errors
 from machinery.config import is_embedded, load_config
 from machinery.exceptions import StoreUnavailable
+from machinery.executor import Executor, Observer
 from machinery.logs import configure_logging
-from machinery.schemas import ErrorSchema
+from machinery.schemas import ErrorSchema, json_default
 from machinery.store import Store
+from machinery.worker import LeaseKeeper, Worker, process_owner
 
 LOG = logging.getLogger(__name__)
 
@@ -25,13 +29,28 @@ class Api(flask_smorest.Api):
     ERROR_SCHEMA = ErrorSchema
 
 
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON with datetimes as ISO 8601 everywhere, also inside free-form dicts."""
+
+    default = staticmethod(json_default)
+    sort_keys = False
+
+
 class Runtime:
     """What the app holds between requests: config, store, and the engine that runs events."""
 
-    def __init__(self, config: Mapping[str, Any]):
+    def __init__(self, config: Mapping[str, Any], observer: Observer | None = None):
         self.config = config
         self.store = Store.connect(config["MONGO_URI"], config["MONGO_TIMEOUT_MS"])
         self.indexes_ready = False
+        self.owner = process_owner()
+        self.keeper = LeaseKeeper(self.store, config["LEASE_S"])
+        self.executor = Executor(self.store, config, observer=observer)
+        threads = config["EMBEDDED_WORKERS"]
+        if threads is None:
+            threads = 2 if self.store.embedded else 0
+        self.worker = Worker(self.store, self.executor, self.keeper, config, threads, name="embedded") \
+            if threads else None
 
     def ensure_indexes(self) -> bool:
         """Create the indexes once the store answers; False (and a warning) while it does not."""
@@ -45,21 +64,47 @@ class Runtime:
         self.indexes_ready = True
         return True
 
+    def api_owner(self) -> str:
+        """The lease owner for an event run in this API thread."""
+        return f"{self.owner}/api-{threading.get_ident()}"
+
+    def run_now(self, event: dict) -> dict:
+        """Run an event this thread holds, renewing its lease meanwhile."""
+        owner = event["lease_owner"]
+        self.keeper.hold(event["event_id"], owner)
+        try:
+            return self.executor.run(event, owner)
+        finally:
+            self.keeper.drop(event["event_id"])
+
+    def queued(self) -> None:
+        """An event was stored pending: let this process's workers know at once."""
+        if self.worker is not None:
+            self.worker.wake()
+
+    def start(self) -> None:
+        if self.worker is not None:
+            self.worker.start()
+
+    def close(self, grace_s: float = 5.0) -> None:
+        if self.worker is not None:
+            self.worker.stop(grace_s)
+        self.keeper.stop()
+
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults and MACHINERY_* variables first, then the caller's dict over them."""
     settings = load_config(overrides=config)
     configure_logging(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
     app = Flask(__name__)
+    app.json = JSONProvider(app)
     app.config.update(
         API_TITLE="Machinery",
         API_VERSION=__version__,
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
-        JSON_SORT_KEYS=False,
     )
-    app.json.sort_keys = False
     app.config["MACHINERY"] = settings
 
     runtime = Runtime(settings)
@@ -77,12 +122,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             raise StoreUnavailable("the store is not reachable")
 
     api = Api(app)
-    from machinery.api import health, services, workflows
+    from machinery.api import events, health, services, workflows
 
-    for blueprint in (services.bp, services.alias, workflows.bp, workflows.alias):
+    for blueprint in (services.bp, services.alias, workflows.bp, workflows.alias,
+                      events.ingest, events.bp, events.callbacks):
         api.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
     errors.register(app)
+    runtime.start()
     return app
 
 

@@ -76,9 +76,9 @@ SETTINGS: tuple[Setting, ...] = (
             "How long a store operation waits for MongoDB before the API answers 503."),
     Setting("PUBLIC_URL", "", _text,
             "Base URL services use to reach this API (callback URLs). Empty: the URL of the request."),
-    Setting("EMBEDDED_WORKERS", 2, _non_negative_int,
-            "Worker threads the API process runs itself. With the embedded store they are the only "
-            "workers; with MongoDB set it to 0 and run `machinery worker` processes instead."),
+    Setting("EMBEDDED_WORKERS", None, _non_negative_int,
+            "Worker threads the API process runs for async events. Unset: 2 with the embedded store "
+            "(they are its only workers), 0 with MongoDB (run `machinery worker` processes)."),
     Setting("WORKER_THREADS", 4, _positive_int,
             "Events a `machinery worker` process runs at once."),
     Setting("LEASE_S", 30.0, _positive_float,

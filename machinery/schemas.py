@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates, validates_schema
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate, validates, validates_schema
 
 from machinery import types
 
@@ -155,6 +159,43 @@ class StepSchema(Schema):
     outputs = fields.Dict()
     error = fields.Dict()
     attempt_log = fields.List(fields.Dict())
+    span_id = fields.String()
+
+
+class WaitingSchema(StepSchema):
+    """The step waiting for its service's callback."""
+
+    expires = fields.DateTime()
+
+
+class WebhookSchema(Schema):
+    """Delivery of the completion webhook to callback_url."""
+
+    status = fields.String()
+    attempts = fields.List(fields.Dict())
+    next_at = fields.DateTime(allow_none=True)
+
+
+class EventBodySchema(Schema):
+    """An event: the envelope {"data": {...}, "callback_url", "idempotency_key"}, or any JSON
+    object taken whole as the data (so plain webhook senders work)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    data = fields.Raw(metadata={"description": "the event's data, matching the workflow's inputs"})
+    callback_url = fields.Raw(metadata={"description": "notified with the final record when the event ends"})
+    idempotency_key = fields.Raw(metadata={"description": "the same key for the same workflow returns the "
+                                                          "first event"})
+
+
+class ReplaySchema(Schema):
+    """Resume or replay an event."""
+
+    from_step = fields.Integer(validate=validate.Range(min=0),
+                               metadata={"description": "replay from this step (0-based); default: the failed step"})
+    context = fields.Dict(keys=fields.String(), metadata={"description": "values to change in the context "
+                                                                         "before that step"})
 
 
 class EventAckSchema(Schema):
@@ -177,13 +218,13 @@ class EventSchema(EventAckSchema):
     context = fields.Dict()
     plan = fields.Dict()
     steps = fields.List(fields.Nested(StepSchema))
-    waiting = fields.Dict(allow_none=True)
+    waiting = fields.Nested(WaitingSchema, allow_none=True)
     next_step = fields.Integer()
     run = fields.Integer()
     runs = fields.List(fields.Dict())
     claims = fields.List(fields.Dict())
     callback_url = fields.String(allow_none=True)
-    webhook = fields.Dict(allow_none=True)
+    webhook = fields.Nested(WebhookSchema, allow_none=True)
     idempotency_key = fields.String(allow_none=True)
     updated_at = fields.DateTime()
     finished_at = fields.DateTime(allow_none=True)
@@ -205,6 +246,18 @@ class ErrorSchema(Schema):
     status = fields.String(required=True, metadata={"description": "HTTP status name"})
     message = fields.String(required=True, metadata={"description": "What went wrong, in one sentence"})
     errors = fields.Raw(metadata={"description": "Details: each field, step or item at fault"})
+
+
+def json_default(value: Any) -> Any:
+    """JSON for what the stdlib cannot encode: datetimes as ISO 8601 in UTC."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def to_json(value: Any) -> bytes:
+    """Compact JSON bytes, datetimes as ISO 8601."""
+    return json.dumps(value, separators=(",", ":"), default=json_default).encode()
 
 
 service_schema = ServiceSchema()

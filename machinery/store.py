@@ -135,6 +135,10 @@ class Store:
             partialFilterExpression={"waiting.token_hash": {"$exists": True}},
         )
         self.events.create_index("spent_tokens")
+        self.events.create_index(
+            [("webhook.status", 1), ("webhook.next_at", 1)], name="webhooks",
+            partialFilterExpression={"webhook.status": "pending"},
+        )
         self._ensure_ttl(event_ttl_days)
 
     def _ensure_ttl(self, days: float | None) -> None:
@@ -304,6 +308,20 @@ class Store:
                       "lease_expires": now + timedelta(seconds=lease_s)},
              "$push": {"claims": {"owner": owner, "at": now}}},
             sort=[("lease_expires", 1)],
+            return_document=ReturnDocument.AFTER,
+        )
+        if document is not None:
+            self.writes += 1
+        return _out(document, "event_id")
+
+    @_serialised
+    def claim_webhook(self, owner: str, lease_s: float) -> dict | None:
+        """Atomically take one ended event whose completion webhook is due."""
+        now = utcnow()
+        document = self.events.find_one_and_update(
+            {"webhook.status": "pending", "webhook.next_at": {"$lte": now}},
+            {"$set": {"webhook.owner": owner, "webhook.next_at": now + timedelta(seconds=lease_s)}},
+            sort=[("webhook.next_at", 1)],
             return_document=ReturnDocument.AFTER,
         )
         if document is not None:

@@ -1,0 +1,159 @@
+"""Events: POST /e/<workflow> to send one (sync or async), /events to read and retry, /callbacks to complete a step."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from flask import current_app, request, url_for
+from flask.views import MethodView
+
+from machinery import events
+from machinery.api.body import Blueprint, page, read_json
+from machinery.exceptions import InvalidData
+from machinery.schemas import (
+    EventAckSchema,
+    EventBodySchema,
+    EventListArgsSchema,
+    EventSchema,
+    EventSummarySchema,
+    ReplaySchema,
+    page_of,
+)
+
+ingest = Blueprint("ingest", __name__, url_prefix="/e", description="Send an event to a workflow")
+bp = Blueprint("events", __name__, url_prefix="/events", description="Events: every run, step by step")
+callbacks = Blueprint("callbacks", __name__, url_prefix="/callbacks",
+                      description="Single-use URLs async services POST their outputs to")
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+ack_schema = EventAckSchema()
+
+
+def _runtime():
+    return current_app.extensions["machinery"]
+
+
+def is_async() -> bool:
+    """Async when asked by ?mode=async or Prefer: respond-async."""
+    mode = request.args.get("mode")
+    if mode is not None and mode not in ("sync", "async"):
+        raise InvalidData(f"mode must be sync or async, not {mode!r}", errors={"mode": ["must be sync or async"]})
+    if mode:
+        return mode == "async"
+    prefer = request.headers.get("Prefer", "")
+    return any(part.strip().lower() == "respond-async" for part in prefer.split(","))
+
+
+def trace_context() -> dict:
+    """The request id and W3C trace id this request carries, or new ones."""
+    request_id = request.headers.get("X-Request-Id", "")
+    match = TRACEPARENT.match(request.headers.get("traceparent", "").strip().lower())
+    return {
+        "request_id": request_id if REQUEST_ID.match(request_id) else uuid.uuid4().hex,
+        "trace_id": match.group(1) if match and match.group(1) != "0" * 32 else uuid.uuid4().hex,
+    }
+
+
+def callback_base() -> str:
+    return _runtime().config["PUBLIC_URL"] or request.host_url
+
+
+def _location(event) -> dict:
+    return {"Location": url_for("events.Event", event_id=event["event_id"])}
+
+
+def answer(event: dict, created: bool = True):
+    """Shape the reply for an event after a sync run, an async acceptance, or an idempotent repeat."""
+    headers = _location(event)
+    if not created:
+        return event, 200, headers
+    status = event["status"]
+    if status == "completed":
+        return event, 201, headers
+    if status == "failed":
+        return event, 502, headers
+    return event, 202, headers
+
+
+@ingest.route("/<workflow_ref>")
+class Ingest(MethodView):
+    @ingest.arguments(EventBodySchema, location="json")
+    @ingest.response(201, EventAckSchema, description="Sync: the event ran to completion")
+    @ingest.alt_response(200, schema=EventAckSchema, description="Idempotent repeat: the first event, not run again")
+    @ingest.alt_response(202, schema=EventAckSchema, description="Async (?mode=async or Prefer: respond-async), "
+                                                                 "or a step waits for a service's callback")
+    @ingest.alt_response(502, schema=EventAckSchema, description="Sync: a step failed for good; the body "
+                                                                 "names the step and the error")
+    def post(self, _body, workflow_ref):
+        """Send an event to a workflow, by id or name"""
+        runtime = _runtime()
+        body = read_json(request)
+        run_async = is_async()
+        owner = None if run_async else runtime.api_owner()
+        event, created = events.new_event(
+            runtime.store, workflow_ref, body, idempotency_key=request.headers.get("Idempotency-Key"),
+            owner=owner, lease_s=runtime.config["LEASE_S"], callback_base=callback_base(), trace=trace_context(),
+        )
+        if created and run_async:
+            runtime.queued()
+        elif created:
+            event = runtime.run_now(event)
+        return answer(event, created)
+
+
+@bp.route("")
+class Events(MethodView):
+    @bp.arguments(EventListArgsSchema, location="query")
+    @bp.response(200, page_of(EventSummarySchema))
+    def get(self, args):
+        """List events, newest first, by workflow and status"""
+        store = _runtime().store
+        workflow_id = store.get_workflow(args["workflow"])["workflow_id"] if args.get("workflow") else None
+        items, total = store.list_events(args["page"], args["page_size"], workflow_id=workflow_id,
+                                         status=args.get("status"))
+        return page(items, total, args)
+
+
+@bp.route("/<event_id>")
+class Event(MethodView):
+    @bp.response(200, EventSchema)
+    def get(self, event_id):
+        """Read an event's whole record: plan, context, every step"""
+        return _runtime().store.get_event(event_id)
+
+
+@bp.route("/<event_id>/retry")
+class Retry(MethodView):
+    @bp.response(200, EventAckSchema, description="Sync: the retried event ran to completion")
+    @bp.alt_response(202, schema=EventAckSchema, description="Async, or waiting for a callback")
+    @bp.alt_response(502, schema=EventAckSchema, description="Sync: it failed again")
+    def post(self, event_id):
+        """Resume a failed event from its failed step, or replay it from any step with edited values"""
+        runtime = _runtime()
+        args = {}
+        if request.get_data(cache=True).strip():
+            args = ReplaySchema().load(read_json(request))
+        run_async = is_async()
+        event = events.retry_event(runtime.store, event_id, args.get("from_step"), args.get("context"),
+                                   owner=None if run_async else runtime.api_owner(),
+                                   lease_s=runtime.config["LEASE_S"])
+        if run_async:
+            runtime.queued()
+            return event, 202, _location(event)
+        event = runtime.run_now(event)
+        body, status, headers = answer(event)
+        return body, 200 if status == 201 else status, headers
+
+
+@callbacks.route("/<token>")
+class Callback(MethodView):
+    @callbacks.response(200, EventAckSchema, description="The step completed; the event goes on")
+    def post(self, token):
+        """Complete a waiting step with the outputs of its async service (single use)"""
+        runtime = _runtime()
+        event = events.complete_callback(runtime.store, token, read_json(request))
+        if event["status"] == "pending":
+            runtime.queued()
+        return event

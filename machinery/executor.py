@@ -1,0 +1,392 @@
+"""Run one event step by step: call each service over HTTP, retry, and save every step as it ends."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Mapping
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from machinery import dataflow, types
+from machinery.exceptions import ServiceCallError
+from machinery.store import EPOCH, Store, utcnow
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_RETRY = {"max_attempts": 3, "backoff_s": 0.5}
+MAX_BACKOFF_S = 30.0
+MAX_RETRY_AFTER_S = 300.0
+CONNECT_TIMEOUT_S = 5.0
+CHUNK = 64 * 1024
+
+
+class Observer:
+    """Hooks the executor calls as events and steps move; the default does nothing."""
+
+    def call_attempt(self, service: str, outcome: str) -> None: ...
+    def step_finished(self, service: str, status: str, duration_s: float) -> None: ...
+    def event_finished(self, workflow: str, status: str) -> None: ...
+
+
+_local = threading.local()
+
+
+def thread_session() -> requests.Session:
+    """One pooled requests.Session per thread, kept for the thread's life."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=64, pool_maxsize=64, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.trust_env = False  # calls go where the service says, never through an env proxy
+        _local.session = session
+    return session
+
+
+def backoff_delay(attempt: int, backoff_s: float, rand: Callable[[], float] = random.random) -> float:
+    """The wait after failed attempt `attempt` (1-based): exponential, with jitter in [half, full]."""
+    full = min(backoff_s * (2 ** (attempt - 1)), MAX_BACKOFF_S)
+    return full / 2 + rand() * full / 2
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), capped."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+@dataclass
+class Outcome:
+    """How one step ended: completed (outputs), waiting (202), or failed (error)."""
+
+    status: str
+    outputs: dict = field(default_factory=dict)
+    error: dict | None = None
+    attempts: int = 0
+    attempt_log: list = field(default_factory=list)
+
+
+def new_span_id() -> str:
+    return os.urandom(8).hex()
+
+
+class Executor:
+    """Runs events held by `owner`; knows nothing of Flask, talks to the store only through Store."""
+
+    def __init__(self, store: Store, config: Mapping[str, Any], *,
+                 session_factory: Callable[[], Any] = thread_session,
+                 sleep: Callable[[float], None] = time.sleep,
+                 observer: Observer | None = None,
+                 rand: Callable[[], float] = random.random):
+        self.store = store
+        self.config = config
+        self.session_factory = session_factory
+        self.sleep = sleep
+        self.observer = observer or Observer()
+        self.rand = rand
+        self.max_response_bytes = config.get("MAX_RESPONSE_BYTES", 10 * 1024 * 1024)
+
+    # -- one call -----------------------------------------------------------------------
+
+    def _headers(self, event: Mapping[str, Any], step_index: int, run: int, span_id: str,
+                 callback_url: str | None) -> dict:
+        event_id = event["event_id"]
+        headers = {
+            "Content-Type": "application/json",
+            "X-Machinery-Event": event_id,
+            "X-Machinery-Step": str(step_index),
+            "Idempotency-Key": f"{event_id}:{step_index}" if run == 0 else f"{event_id}:{step_index}:{run}",
+        }
+        trace = event.get("trace") or {}
+        if trace.get("request_id"):
+            headers["X-Request-Id"] = trace["request_id"]
+        if trace.get("trace_id"):
+            headers["traceparent"] = f"00-{trace['trace_id']}-{span_id}-01"
+        if callback_url:
+            headers["X-Machinery-Callback"] = callback_url
+        return headers
+
+    def _read_body(self, response, deadline: float) -> bytes:
+        """Read a reply body, capped in size and in time (a server may trickle or never close)."""
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
+            response.close()
+            raise ServiceCallError(
+                f"reply body of {declared} bytes is larger than the {self.max_response_bytes} allowed",
+                kind="too_large", retryable=False, status=response.status_code)
+        chunks, size = [], 0
+        for chunk in response.iter_content(CHUNK):
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                response.close()
+                raise ServiceCallError(
+                    f"reply body is larger than the {self.max_response_bytes} bytes allowed",
+                    kind="too_large", retryable=False, status=response.status_code)
+            if time.monotonic() > deadline:
+                response.close()
+                raise ServiceCallError("the reply body did not finish within the timeout",
+                                       kind="timeout", retryable=True)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def call(self, service: Mapping[str, Any], body: bytes, headers: Mapping[str, str]) -> tuple[int, dict | None]:
+        """One POST to a service. Returns (status, outputs) for 2xx; raises ServiceCallError otherwise."""
+        timeout = float(service.get("timeout_s") or self.config.get("DEFAULT_TIMEOUT_S", 10.0))
+        deadline = time.monotonic() + timeout
+        session = self.session_factory()
+        try:
+            response = session.post(service["address"], data=body, headers=headers,
+                                    timeout=(min(CONNECT_TIMEOUT_S, timeout), timeout),
+                                    stream=True, allow_redirects=False)
+        except requests.Timeout:
+            raise ServiceCallError(f"no reply within {timeout:g} s", kind="timeout", retryable=True) from None
+        except requests.ConnectionError as error:
+            raise ServiceCallError(f"connection failed: {_reason(error)}", kind="connection",
+                                   retryable=True) from None
+        except requests.RequestException as error:
+            raise ServiceCallError(f"request failed: {_reason(error)}", kind="connection",
+                                   retryable=False) from None
+        try:
+            raw = self._read_body(response, deadline)
+        except requests.RequestException as error:
+            raise ServiceCallError(f"the reply was cut off: {_reason(error)}", kind="connection",
+                                   retryable=True) from None
+        status = response.status_code
+        if status == 202:
+            return status, None
+        if 200 <= status < 300:
+            try:
+                payload = json.loads(raw) if raw else None
+            except ValueError:
+                payload = None
+            if not isinstance(payload, dict):
+                raise ServiceCallError(f"replied {status} with a body that is not a JSON object: "
+                                       f"{_excerpt(raw)}", kind="contract", retryable=False, status=status)
+            return status, payload
+        if 300 <= status < 400:
+            raise ServiceCallError(
+                f"replied {status} redirecting to {response.headers.get('Location', '?')}; "
+                "redirects are not followed", kind="redirect", retryable=False, status=status)
+        retryable = status == 429 or status >= 500
+        raise ServiceCallError(
+            f"replied {status}: {_excerpt(raw)}", kind="http_status", retryable=retryable, status=status,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None)
+
+    # -- one step -----------------------------------------------------------------------
+
+    def run_step(self, event: Mapping[str, Any], step: Mapping[str, Any], inputs: dict, run: int,
+                 span_id: str, callback_url: str | None) -> Outcome:
+        """Call a step's service until it completes, waits, or fails for good."""
+        service = step["service"]
+        retry = {**DEFAULT_RETRY, **(service.get("retry") or {})}
+        headers = self._headers(event, step["index"], run, span_id, callback_url)
+        body = json.dumps(inputs, separators=(",", ":")).encode()
+        log = []
+        for attempt in range(1, retry["max_attempts"] + 1):
+            started = time.monotonic()
+            entry: dict[str, Any] = {"attempt": attempt, "at": utcnow()}
+            try:
+                status, payload = self.call(service, body, headers)
+            except ServiceCallError as error:
+                entry.update(outcome=error.kind, status=error.status, error=error.message,
+                             duration_ms=_ms(started))
+                log.append(entry)
+                self.observer.call_attempt(service["name"], error.kind)
+                last = attempt == retry["max_attempts"]
+                if not error.retryable or last:
+                    message = error.message if attempt == 1 else f"{error.message} (after {attempt} attempts)"
+                    return Outcome("failed", error={"kind": error.kind, "message": message,
+                                                    "status": error.status},
+                                   attempts=attempt, attempt_log=log)
+                wait = backoff_delay(attempt, retry["backoff_s"], self.rand)
+                if error.retry_after is not None:
+                    wait = max(wait, error.retry_after)
+                entry["retry_in_s"] = round(wait, 3)
+                self.sleep(wait)
+                continue
+            entry.update(outcome="ok" if status != 202 else "accepted", status=status, duration_ms=_ms(started))
+            log.append(entry)
+            if status == 202:
+                self.observer.call_attempt(service["name"], "accepted")
+                return Outcome("waiting", attempts=attempt, attempt_log=log)
+            outputs, problems = check_outputs(service, payload)
+            if problems:
+                self.observer.call_attempt(service["name"], "contract")
+                entry["outcome"] = "contract"
+                return Outcome("failed", error={"kind": "contract", "status": status,
+                                                "message": "reply does not match the declared outputs: "
+                                                + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+                                                "fields": problems},
+                               attempts=attempt, attempt_log=log)
+            self.observer.call_attempt(service["name"], "ok")
+            return Outcome("completed", outputs=outputs, attempts=attempt, attempt_log=log)
+        raise AssertionError("unreachable: the loop returns on its last attempt")
+
+    # -- one event ----------------------------------------------------------------------
+
+    def run(self, event: dict, owner: str) -> dict:
+        """Run an event held by `owner` from its next step until it completes, waits or fails.
+
+        Every step's result is saved as the step ends (one write per step, the last one also
+        finishing the event). Returns the event's final state as far as this run saw it.
+        """
+        plan, steps = event["plan"], event["plan"]["steps"]
+        context = dict(event.get("context") or {})
+        index = event.get("next_step", 0)
+        run = event.get("run", 0)
+        if event.get("waiting"):
+            return self._expire_waiting(event, owner)
+        while index < len(steps):
+            step = steps[index]
+            span_id = new_span_id()
+            inputs = dataflow.step_inputs(step, context)
+            started_at, started = utcnow(), time.monotonic()
+            token = None
+            callback_url = None
+            base = event.get("callback_base")
+            if base:
+                token = new_callback_token(event["event_id"])
+                callback_url = f"{base.rstrip('/')}/callbacks/{token}"
+            outcome = self.run_step(event, step, inputs, run, span_id, callback_url)
+            record = {
+                "step": index, "service": step["service"]["name"], "status": outcome.status, "run": run,
+                "attempts": outcome.attempts, "started_at": started_at, "inputs": inputs,
+                "span_id": span_id, "attempt_log": outcome.attempt_log,
+            }
+            if outcome.status == "waiting":
+                return self._wait(event, owner, record, context, index, token)
+            finished_at = utcnow()
+            record.update(finished_at=finished_at, duration_ms=_ms(started))
+            self.observer.step_finished(record["service"], outcome.status, time.monotonic() - started)
+            if outcome.status == "failed":
+                record["error"] = outcome.error
+                error = {**outcome.error, "step": index, "service": record["service"]}
+                return self._finish(event, owner, record, context, index, "failed", error=error)
+            record["outputs"] = outcome.outputs
+            dataflow.apply_outputs(step, outcome.outputs, context)
+            index += 1
+            if index == len(steps):
+                return self._finish(event, owner, record, context, index, "completed",
+                                    outputs=dataflow.workflow_outputs(plan, context))
+            if not self.store.update_event(event["event_id"], {
+                "$push": {"steps": record},
+                "$set": {"context": context, "next_step": index, "updated_at": finished_at},
+            }, owner=owner):
+                LOG.warning("event %s: lease lost at step %d; another worker resumes it", event["event_id"], index)
+                return {**event, "status": "running", "context": context, "next_step": index}
+        # A plan with no step left (a replay past the end) completes at once.
+        return self._finish(event, owner, None, context, index, "completed",
+                            outputs=dataflow.workflow_outputs(plan, context))
+
+    def _finish(self, event, owner, record, context, index, status, outputs=None, error=None) -> dict:
+        now = utcnow()
+        update: dict[str, Any] = {"$set": {
+            "status": status, "context": context, "next_step": index, "outputs": outputs, "error": error,
+            "updated_at": now, "finished_at": now, "lease_owner": None, "lease_expires": EPOCH,
+        }}
+        if event.get("callback_url"):
+            update["$set"]["webhook"] = {"status": "pending", "attempts": [], "next_at": EPOCH}
+        if record is not None:
+            update["$push"] = {"steps": record}
+        if event.get("waiting"):
+            update["$unset"] = {"waiting": ""}
+        if not self.store.update_event(event["event_id"], update, owner=owner):
+            LOG.warning("event %s: lease lost before it could finish", event["event_id"])
+            return {**event, "status": "running"}
+        self.observer.event_finished(event.get("workflow_name", ""), status)
+        LOG.info("event %s %s", event["event_id"], status,
+                 extra={"event_id": event["event_id"], "status": status})
+        return {**event, "status": status, "context": context, "next_step": index, "outputs": outputs,
+                "error": error, "finished_at": now, "steps": [*event.get("steps", []), *([record] if record else [])]}
+
+    def _wait(self, event, owner, record, context, index, token) -> dict:
+        """A service answered 202: park the event until its callback comes or the deadline passes."""
+        service = event["plan"]["steps"][index]["service"]
+        timeout = float(service.get("callback_timeout_s") or self.config.get("CALLBACK_TIMEOUT_S", 3600.0))
+        expires = utcnow() + timedelta(seconds=timeout)
+        waiting = {**record, "token_hash": hash_token(token) if token else None, "expires": expires}
+        if not self.store.update_event(event["event_id"], {"$set": {
+            "status": "waiting", "waiting": waiting, "context": context, "next_step": index,
+            "updated_at": utcnow(), "lease_owner": None, "lease_expires": expires,
+        }}, owner=owner):
+            LOG.warning("event %s: lease lost while parking it", event["event_id"])
+            return {**event, "status": "running"}
+        return {**event, "status": "waiting", "waiting": waiting, "context": context, "next_step": index}
+
+    def _expire_waiting(self, event, owner) -> dict:
+        """Claimed while waiting: the callback deadline passed, so the step fails."""
+        waiting = dict(event["waiting"])
+        for key in ("token_hash", "expires"):
+            waiting.pop(key, None)
+        now = utcnow()
+        waiting.update(status="failed", finished_at=now,
+                       error={"kind": "callback_timeout",
+                              "message": "the service's callback did not come before its deadline"})
+        started = waiting.get("started_at")
+        if started is not None:
+            waiting["duration_ms"] = round((now - started.replace(tzinfo=None)).total_seconds() * 1000, 3)
+        index = waiting["step"]
+        error = {**waiting["error"], "step": index, "service": waiting["service"]}
+        return self._finish(event, owner, waiting, dict(event.get("context") or {}), index, "failed",
+                            error=error)
+
+
+def check_outputs(service: Mapping[str, Any], payload: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Keep a reply's declared outputs and say which are missing or mistyped."""
+    declared = service["outputs"]
+    problems = types.check(payload, declared)
+    outputs = {field["name"]: payload[field["name"]] for field in declared if field["name"] in payload}
+    return outputs, problems
+
+
+def new_callback_token(event_id: str) -> str:
+    """A single-use, unguessable token naming its event (so an early callback can wait for it)."""
+    return f"{event_id}.{os.urandom(24).hex()}"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
+
+
+def _excerpt(raw: bytes, limit: int = 200) -> str:
+    text = raw[:limit].decode("utf-8", "replace").strip() or "(empty body)"
+    return text + ("..." if len(raw) > limit else "")
+
+
+def _reason(error: Exception) -> str:
+    """A short reason for a requests error, without the long urllib3 chain."""
+    text = str(error)
+    for marker in ("Connection refused", "Connection reset", "Connection aborted", "Read timed out",
+                   "RemoteDisconnected", "Name or service not known", "No route to host"):
+        if marker in text:
+            return marker
+    return text[:200]

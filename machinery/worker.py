@@ -1,0 +1,186 @@
+"""Claim and run pending events in threads; renew the leases of what is held; deliver completion webhooks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from datetime import timedelta
+from typing import Any, Callable, Mapping
+
+import requests
+
+from machinery.exceptions import StoreUnavailable
+from machinery.executor import Executor, backoff_delay, thread_session
+from machinery.schemas import event_schema, to_json
+from machinery.store import Store, utcnow
+
+LOG = logging.getLogger(__name__)
+WEBHOOK_TIMEOUT_S = 10.0
+WEBHOOK_BACKOFF_S = 1.0
+
+
+def process_owner() -> str:
+    """A name for this process that no other process shares, for leases."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class LeaseKeeper:
+    """Renews, every third of a lease, the leases of every event this process holds."""
+
+    def __init__(self, store: Store, lease_s: float):
+        self.store = store
+        self.lease_s = lease_s
+        self._held: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, event_id: str, owner: str) -> None:
+        with self._lock:
+            self._held[event_id] = owner
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="machinery-leases", daemon=True)
+                self._thread.start()
+
+    def drop(self, event_id: str) -> None:
+        with self._lock:
+            self._held.pop(event_id, None)
+
+    def held(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._held)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            by_owner: dict[str, list[str]] = {}
+            for event_id, owner in self.held().items():
+                by_owner.setdefault(owner, []).append(event_id)
+            for owner, ids in by_owner.items():
+                try:
+                    self.store.renew_leases(owner, ids, self.lease_s)
+                except StoreUnavailable as error:
+                    LOG.warning("could not renew leases: %s", error.message)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The X-Machinery-Signature of a webhook body: sha256=<hex HMAC-SHA256>."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def deliver_webhook(store: Store, event: Mapping[str, Any], config: Mapping[str, Any], owner: str,
+                    session_factory: Callable[[], Any] = thread_session) -> str:
+    """POST an ended event's record to its callback_url once; record the attempt; return the webhook status."""
+    body = to_json(event_schema.dump(event))
+    headers = {"Content-Type": "application/json", "X-Machinery-Event": event["event_id"]}
+    if config.get("WEBHOOK_SECRET"):
+        headers["X-Machinery-Signature"] = sign(body, config["WEBHOOK_SECRET"])
+    attempts = list((event.get("webhook") or {}).get("attempts") or [])
+    entry: dict[str, Any] = {"attempt": len(attempts) + 1, "at": utcnow()}
+    try:
+        response = session_factory().post(event["callback_url"], data=body, headers=headers,
+                                          timeout=WEBHOOK_TIMEOUT_S, allow_redirects=False)
+        response.close()
+        entry["status"] = response.status_code
+        ok = 200 <= response.status_code < 300
+    except requests.RequestException as error:
+        entry["error"] = type(error).__name__
+        ok = False
+    max_attempts = config.get("WEBHOOK_MAX_ATTEMPTS", 5)
+    if ok:
+        status, next_at = "delivered", None
+    elif entry["attempt"] >= max_attempts:
+        status, next_at = "failed", None
+    else:
+        status = "pending"
+        next_at = utcnow() + timedelta(seconds=backoff_delay(entry["attempt"], WEBHOOK_BACKOFF_S))
+    store.update_event(event["event_id"], {
+        "$set": {"webhook.status": status, "webhook.next_at": next_at, "webhook.owner": None},
+        "$push": {"webhook.attempts": entry},
+    }, expect={"webhook.owner": owner})
+    return status
+
+
+class Worker:
+    """Threads that claim events, run them with the executor, and deliver completion webhooks."""
+
+    def __init__(self, store: Store, executor: Executor, keeper: LeaseKeeper, config: Mapping[str, Any],
+                 threads: int, name: str = "worker"):
+        self.store = store
+        self.executor = executor
+        self.keeper = keeper
+        self.config = config
+        self.size = threads
+        self.name = name
+        self.owner = process_owner()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.ran = 0
+
+    def start(self) -> Worker:
+        for number in range(self.size):
+            thread = threading.Thread(target=self._loop, args=(f"{self.owner}/{self.name}-{number}",),
+                                      name=f"machinery-{self.name}-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        LOG.info("%s: %d threads claiming events as %s", self.name, self.size, self.owner)
+        return self
+
+    def wake(self) -> None:
+        """Look for work now rather than at the next poll."""
+        self._wake.set()
+
+    def _loop(self, owner: str) -> None:
+        lease_s, poll_s = self.config["LEASE_S"], self.config["POLL_S"]
+        while not self._stop.is_set():
+            try:
+                worked = self.work_once(owner, lease_s)
+            except StoreUnavailable as error:
+                LOG.warning("%s: store unavailable: %s", owner, error.message)
+                worked = False
+            except Exception:  # a bug must not kill the thread: log it and keep claiming
+                LOG.exception("%s: unexpected error", owner)
+                worked = False
+            if not worked:
+                self._wake.wait(poll_s)
+                self._wake.clear()
+
+    def work_once(self, owner: str, lease_s: float) -> bool:
+        """Run one claimed event or deliver one webhook; False when there was nothing to do."""
+        event = self.store.claim_event(owner, lease_s)
+        if event is not None:
+            self.keeper.hold(event["event_id"], owner)
+            try:
+                self.executor.run(event, owner)
+                self.ran += 1
+            finally:
+                self.keeper.drop(event["event_id"])
+            return True
+        event = self.store.claim_webhook(owner, WEBHOOK_TIMEOUT_S * 3)
+        if event is not None:
+            deliver_webhook(self.store, event, self.config, owner)
+            return True
+        return False
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Stop claiming; let running events finish for up to `grace_s`, then release what is still held."""
+        self._stop.set()
+        self._wake.set()
+        deadline = time.monotonic() + grace_s
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for event_id, owner in self.keeper.held().items():
+            if owner.startswith(f"{self.owner}/{self.name}-"):
+                if self.store.release_event(event_id, owner):
+                    LOG.warning("%s: released event %s unfinished; another worker resumes it", owner, event_id)
+                self.keeper.drop(event_id)
+        LOG.info("%s stopped after running %d events", self.name, self.ran)

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean browser-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,16 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/machinery demo --port $(PORT)
 
-test: install
+test: install browser-deps
 	$(BIN)/ruff check machinery tests examples benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Headless Chromium from Debian for the browser tests (they skip, saying why, where it cannot be had).
+browser-deps:
+	@bash tests/browser/install-chromium.sh || true
+
+bench: install
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check machinery tests examples benchmarks

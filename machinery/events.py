@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import timedelta
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -89,7 +90,7 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
         "status": "running" if owner else "pending", "ack_date": now, "updated_at": now, "finished_at": None,
         "data": data, "context": dict(data), "steps": [], "next_step": 0, "run": 0, "runs": [],
         "outputs": None, "error": None, "callback_url": callback_url, "callback_base": callback_base,
-        "trace": dict(trace or {}),
+        "trace": {"trace_id": uuid.uuid4().hex, **(trace or {})},
         "lease_owner": owner, "lease_expires": now + timedelta(seconds=lease_s) if owner else EPOCH,
         "claims": [{"owner": owner, "at": now}] if owner else [],
     }

@@ -6,6 +6,7 @@ import logging
 from http import HTTPStatus
 
 from flask import Flask, jsonify
+from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from machinery.api.body import BadBody
@@ -49,6 +50,12 @@ def _flatten(messages, prefix="") -> list[str]:
     return [f"{prefix}: {messages}" if prefix else str(messages)]
 
 
+def _invalid(messages) -> str:
+    """One sentence naming the first few fields at fault."""
+    lines = _flatten(messages)
+    return "invalid request: " + "; ".join(lines[:5]) + (" ..." if len(lines) > 5 else "")
+
+
 def reply(code: int, message: str, errors=None, headers=None):
     response = jsonify(error_body(code, message, errors))
     response.status_code = code
@@ -65,9 +72,7 @@ def handle_http(error: HTTPException):
         # webargs nests the messages under the location ("json", "query"): drop that level.
         if isinstance(messages, dict) and len(messages) == 1:
             messages = next(iter(messages.values()))
-        lines = _flatten(messages)
-        message = "invalid request: " + "; ".join(lines[:5]) + (" ..." if len(lines) > 5 else "")
-        return reply(code, message, messages, headers=getattr(error, "headers", None) or data.get("headers"))
+        return reply(code, _invalid(messages), messages, headers=getattr(error, "headers", None) or data.get("headers"))
     message = data.get("message") or error.description or HTTPStatus(code).phrase
     headers = {}
     if code == 405 and error.valid_methods:
@@ -88,6 +93,11 @@ def handle_domain(error: MachineryError):
     return reply(code, error.message, error.errors)
 
 
+def handle_validation(error: ValidationError):
+    """A schema loaded by hand (not through @arguments) rejected its input."""
+    return reply(422, _invalid(error.messages), error.messages)
+
+
 def handle_unexpected(error: Exception):
     LOG.exception("unhandled error")
     return reply(500, "internal error; the server log has the details")
@@ -96,4 +106,5 @@ def handle_unexpected(error: Exception):
 def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http)
     app.register_error_handler(MachineryError, handle_domain)
+    app.register_error_handler(ValidationError, handle_validation)
     app.register_error_handler(Exception, handle_unexpected)

@@ -1,0 +1,294 @@
+"""A MongoDB wire-protocol server over mongomock, for tests that need several processes to share a store.
+
+No MongoDB server can be installed on the build machines, yet the multi-process tests (gunicorn plus
+`machinery worker` processes, a worker killed with -9) need one store that every process reaches
+through pymongo. This speaks enough of the protocol (OP_QUERY handshake, OP_MSG commands) for the
+commands Machinery's store sends, executing each one under a single lock against mongomock.
+
+With MACHINERY_TEST_MONGO_URI set, the tests use that real server instead.
+
+Run alone: python -m tests.support.mongowire PORT
+"""
+
+from __future__ import annotations
+
+import socketserver
+import struct
+import sys
+import threading
+from datetime import datetime, timezone
+
+import bson
+import mongomock
+from bson.codec_options import CodecOptions
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError, OperationFailure
+
+OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
+CODEC = CodecOptions(tz_aware=False)
+HEADER = struct.Struct("<iiii")
+
+
+class WireStore:
+    """Executes decoded commands against one mongomock client, one at a time."""
+
+    def __init__(self):
+        self.client = mongomock.MongoClient()
+        self.lock = threading.Lock()
+        self.connections = 0
+
+    def run(self, command: dict, sequences: dict) -> dict:
+        name = next(iter(command))
+        handler = getattr(self, "cmd_" + name.lower(), None)
+        if handler is None:
+            return {"ok": 0.0, "errmsg": f"no such command: '{name}'", "code": 59, "codeName": "CommandNotFound"}
+        database = self.client[command.get("$db", "test")]
+        with self.lock:
+            try:
+                return {**handler(database, command, sequences), "ok": 1.0}
+            except OperationFailure as error:
+                return {"ok": 0.0, "errmsg": str(error), "code": error.code or 8}
+            except Exception as error:  # an unsupported form: answer it as the server would, not hang up
+                return {"ok": 0.0, "errmsg": f"{type(error).__name__}: {error}", "code": 2}
+
+    # -- handshake and server ---------------------------------------------------------------
+
+    def cmd_hello(self, database, command, sequences):
+        # No logicalSessionTimeoutMinutes: the driver then uses no sessions, which this server lacks.
+        return {"ismaster": True, "isWritablePrimary": True, "helloOk": True,
+                "maxBsonObjectSize": 16 * 1024 * 1024, "maxMessageSizeBytes": 48_000_000,
+                "maxWriteBatchSize": 100_000, "localTime": datetime.now(timezone.utc),
+                "minWireVersion": 0, "maxWireVersion": 21, "connectionId": 1}
+
+    cmd_ismaster = cmd_hello
+
+    def cmd_ping(self, database, command, sequences):
+        return {}
+
+    def cmd_buildinfo(self, database, command, sequences):
+        return {"version": "7.0.0", "versionArray": [7, 0, 0, 0]}
+
+    def cmd_endsessions(self, database, command, sequences):
+        return {}
+
+    def cmd_killcursors(self, database, command, sequences):
+        return {"cursorsKilled": command.get("cursors", [])}
+
+    # -- reads ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _cursor(database, collection, documents):
+        return {"cursor": {"id": 0, "ns": f"{database.name}.{collection}", "firstBatch": documents}}
+
+    def cmd_find(self, database, command, sequences):
+        collection = database[command["find"]]
+        cursor = collection.find(command.get("filter") or {}, command.get("projection"))
+        if command.get("sort"):
+            cursor = cursor.sort(list(command["sort"].items()))
+        if command.get("skip"):
+            cursor = cursor.skip(command["skip"])
+        if command.get("limit"):
+            cursor = cursor.limit(abs(command["limit"]))
+        return self._cursor(database, command["find"], list(cursor))
+
+    def cmd_aggregate(self, database, command, sequences):
+        return self._cursor(database, command["aggregate"],
+                            list(database[command["aggregate"]].aggregate(command["pipeline"])))
+
+    def cmd_count(self, database, command, sequences):
+        return {"n": database[command["count"]].count_documents(command.get("query") or {})}
+
+    def cmd_listindexes(self, database, command, sequences):
+        indexes = [{"v": 2, "name": name, "key": dict(info.pop("key")), **info}
+                   for name, info in database[command["listIndexes"]].index_information().items()]
+        return self._cursor(database, command["listIndexes"], indexes)
+
+    def cmd_listcollections(self, database, command, sequences):
+        return self._cursor(database, "$cmd.listCollections",
+                            [{"name": name, "type": "collection"} for name in database.list_collection_names()])
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def cmd_insert(self, database, command, sequences):
+        collection = database[command["insert"]]
+        documents = command.get("documents") or sequences.get("documents", [])
+        errors, n = [], 0
+        for index, document in enumerate(documents):
+            try:
+                collection.insert_one(document)
+                n += 1
+            except DuplicateKeyError as error:
+                errors.append({"index": index, "code": 11000, "errmsg": str(error)})
+                if command.get("ordered", True):
+                    break
+        return {"n": n, **({"writeErrors": errors} if errors else {})}
+
+    def cmd_update(self, database, command, sequences):
+        collection = database[command["update"]]
+        n = modified = 0
+        upserted, errors = [], []
+        for index, spec in enumerate(command.get("updates") or sequences.get("updates", [])):
+            method = collection.update_many if spec.get("multi") else collection.update_one
+            try:
+                result = method(spec["q"], spec["u"], upsert=spec.get("upsert", False))
+            except DuplicateKeyError as error:
+                errors.append({"index": index, "code": 11000, "errmsg": str(error)})
+                continue
+            n += result.matched_count
+            modified += result.modified_count
+            if result.upserted_id is not None:
+                n += 1
+                upserted.append({"index": index, "_id": result.upserted_id})
+        reply = {"n": n, "nModified": modified}
+        if upserted:
+            reply["upserted"] = upserted
+        if errors:
+            reply["writeErrors"] = errors
+        return reply
+
+    def cmd_delete(self, database, command, sequences):
+        collection = database[command["delete"]]
+        n = 0
+        for spec in command.get("deletes") or sequences.get("deletes", []):
+            method = collection.delete_one if spec.get("limit") == 1 else collection.delete_many
+            n += method(spec["q"]).deleted_count
+        return {"n": n}
+
+    def cmd_findandmodify(self, database, command, sequences):
+        collection = database[command["findAndModify"]]
+        query, sort = command.get("query") or {}, list((command.get("sort") or {}).items()) or None
+        projection = command.get("fields")
+        if command.get("remove"):
+            value = collection.find_one_and_delete(query, projection=projection, sort=sort)
+            return {"lastErrorObject": {"n": int(value is not None)}, "value": value}
+        existed = collection.find_one(query, {"_id": 1}, sort=sort) is not None
+        try:
+            value = collection.find_one_and_update(
+                query, command["update"], projection=projection, sort=sort, upsert=command.get("upsert", False),
+                return_document=ReturnDocument.AFTER if command.get("new") else ReturnDocument.BEFORE)
+        except DuplicateKeyError as error:
+            raise OperationFailure(str(error), code=11000) from None
+        last = {"n": int(existed or command.get("upsert", False)), "updatedExisting": existed}
+        return {"lastErrorObject": last, "value": value}
+
+    def cmd_createindexes(self, database, command, sequences):
+        collection = database[command["createIndexes"]]
+        for index in command["indexes"]:
+            options = {key: value for key, value in index.items() if key not in ("key", "v", "ns")}
+            collection.create_index(list(index["key"].items()), **options)
+        return {"numIndexesAfter": len(collection.index_information())}
+
+    def cmd_dropindexes(self, database, command, sequences):
+        collection = database[command["dropIndexes"]]
+        if command["index"] == "*":
+            collection.drop_indexes()
+        else:
+            collection.drop_index(command["index"])
+        return {}
+
+    def cmd_drop(self, database, command, sequences):
+        database.drop_collection(command["drop"])
+        return {}
+
+    def cmd_dropdatabase(self, database, command, sequences):
+        self.client.drop_database(database.name)
+        return {}
+
+
+def _read_exactly(sock, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(left)
+        if not chunk:
+            raise ConnectionError("closed")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _cstring(data: bytes, offset: int) -> tuple[str, int]:
+    end = data.index(b"\x00", offset)
+    return data[offset:end].decode(), end + 1
+
+
+def _parse_msg(body: bytes) -> tuple[dict, dict]:
+    """An OP_MSG body: the command document and any document sequences by identifier."""
+    offset, command, sequences = 4, None, {}
+    end = len(body) - (4 if struct.unpack_from("<I", body)[0] & 1 else 0)  # checksum present
+    while offset < end:
+        kind = body[offset]
+        offset += 1
+        size = struct.unpack_from("<i", body, offset)[0]
+        if kind == 0:
+            command = bson.decode(body[offset:offset + size], CODEC)
+            offset += size
+        else:
+            section_end = offset + size
+            identifier, position = _cstring(body, offset + 4)
+            documents = []
+            while position < section_end:
+                doc_size = struct.unpack_from("<i", body, position)[0]
+                documents.append(bson.decode(body[position:position + doc_size], CODEC))
+                position += doc_size
+            sequences[identifier] = documents
+            offset = section_end
+    return command, sequences
+
+
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        store: WireStore = self.server.store
+        sock = self.request
+        while True:
+            try:
+                length, request_id, _, opcode = HEADER.unpack(_read_exactly(sock, 16))
+                body = _read_exactly(sock, length - 16)
+            except (ConnectionError, OSError):
+                return
+            if opcode == OP_MSG:
+                command, sequences = _parse_msg(body)
+                reply = bson.encode(store.run(command, sequences), codec_options=CODEC)
+                payload = struct.pack("<IB", 0, 0) + reply
+                sock.sendall(HEADER.pack(16 + len(payload), 0, request_id, OP_MSG) + payload)
+            elif opcode == OP_QUERY:
+                _, collection_end = _cstring(body, 4)
+                document = bson.decode(body[collection_end + 8:collection_end + 8 +
+                                            struct.unpack_from("<i", body, collection_end + 8)[0]], CODEC)
+                name = next(iter(document))
+                if name == "$query":
+                    document = document["$query"]
+                reply = bson.encode(store.run({**document, "$db": "admin"}, {}), codec_options=CODEC)
+                payload = struct.pack("<iqii", 8, 0, 0, 1) + reply
+                sock.sendall(HEADER.pack(16 + len(payload), 0, request_id, OP_REPLY) + payload)
+            else:
+                return
+
+
+class WireServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1"):
+        super().__init__((host, port), Handler)
+        self.store = WireStore()
+        self.thread = None
+
+    @property
+    def uri(self) -> str:
+        host, port = self.server_address
+        return f"mongodb://{host}:{port}/machinery"
+
+    def start(self) -> WireServer:
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+if __name__ == "__main__":
+    server = WireServer(int(sys.argv[1]) if len(sys.argv) > 1 else 27017)
+    print(server.uri, flush=True)
+    server.serve_forever()

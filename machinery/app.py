@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Mapping
 
 import flask_smorest
-from flask import Flask
+from flask import Flask, request
 from flask.json.provider import DefaultJSONProvider
 
-from machinery import __version__
+from machinery import __version__, metrics
 from machinery.api import errors
 from machinery.config import is_embedded, load_config
 from machinery.exceptions import StoreUnavailable
 from machinery.executor import Executor, Observer
-from machinery.logs import configure_logging
+from machinery.logs import configure_logging, init_request_ids
 from machinery.schemas import ErrorSchema, json_default
 from machinery.store import Store
 from machinery.worker import LeaseKeeper, Worker, process_owner
@@ -43,6 +44,7 @@ class Runtime:
         self.config = config
         self.store = Store.connect(config["MONGO_URI"], config["MONGO_TIMEOUT_MS"])
         self.indexes_ready = False
+        self._indexes_retry_at = 0.0  # while the store is down, answer 503 at once rather than wait each time
         self.owner = process_owner()
         self.keeper = LeaseKeeper(self.store, config["LEASE_S"])
         self.executor = Executor(self.store, config, observer=observer)
@@ -56,9 +58,12 @@ class Runtime:
         """Create the indexes once the store answers; False (and a warning) while it does not."""
         if self.indexes_ready:
             return True
+        if time.monotonic() < self._indexes_retry_at:
+            return False
         try:
             self.store.ensure_indexes(self.config["EVENT_TTL_DAYS"])
         except StoreUnavailable as error:
+            self._indexes_retry_at = time.monotonic() + 1.0
             LOG.warning("store not reachable yet, indexes not ensured: %s", error.message)
             return False
         self.indexes_ready = True
@@ -104,10 +109,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
+        MAX_CONTENT_LENGTH=settings.get("MAX_BODY_BYTES", 1024 * 1024),
     )
     app.config["MACHINERY"] = settings
 
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, observer=metrics.MetricsObserver())
     app.extensions["machinery"] = runtime
     if is_embedded(settings["MONGO_URI"]):
         LOG.warning("EMBEDDED IN-MEMORY STORE (%s): everything is lost when this process exits; "
@@ -115,19 +121,29 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     else:
         LOG.info("store: MongoDB at %s", _redacted(settings["MONGO_URI"]))
     runtime.ensure_indexes()
+    init_request_ids(app, access_log=settings.get("ACCESS_LOG", True))
+    metrics.init_app(app)
+    from machinery.api import auth as api_auth
+
+    api_auth.init_app(app, settings)  # before the store check: an unknown caller learns nothing of the store
 
     @app.before_request
     def _indexes_once_store_answers():
+        # The probes, the scrape and the API docs answer while the store is down.
+        if request.blueprint in ("health", "api-docs"):
+            return
         if not runtime.indexes_ready and not runtime.ensure_indexes():
             raise StoreUnavailable("the store is not reachable")
 
     api = Api(app)
-    from machinery.api import events, health, services, workflows
+    from machinery.api import events, graph, health, services, ui, workflows
 
     for blueprint in (services.bp, services.alias, workflows.bp, workflows.alias,
-                      events.ingest, events.bp, events.callbacks):
+                      events.ingest, events.bp, events.callbacks, graph.bp):
         api.register_blueprint(blueprint)
+    api_auth.document(api)
     app.register_blueprint(health.bp)
+    app.register_blueprint(ui.bp)
     errors.register(app)
     runtime.start()
     return app

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -166,7 +167,11 @@ def cmd_worker(args) -> int:
     configure_logging(config["LOG_LEVEL"], config["LOG_FORMAT"])
     store = Store.connect(config["MONGO_URI"], config["MONGO_TIMEOUT_MS"])
     keeper = LeaseKeeper(store, config["LEASE_S"])
-    worker = Worker(store, Executor(store, config), keeper, config, args.threads or config["WORKER_THREADS"])
+    from machinery import metrics
+
+    executor = Executor(store, config, observer=metrics.MetricsObserver())
+    worker = Worker(store, executor, keeper, config, args.threads or config["WORKER_THREADS"])
+    exporter = metrics.serve_worker_metrics(config["WORKER_METRICS_PORT"])
     stopping = threading.Event()
 
     def on_signal(signum, _frame):
@@ -179,6 +184,9 @@ def cmd_worker(args) -> int:
         pass
     worker.stop(args.grace)
     keeper.stop()
+    if exporter is not None:
+        exporter.shutdown()
+        exporter.server_close()
     return 0
 
 
@@ -193,8 +201,20 @@ def gunicorn_command(bind: str, workers: int | None = None, threads: int | None 
 
 def cmd_serve(args) -> int:
     config = load_config()  # a bad MACHINERY_* value stops here, naming the variable
-    if config["MONGO_URI"].startswith("mongomock://") and (args.workers or 1) > 1:
-        _fail("the embedded store lives in one process: use --workers 1, or set MACHINERY_MONGO_URI")
+    from machinery import gunicorn_conf
+
+    workers = args.workers or gunicorn_conf.workers
+    if config["MONGO_URI"].startswith("mongomock://") and workers > 1:
+        if not args.split_embedded_store:
+            _fail("the embedded store lives in one process: use --workers 1, or set MACHINERY_MONGO_URI "
+                  "(--split-embedded-store gives each worker its own empty store, for tests of serving only)")
+        print(f"machinery: WARNING: {workers} workers, each with its OWN embedded store: what one worker "
+              "registers or runs, the others never see", file=sys.stderr)
+    if workers > 1 and not os.environ.get(gunicorn_conf.MULTIPROC_ENV):
+        # Each worker writes its metric samples here, so that a scrape of any worker sums them all.
+        folder = tempfile.mkdtemp(prefix="machinery-metrics-")
+        os.environ[gunicorn_conf.MULTIPROC_ENV] = folder
+        os.environ[gunicorn_conf.OWNED_MULTIPROC_ENV] = folder
     command = gunicorn_command(args.bind, args.workers, args.threads)
     os.execv(command[0], command)
     return 0
@@ -227,6 +247,8 @@ def wait_for(url: str, seconds: float = 20.0, process: subprocess.Popen | None =
 def cmd_demo(args) -> int:
     from machinery.serving import ServerThread
 
+    if not (EXAMPLES / "definitions").is_dir():
+        _fail(f"the examples are not at {EXAMPLES}: run the demo from a checkout of the repository")
     servers = {name: ServerThread(_load_example(module)).start() for name, module in EXAMPLE_SERVICES.items()}
     api = f"http://127.0.0.1:{args.port}"
     env = {**os.environ, "MACHINERY_MONGO_URI": "mongomock://localhost/machinery"}
@@ -287,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--bind", default=os.environ.get("MACHINERY_BIND", "0.0.0.0:5000"))
     serve.add_argument("--workers", type=int, help="gunicorn worker processes (default from gunicorn_conf)")
     serve.add_argument("--threads", type=int, help="threads per worker (default from gunicorn_conf)")
+    serve.add_argument("--split-embedded-store", action="store_true",
+                       help="allow --workers > 1 on the embedded store, each worker with its own (tests only)")
     serve.set_defaults(handler=cmd_serve)
 
     worker = commands.add_parser("worker", help="claim and run async events until SIGTERM")

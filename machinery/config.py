@@ -54,6 +54,29 @@ def _text(value: str) -> str:
     return value
 
 
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError("must be true or false (1/0, yes/no, on/off)")
+    return lowered in ("1", "true", "yes", "on")
+
+
+def _optional_positive_int(value: str) -> int | None:
+    return _positive_int(value) if value.strip() else None
+
+
+def _api_keys(value: str):
+    from machinery.auth import KeyRing
+
+    return KeyRing.parse(value)
+
+
+def _allowed_hosts(value: str):
+    from machinery.guard import parse_policy
+
+    return parse_policy(value)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One MACHINERY_* variable: its key in the config dict, default and meaning."""
@@ -62,6 +85,7 @@ class Setting:
     default: Any
     parse: Callable[[str], Any]
     meaning: str
+    secret: bool = False  # never echoed: not in errors, not in logs
 
     @property
     def env(self) -> str:
@@ -71,7 +95,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("MONGO_URI", "mongomock://localhost/machinery", _mongo_uri,
             "Where events and definitions are kept. `mongomock://` is the embedded in-memory store "
-            "(lost at exit); `mongodb://user:pass@host/db` is a real MongoDB. The database is the URI's path."),
+            "(lost at exit); `mongodb://user:pass@host/db` is a real MongoDB. The database is the URI's path.",
+            secret=True),
     Setting("MONGO_TIMEOUT_MS", 2000, _positive_int,
             "How long a store operation waits for MongoDB before the API answers 503."),
     Setting("PUBLIC_URL", "", _text,
@@ -90,7 +115,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DEFAULT_TIMEOUT_S", 10.0, _positive_float,
             "Timeout of a service call when the service sets no `timeout_s`."),
     Setting("WEBHOOK_SECRET", "", _text,
-            "Secret that signs completion webhooks (HMAC-SHA256 of the body in `X-Machinery-Signature`)."),
+            "Secret that signs completion webhooks (HMAC-SHA256 of the body in `X-Machinery-Signature`).",
+            secret=True),
     Setting("WEBHOOK_MAX_ATTEMPTS", 5, _positive_int,
             "Attempts to deliver a completion webhook before giving up."),
     Setting("EVENT_TTL_DAYS", None, _optional_positive_float,
@@ -99,6 +125,36 @@ SETTINGS: tuple[Setting, ...] = (
             "Logging level."),
     Setting("LOG_FORMAT", "text", _choice("text", "json"),
             "`json`: one JSON object a line."),
+    Setting("ACCESS_LOG", True, _flag,
+            "Log one line per HTTP request (method, path, status, duration, request id) at info level."),
+    Setting("BIND", "0.0.0.0:5000", _text,
+            "Address `machinery serve` listens on (`--bind` overrides it)."),
+    Setting("GUNICORN_WORKERS", None, _optional_positive_int,
+            "Gunicorn worker processes of `machinery serve` (`--workers` overrides it). Unset: "
+            "`WEB_CONCURRENCY`, else 1. More than 1 needs MongoDB: the embedded store lives in one process."),
+    Setting("GUNICORN_THREADS", 8, _positive_int,
+            "Threads per gunicorn worker: requests, sync events included, served at once by each worker."),
+    Setting("GUNICORN_TIMEOUT", 120, _positive_int,
+            "Seconds a gunicorn worker may stay silent before it is killed and replaced; keep it above "
+            "the longest sync event."),
+    Setting("GUNICORN_GRACEFUL_TIMEOUT", 30, _positive_int,
+            "Seconds a gunicorn worker gets on SIGTERM to finish its requests and release its events."),
+    Setting("WORKER_METRICS_PORT", None, _optional_positive_int,
+            "When set, `machinery worker` serves its Prometheus metrics on this port (`/metrics`)."),
+    Setting("API_KEYS", "", _api_keys,
+            "API keys as `key:right` entries separated by commas; rights `admin` (everything), `read` "
+            "(GET on the API and the UI), `send` (POST /e/<workflow>), combined with `+` (`key:read+send`). "
+            "Keys: 16 to 256 of `A-Z a-z 0-9 -._~+/`. Empty: no authentication, everything is open.",
+            secret=True),
+    Setting("ALLOWED_HOSTS", "", _allowed_hosts,
+            "Hosts service addresses and callback URLs may name: comma-separated name patterns "
+            "(`*.internal`, `upper.local`), IPs and CIDRs (`10.0.0.0/8`). Checked at registration and at "
+            "every call. Empty: every host."),
+    Setting("MAX_BODY_BYTES", 1024 * 1024, _positive_int,
+            "Largest request body the API reads; a larger one answers 413."),
+    Setting("MAX_RESPONSE_BYTES", 1024 * 1024, _positive_int,
+            "Largest reply body read from a service; a larger one fails the step (kind `too_large`). Kept "
+            "well under MongoDB's 16 MB document limit, since outputs are stored in the event."),
 )
 
 SETTINGS_BY_KEY = {setting.key: setting for setting in SETTINGS}
@@ -120,11 +176,32 @@ def load_config(environ: Mapping[str, str] | None = None,
         try:
             config[setting.key] = setting.parse(raw)
         except ValueError as error:
-            raise ConfigError(f"{setting.env}={raw!r} is not valid: {error}") from None
+            shown = "(value hidden)" if setting.secret else repr(raw)
+            raise ConfigError(f"{setting.env}={shown} is not valid: {error}") from None
     for key, value in (overrides or {}).items():
         config[key] = value
     return config
 
 
+def settings_table() -> str:
+    """The Markdown table of every setting (variable, default, meaning), as the README holds it."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for setting in SETTINGS:
+        if setting.default is None:
+            default = "unset"
+        elif setting.default == "":
+            default = "empty"
+        elif isinstance(setting.default, bool):
+            default = f"`{str(setting.default).lower()}`"
+        else:
+            default = f"`{setting.default}`"
+        lines.append(f"| `{setting.env}` | {default} | {setting.meaning.replace('|', chr(92) + '|')} |")
+    return "\n".join(lines) + "\n"
+
+
 def is_embedded(uri: str) -> bool:
     return uri.startswith("mongomock://")
+
+
+if __name__ == "__main__":  # `python -m machinery.config` prints the README's settings table
+    print(settings_table(), end="")

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from bson import ObjectId
 
-from machinery import dataflow, registry, types
+from machinery import dataflow, guard, registry, types
 from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound
 from machinery.executor import check_outputs, hash_token
 from machinery.store import EPOCH, Store, utcnow
@@ -47,6 +47,7 @@ def check_data(workflow: Mapping[str, Any], data: Any) -> None:
     if not isinstance(data, dict):
         raise InvalidData(f"event data must be a JSON object, got {types.json_type(data)}",
                           errors={"data": [f"expected object, got {types.json_type(data)}"]})
+    guard.check_storable(data, "data")
     problems = types.check(data, workflow["inputs"])
     if problems:
         listed = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
@@ -56,8 +57,10 @@ def check_data(workflow: Mapping[str, Any], data: Any) -> None:
 
 def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: str | None = None,
               owner: str | None = None, lease_s: float = 30.0, callback_base: str | None = None,
-              trace: Mapping[str, str] | None = None) -> tuple[dict, bool]:
+              trace: Mapping[str, str] | None = None, allowed_hosts: Any = None) -> tuple[dict, bool]:
     """Check an event against its workflow and store it before anything runs.
+
+    A `callback_url` whose host `allowed_hosts` (MACHINERY_ALLOWED_HOSTS) does not admit is refused.
 
     With an `owner` the event is stored running and held by that owner (a sync event, run at once);
     without, it is stored pending for any worker. Returns (event, created): an idempotency key
@@ -77,8 +80,9 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
     callback_url = options.get("callback_url")
     if callback_url is not None:
         _check_url(callback_url, "callback_url")
+        guard.check_url(callback_url, allowed_hosts, "callback_url")
     try:
-        plan = registry.plan_workflow(store, workflow)
+        plan = registry.event_plan(store, workflow)
     except DataflowError as error:
         raise Conflict(f"workflow {workflow['name']!r} no longer checks against the registered services: "
                        f"{error.message}", errors=error.errors) from None
@@ -153,6 +157,7 @@ def retry_event(store: Store, event_id: str, from_step: int | None = None,
                           errors={"from_step": [f"not between 0 and {furthest}"]})
     base = context_before(event, from_step)
     overrides = dict(context or {})
+    guard.check_storable(overrides, "context")
     if overrides:
         available = context_types(event["plan"], from_step)
         problems = {}

@@ -15,9 +15,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Mapping
 
 import requests
-from requests.adapters import HTTPAdapter
 
-from machinery import dataflow, types
+from machinery import dataflow, guard, types
 from machinery.exceptions import ServiceCallError
 from machinery.store import EPOCH, Store, utcnow
 
@@ -46,7 +45,8 @@ def thread_session() -> requests.Session:
     session = getattr(_local, "session", None)
     if session is None:
         session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=64, pool_maxsize=64, max_retries=0)
+        # Watched: a call's Deadline can cut its socket, so a server trickling bytes cannot hold it past its timeout.
+        adapter = guard.watched_adapter(pool_connections=64, pool_maxsize=64, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.trust_env = False  # calls go where the service says, never through an env proxy
@@ -156,7 +156,47 @@ class Executor:
 
     def call(self, service: Mapping[str, Any], body: bytes, headers: Mapping[str, str]) -> tuple[int, dict | None]:
         """One POST to a service. Returns (status, outputs) for 2xx; raises ServiceCallError otherwise."""
+        # Checked at every call, not only at registration: a host taken off the list is not called again.
+        refused = guard.refusal(service["address"], self.config.get("ALLOWED_HOSTS"))
+        if refused:
+            raise ServiceCallError(f"not called: {refused}", kind="forbidden_host", retryable=False)
         timeout = float(service.get("timeout_s") or self.config.get("DEFAULT_TIMEOUT_S", 10.0))
+        with guard.Deadline(timeout) as cutoff:
+            try:
+                response, raw = self._exchange(service, body, headers, timeout)
+            except ServiceCallError as error:
+                if cutoff.fired and error.kind == "connection":
+                    raise ServiceCallError(f"no complete reply within {timeout:g} s", kind="timeout",
+                                           retryable=True) from None
+                raise
+            if cutoff.fired:
+                # Cut at the deadline, a reply may look whole (headers or a body ended by the close): it is not.
+                response.close()
+                raise ServiceCallError(f"no complete reply within {timeout:g} s", kind="timeout", retryable=True)
+        status = response.status_code
+        if status == 202:
+            return status, None
+        if 200 <= status < 300:
+            try:
+                payload = json.loads(raw) if raw else None
+            except (ValueError, RecursionError):  # RecursionError: a reply nested thousands of levels deep
+                payload = None
+            if not isinstance(payload, dict):
+                raise ServiceCallError(f"replied {status} with a body that is not a JSON object: "
+                                       f"{_excerpt(raw)}", kind="contract", retryable=False, status=status)
+            return status, payload
+        if 300 <= status < 400:
+            raise ServiceCallError(
+                f"replied {status} redirecting to {response.headers.get('Location', '?')}; "
+                "redirects are not followed", kind="redirect", retryable=False, status=status)
+        retryable = status == 429 or status >= 500
+        raise ServiceCallError(
+            f"replied {status}: {_excerpt(raw)}", kind="http_status", retryable=retryable, status=status,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None)
+
+    def _exchange(self, service: Mapping[str, Any], body: bytes, headers: Mapping[str, str],
+                  timeout: float) -> tuple[Any, bytes]:
+        """POST and read the reply body; connection problems as ServiceCallError."""
         deadline = time.monotonic() + timeout
         session = self.session_factory()
         try:
@@ -176,26 +216,7 @@ class Executor:
         except requests.RequestException as error:
             raise ServiceCallError(f"the reply was cut off: {_reason(error)}", kind="connection",
                                    retryable=True) from None
-        status = response.status_code
-        if status == 202:
-            return status, None
-        if 200 <= status < 300:
-            try:
-                payload = json.loads(raw) if raw else None
-            except ValueError:
-                payload = None
-            if not isinstance(payload, dict):
-                raise ServiceCallError(f"replied {status} with a body that is not a JSON object: "
-                                       f"{_excerpt(raw)}", kind="contract", retryable=False, status=status)
-            return status, payload
-        if 300 <= status < 400:
-            raise ServiceCallError(
-                f"replied {status} redirecting to {response.headers.get('Location', '?')}; "
-                "redirects are not followed", kind="redirect", retryable=False, status=status)
-        retryable = status == 429 or status >= 500
-        raise ServiceCallError(
-            f"replied {status}: {_excerpt(raw)}", kind="http_status", retryable=retryable, status=status,
-            retry_after=parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None)
+        return response, raw
 
     # -- one step -----------------------------------------------------------------------
 
@@ -283,6 +304,9 @@ class Executor:
             finished_at = utcnow()
             record.update(finished_at=finished_at, duration_ms=_ms(started))
             self.observer.step_finished(record["service"], outcome.status, time.monotonic() - started)
+            if LOG.isEnabledFor(logging.DEBUG):
+                LOG.debug("event %s step %d (%s) %s in %.1f ms", event["event_id"], index, record["service"],
+                          outcome.status, record["duration_ms"], extra=log_fields(event, index, record["service"]))
             if outcome.status == "failed":
                 record["error"] = outcome.error
                 error = {**outcome.error, "step": index, "service": record["service"]}
@@ -297,7 +321,8 @@ class Executor:
                 "$push": {"steps": record},
                 "$set": {"context": context, "next_step": index, "updated_at": finished_at},
             }, owner=owner):
-                LOG.warning("event %s: lease lost at step %d; another worker resumes it", event["event_id"], index)
+                LOG.warning("event %s: lease lost at step %d; another worker resumes it", event["event_id"], index,
+                            extra=log_fields(event, index, record["service"]))
                 return {**event, "status": "running", "context": context, "next_step": index}
         # A plan with no step left (a replay past the end) completes at once.
         return self._finish(event, owner, None, context, index, "completed",
@@ -316,11 +341,12 @@ class Executor:
         if event.get("waiting"):
             update["$unset"] = {"waiting": ""}
         if not self.store.update_event(event["event_id"], update, owner=owner):
-            LOG.warning("event %s: lease lost before it could finish", event["event_id"])
+            LOG.warning("event %s: lease lost before it could finish", event["event_id"],
+                        extra=log_fields(event, index))
             return {**event, "status": "running"}
         self.observer.event_finished(event.get("workflow_name", ""), status)
         LOG.info("event %s %s", event["event_id"], status,
-                 extra={"event_id": event["event_id"], "status": status})
+                 extra={**log_fields(event, index, record["service"] if record else None), "status": status})
         return {**event, "status": status, "context": context, "next_step": index, "outputs": outputs,
                 "error": error, "finished_at": now, "steps": [*event.get("steps", []), *([record] if record else [])]}
 
@@ -334,7 +360,8 @@ class Executor:
             "status": "waiting", "waiting": waiting, "context": context, "next_step": index,
             "updated_at": utcnow(), "lease_owner": None, "lease_expires": expires,
         }}, owner=owner):
-            LOG.warning("event %s: lease lost while parking it", event["event_id"])
+            LOG.warning("event %s: lease lost while parking it", event["event_id"],
+                        extra=log_fields(event, index, record["service"]))
             return {**event, "status": "running"}
         return {**event, "status": "waiting", "waiting": waiting, "context": context, "next_step": index}
 
@@ -356,11 +383,21 @@ class Executor:
                             error=error)
 
 
+def log_fields(event: Mapping[str, Any], step: int | None = None, service: str | None = None) -> dict:
+    """The `extra=` of an executor log line: which event, step and service, and the request that sent it."""
+    return {"event_id": event["event_id"], "workflow": event.get("workflow_name"), "step": step,
+            "service": service, "request_id": (event.get("trace") or {}).get("request_id")}
+
+
 def check_outputs(service: Mapping[str, Any], payload: Mapping[str, Any]) -> tuple[dict, dict]:
     """Keep a reply's declared outputs and say which are missing or mistyped."""
     declared = service["outputs"]
     problems = types.check(payload, declared)
     outputs = {field["name"]: payload[field["name"]] for field in declared if field["name"] in payload}
+    for name, value in outputs.items():
+        unstorable = guard.storable_problems(value, name)
+        if unstorable and name not in problems:
+            problems[name] = "cannot be stored: " + "; ".join(unstorable[:3])
     return outputs, problems
 
 

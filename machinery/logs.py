@@ -1,12 +1,40 @@
-"""Logging set-up: plain text or one JSON object a line."""
+"""Logging set-up: plain text or one JSON object a line, every line of a request carrying its request id."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import time
+import uuid
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+ACCESS = logging.getLogger("machinery.access")
+
+# The request id of the HTTP request this thread is serving; None outside a request.
+request_id_var: ContextVar[str | None] = ContextVar("machinery_request_id", default=None)
+
+
+def current_request_id() -> str | None:
+    return request_id_var.get()
+
+
+def accepted_request_id(value: str | None) -> str:
+    """The caller's request id when it is a sane token, else a new one."""
+    return value if value and REQUEST_ID.match(value) else uuid.uuid4().hex
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamp the current request id on a record that does not carry one already (`extra=` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id_var.get()
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,10 +49,23 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _RESERVED and key not in entry and not key.startswith("_"):
-                entry[key] = value
+                if value is not None or key != "request_id":
+                    entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, then `[request_id]` when the line belongs to a request."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        return f"{line} [request_id={request_id}]" if request_id else line
 
 
 def configure_logging(level: str, fmt: str) -> None:
@@ -35,6 +76,44 @@ def configure_logging(level: str, fmt: str) -> None:
     if handler is None:
         handler = logging.StreamHandler()
         handler._machinery = True
+        handler.addFilter(RequestIdFilter())
         root.addHandler(handler)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+
+
+def init_request_ids(app, access_log: bool = True) -> None:
+    """Give every request of `app` a request id (the caller's `X-Request-Id` or a new one).
+
+    It is kept in `g.request_id` and in a context variable the log filter reads, echoed in the
+    reply's `X-Request-Id`, and, with `access_log`, one line a request is logged at info level.
+    Registered first, so every later hook and handler already sees the id.
+    """
+    from flask import g, request
+
+    def bind():
+        g.request_id = accepted_request_id(request.headers.get(REQUEST_ID_HEADER))
+        g.request_id_token = request_id_var.set(g.request_id)
+        g.request_started = time.perf_counter()
+
+    def echo(response):
+        request_id = g.get("request_id")
+        if request_id:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        if access_log and ACCESS.isEnabledFor(logging.INFO) and "request_started" in g:
+            duration_ms = round((time.perf_counter() - g.request_started) * 1000, 3)
+            ACCESS.info("%s %s %d %.1fms", request.method, request.path, response.status_code, duration_ms,
+                        extra={"method": request.method, "path": request.path,
+                               "status": response.status_code, "duration_ms": duration_ms})
+        return response
+
+    def unbind(_error=None):
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            try:
+                request_id_var.reset(token)
+            except ValueError:  # torn down in another context: nothing of ours to undo there
+                request_id_var.set(None)
+
+    app.before_request_funcs.setdefault(None, []).insert(0, bind)
+    app.after_request(echo)
+    app.teardown_request(unbind)

@@ -18,6 +18,28 @@ def plan_workflow(store: Store, workflow: Mapping[str, Any],
     return dataflow.plan(workflow, services)
 
 
+_PLANS: dict[tuple, dict] = {}
+PLAN_CACHE_SIZE = 256
+
+
+def event_plan(store: Store, workflow: Mapping[str, Any]) -> dict:
+    """The plan a new event snapshots: resolved once per workflow version and service revisions, then reused.
+
+    Keyed on the workflow's id, version and updated_at and on each service's id and updated_at, all
+    read from the store, so a workflow or service replaced by any process gets a fresh plan; a
+    missing service is never cached (plan_workflow raises). Events copy the plan when they are stored.
+    """
+    stamps = store.service_stamps(workflow["services"])
+    key = (workflow["workflow_id"], workflow.get("version"), workflow.get("updated_at"), tuple(sorted(stamps.items())))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = plan_workflow(store, workflow)
+        if len(_PLANS) >= PLAN_CACHE_SIZE:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
 def register_service(store: Store, definition: Mapping[str, Any]) -> tuple[dict, bool]:
     """Register a service, or replace it by name.
 

@@ -6,9 +6,19 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate, validates, validates_schema
+from marshmallow import (
+    EXCLUDE,
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates,
+    validates_schema,
+)
 
-from machinery import types
+from machinery import auth, types
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 NAME_RULE = validate.And(
@@ -16,7 +26,13 @@ NAME_RULE = validate.And(
     validate.Regexp(NAME_PATTERN, error="must start with a letter or digit and hold only letters, "
                                         "digits, '_', '.' and '-'"),
 )
-FIELD_NAME_RULE = validate.Length(min=1, max=100)
+# Field names become keys of the event's context in MongoDB: no operator ('$'), no path ('.'), no control character.
+FIELD_NAME_RULE = validate.And(
+    validate.Length(min=1, max=100),
+    validate.Regexp(r"^(?!\$)[^.\x00-\x1f\x7f\ud800-\udfff]*$",
+                    error="must not start with '$' or contain '.' or a control character"),
+)
+SECRET_RULE = validate.Length(min=16, max=256)
 STATUSES = ("pending", "running", "waiting", "completed", "failed")
 
 
@@ -97,11 +113,21 @@ class WorkflowSchema(Schema):
     outputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
     operations = fields.List(fields.Nested(OperationSchema), load_default=list,
                              validate=validate.Length(max=200))
+    ingest_token = fields.String(load_only=True, validate=SECRET_RULE, metadata={
+        "description": "write-only: a secret senders may present as X-Machinery-Token instead of an API key "
+                       "(kept as a SHA-256 digest)"})
+    ingest_hmac_secret = fields.String(load_only=True, validate=SECRET_RULE, metadata={
+        "description": "write-only: senders may sign the raw body with HMAC-SHA256 under this secret and send "
+                       "X-Hub-Signature-256: sha256=<hex> instead of an API key"})
 
     @validates_schema
     def _unique_fields(self, data, **_):
         _unique_names(data.get("inputs") or [], "inputs")
         _unique_names(data.get("outputs") or [], "outputs")
+
+    @post_load
+    def _seal_secrets(self, data, **_):
+        return auth.seal_workflow(data)
 
 
 class ServiceOutSchema(ServiceSchema):
@@ -114,6 +140,9 @@ class ServiceOutSchema(ServiceSchema):
 
 class WorkflowOutSchema(WorkflowSchema):
     workflow_id = fields.String(required=True)
+    ingest_auth = fields.Function(auth.ingest_methods, dump_only=True, metadata={
+        "type": "array", "items": {"type": "string", "enum": ["token", "hmac"]},
+        "description": "which ingestion secrets the workflow has (token, hmac); never the secrets"})
     version = fields.Integer(required=True)
     ack_date = fields.DateTime(required=True)
     created_at = fields.DateTime()

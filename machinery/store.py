@@ -77,6 +77,44 @@ def _serialised(method):
     return wrapper
 
 
+def _with_id_lookups(collection):
+    """The embedded store's events collection, made to find by `_id` and check partial unique
+    indexes the way MongoDB's indexes do, without scanning every document.
+
+    mongomock answers every query, update and unique check by scanning the whole collection, so
+    each step's write cost grew with the number of events stored. Results are unchanged: a query
+    naming an ObjectId `_id` can only match that document, and a document outside a partial
+    index's filter cannot clash in it. Left as is if mongomock's internals are not the expected ones.
+    """
+    from mongomock.collection import Collection
+    from mongomock.filtering import filter_applies
+
+    if type(collection) is not Collection or not all(
+            hasattr(collection, name) for name in ("_iter_documents", "_ensure_uniques", "_store")):
+        return collection
+
+    class IdLookups(Collection):
+        def _iter_documents(self, filter):
+            oid = filter.get("_id") if isinstance(filter, dict) else None
+            if not isinstance(oid, ObjectId):
+                return super()._iter_documents(filter)
+            try:
+                document = self._store[oid]
+            except KeyError:
+                return iter(())
+            return iter((document,) if filter_applies(filter, document) else ())
+
+        def _ensure_uniques(self, new_data):
+            for index in self._store.indexes.values():
+                partial = index.get("partialFilterExpression")
+                if index.get("unique") and (partial is None or filter_applies(partial, new_data)):
+                    return super()._ensure_uniques(new_data)
+            return None
+
+    collection.__class__ = IdLookups
+    return collection
+
+
 class Store:
     """Definitions and events in one MongoDB database; returns plain dicts, raises domain errors."""
 
@@ -86,7 +124,7 @@ class Store:
         self._guard = threading.RLock() if embedded else nullcontext()
         self.services = database[SERVICES]
         self.workflows = database[WORKFLOWS]
-        self.events = database[EVENTS]
+        self.events = _with_id_lookups(database[EVENTS]) if embedded else database[EVENTS]
         self.writes = 0  # store writes made, for benchmarks and metrics
 
     @classmethod
@@ -189,6 +227,12 @@ class Store:
         """The registered services among `names`, by name."""
         return {doc["name"]: _out(doc, "service_id")
                 for doc in self.services.find({"name": {"$in": list(set(names))}})}
+
+    @_serialised
+    def service_stamps(self, names: Iterable[str]) -> dict[str, tuple]:
+        """(id, updated_at) of each registered service among `names`, by name: what a plan cache keys on."""
+        return {doc["name"]: (str(doc["_id"]), doc.get("updated_at"))
+                for doc in self.services.find({"name": {"$in": list(set(names))}}, {"name": 1, "updated_at": 1})}
 
     @_serialised
     def list_services(self, page: int, page_size: int) -> tuple[list[dict], int]:

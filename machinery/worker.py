@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 import requests
 
+from machinery import guard
 from machinery.exceptions import StoreUnavailable
 from machinery.executor import Executor, backoff_delay, thread_session
 from machinery.schemas import event_schema, to_json
@@ -85,19 +86,27 @@ def deliver_webhook(store: Store, event: Mapping[str, Any], config: Mapping[str,
         headers["X-Machinery-Signature"] = sign(body, config["WEBHOOK_SECRET"])
     attempts = list((event.get("webhook") or {}).get("attempts") or [])
     entry: dict[str, Any] = {"attempt": len(attempts) + 1, "at": utcnow()}
-    try:
-        response = session_factory().post(event["callback_url"], data=body, headers=headers,
-                                          timeout=WEBHOOK_TIMEOUT_S, allow_redirects=False)
-        response.close()
-        entry["status"] = response.status_code
-        ok = 200 <= response.status_code < 300
-    except requests.RequestException as error:
-        entry["error"] = type(error).__name__
-        ok = False
+    # Checked at delivery too: a host taken off MACHINERY_ALLOWED_HOSTS after the event was sent is not called.
+    refused = guard.refusal(event["callback_url"], config.get("ALLOWED_HOSTS"))
+    ok = False
+    if refused:
+        entry["error"] = f"forbidden_host: {refused}"
+    else:
+        try:
+            # stream=True and no read: the receiver's reply body is never downloaded, however large or slow;
+            # the Deadline ends a receiver that trickles its headers.
+            with guard.Deadline(WEBHOOK_TIMEOUT_S) as cutoff:
+                response = session_factory().post(event["callback_url"], data=body, headers=headers,
+                                                  timeout=WEBHOOK_TIMEOUT_S, allow_redirects=False, stream=True)
+                response.close()
+            entry["status"] = response.status_code
+            ok = 200 <= response.status_code < 300 and not cutoff.fired
+        except requests.RequestException as error:
+            entry["error"] = type(error).__name__
     max_attempts = config.get("WEBHOOK_MAX_ATTEMPTS", 5)
     if ok:
         status, next_at = "delivered", None
-    elif entry["attempt"] >= max_attempts:
+    elif refused or entry["attempt"] >= max_attempts:
         status, next_at = "failed", None
     else:
         status = "pending"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import flask_smorest
@@ -12,6 +13,7 @@ from webargs.flaskparser import FlaskParser, is_json_request
 from machinery.exceptions import MachineryError
 
 MAX_DEPTH = 32
+INT64_DIGITS = 19  # a longer literal cannot be a 64-bit whole number; Python would also refuse past 4,300
 
 
 class BadBody(MachineryError):
@@ -35,6 +37,43 @@ def _no_constants(name):
     raise BadBody(f"malformed JSON: {name} is not a JSON number")
 
 
+def _whole_number(text: str) -> int:
+    # Larger numbers cannot be stored (MongoDB keeps 64-bit integers): refuse them here, on every store alike.
+    number = int(text) if len(text.lstrip("-")) <= INT64_DIGITS else None
+    if number is None or not -(2 ** 63) <= number < 2 ** 63:
+        raise BadBody(f"the whole number {text[:30]}{'...' if len(text) > 30 else ''} is out of range: "
+                      "at most 64 bits (-2^63 to 2^63-1)")
+    return number
+
+
+def _finite_number(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise BadBody(f"the number {text[:30]}{'...' if len(text) > 30 else ''} is out of range of a 64-bit float")
+    return number
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in a value (keys too) holds a lone surrogate such as \\ud800."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        texts = ()
+        if isinstance(item, dict):
+            texts = item.keys()
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            texts = (item,)
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
 def _depth(value: Any) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
@@ -55,13 +94,16 @@ def parse_json(raw: bytes) -> Any:
     if not text.strip():
         raise BadBody("the request body is empty; send a JSON object")
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                           parse_int=_whole_number, parse_float=_finite_number)
     except json.JSONDecodeError as error:
         raise BadBody(f"malformed JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
     except RecursionError:
         raise BadBody(f"the JSON body is nested more than {MAX_DEPTH} levels deep") from None
     if _depth(value) > MAX_DEPTH:
         raise BadBody(f"the JSON body is nested more than {MAX_DEPTH} levels deep")
+    if _lone_surrogate(value):
+        raise BadBody("malformed JSON: a \\u escape names a lone surrogate, which is not Unicode text")
     return value
 
 

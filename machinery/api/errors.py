@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 
-from flask import Flask, jsonify
+from flask import Flask, current_app, jsonify
 from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from machinery.api.body import BadBody
 from machinery.exceptions import (
@@ -80,6 +80,13 @@ def handle_http(error: HTTPException):
     return reply(code, message, headers=headers)
 
 
+def handle_too_large(error: RequestEntityTooLarge):
+    """A body over MACHINERY_MAX_BODY_BYTES, told by Content-Length or found while reading a stream."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    return reply(413, f"the request body is larger than the {limit} bytes allowed (MACHINERY_MAX_BODY_BYTES)",
+                 errors={"body": [f"at most {limit} bytes"]})
+
+
 def handle_domain(error: MachineryError):
     if isinstance(error, BadBody):
         return reply(error.status, error.message)
@@ -105,6 +112,7 @@ def handle_unexpected(error: Exception):
 
 def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http)
+    app.register_error_handler(RequestEntityTooLarge, handle_too_large)
     app.register_error_handler(MachineryError, handle_domain)
     app.register_error_handler(ValidationError, handle_validation)
     app.register_error_handler(Exception, handle_unexpected)

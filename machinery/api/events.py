@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 import uuid
 
-from flask import current_app, request, url_for
+from flask import current_app, g, request, url_for
 from flask.views import MethodView
 
-from machinery import events
+from machinery import events, metrics
 from machinery.api.body import Blueprint, page, read_json
 from machinery.exceptions import InvalidData
 from machinery.schemas import (
@@ -48,7 +48,7 @@ def is_async() -> bool:
 
 def trace_context() -> dict:
     """The request id and W3C trace id this request carries, or new ones."""
-    request_id = request.headers.get("X-Request-Id", "")
+    request_id = g.get("request_id") or request.headers.get("X-Request-Id", "")  # the one the logs carry
     match = TRACEPARENT.match(request.headers.get("traceparent", "").strip().lower())
     return {
         "request_id": request_id if REQUEST_ID.match(request_id) else uuid.uuid4().hex,
@@ -79,7 +79,8 @@ def answer(event: dict, created: bool = True):
 
 @ingest.route("/<workflow_ref>")
 class Ingest(MethodView):
-    @ingest.arguments(EventBodySchema, location="json")
+    @ingest.doc(security=[{"apiKey": []}, {"ingestToken": []}, {"hubSignature": []}])
+    @ingest.arguments(EventBodySchema(), location="json")
     @ingest.response(201, EventAckSchema, description="Sync: the event ran to completion")
     @ingest.alt_response(200, schema=EventAckSchema, description="Idempotent repeat: the first event, not run again")
     @ingest.alt_response(202, schema=EventAckSchema, description="Async (?mode=async or Prefer: respond-async), "
@@ -95,7 +96,10 @@ class Ingest(MethodView):
         event, created = events.new_event(
             runtime.store, workflow_ref, body, idempotency_key=request.headers.get("Idempotency-Key"),
             owner=owner, lease_s=runtime.config["LEASE_S"], callback_base=callback_base(), trace=trace_context(),
+            allowed_hosts=runtime.config.get("ALLOWED_HOSTS"),
         )
+        if created:
+            metrics.event_received(event.get("workflow_name", workflow_ref), run_async)
         if created and run_async:
             runtime.queued()
         elif created:
@@ -105,7 +109,7 @@ class Ingest(MethodView):
 
 @bp.route("")
 class Events(MethodView):
-    @bp.arguments(EventListArgsSchema, location="query")
+    @bp.arguments(EventListArgsSchema(), location="query")
     @bp.response(200, page_of(EventSummarySchema))
     def get(self, args):
         """List events, newest first, by workflow and status"""
@@ -149,6 +153,7 @@ class Retry(MethodView):
 
 @callbacks.route("/<token>")
 class Callback(MethodView):
+    @callbacks.doc(security=[])  # the single-use token in the URL is the credential
     @callbacks.response(200, EventAckSchema, description="The step completed; the event goes on")
     def post(self, token):
         """Complete a waiting step with the outputs of its async service (single use)"""

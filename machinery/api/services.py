@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import current_app
 from flask.views import MethodView
 
-from machinery import registry
+from machinery import guard, registry
 from machinery.api.body import Blueprint, page
 from machinery.schemas import PageArgsSchema, ServiceOutSchema, ServiceSchema, page_of
 
@@ -18,8 +18,14 @@ def _store():
     return current_app.extensions["machinery"].store
 
 
+def _allowed(definition):
+    """Refuse (422) an address whose host is not in MACHINERY_ALLOWED_HOSTS."""
+    guard.check_url(definition["address"], current_app.config["MACHINERY"].get("ALLOWED_HOSTS"), "address")
+    return definition
+
+
 def _register(definition):
-    service, created = registry.register_service(_store(), definition)
+    service, created = registry.register_service(_store(), _allowed(definition))
     return service, 201 if created else 200
 
 
@@ -63,7 +69,7 @@ class Service(MethodView):
     @bp.response(200, ServiceOutSchema)
     def put(self, definition, ref):
         """Replace a service's definition (refused when it would break a workflow)"""
-        return registry.replace_service(_store(), ref, definition)
+        return registry.replace_service(_store(), ref, _allowed(definition))
 
     @bp.response(204)
     def delete(self, ref):

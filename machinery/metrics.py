@@ -1,0 +1,141 @@
+"""Prometheus metrics, every one named machinery_*: events, steps, service calls, HTTP latency, store gauges.
+
+One process: the metrics live in this module's registry. Several gunicorn workers: set
+PROMETHEUS_MULTIPROC_DIR (`machinery serve` does when it starts more than one) and every
+worker writes its samples there; a scrape of any worker adds them all up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from machinery.exceptions import StoreUnavailable
+from machinery.executor import Observer
+
+LOG = logging.getLogger(__name__)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+REGISTRY = CollectorRegistry()
+
+EVENTS_RECEIVED = Counter(
+    "machinery_events_received_total", "Events accepted by POST /e/<workflow>.",
+    ["workflow", "mode"], registry=REGISTRY)
+EVENTS_FINISHED = Counter(
+    "machinery_events_finished_total", "Events that ended, by how they ended.",
+    ["workflow", "status"], registry=REGISTRY)
+STEP_DURATION = Histogram(
+    "machinery_step_duration_seconds", "Time a step took, all its attempts and back-off included.",
+    ["service", "status"], buckets=STEP_BUCKETS, registry=REGISTRY)
+SERVICE_CALLS = Counter(
+    "machinery_service_calls_total", "HTTP calls made to services, by outcome "
+    "(ok, accepted, contract, timeout, connection, http_status, redirect, too_large).",
+    ["service", "outcome"], registry=REGISTRY)
+HTTP_DURATION = Histogram(
+    "machinery_http_request_duration_seconds", "Time the API took to answer, by route and status.",
+    ["method", "endpoint", "status"], registry=REGISTRY)
+
+
+class MetricsObserver(Observer):
+    """The executor's hooks, counted."""
+
+    def call_attempt(self, service: str, outcome: str) -> None:
+        SERVICE_CALLS.labels(service, outcome).inc()
+
+    def step_finished(self, service: str, status: str, duration_s: float) -> None:
+        STEP_DURATION.labels(service, status).observe(duration_s)
+
+    def event_finished(self, workflow: str, status: str) -> None:
+        EVENTS_FINISHED.labels(workflow, status).inc()
+
+
+def event_received(workflow: str, run_async: bool) -> None:
+    EVENTS_RECEIVED.labels(workflow, "async" if run_async else "sync").inc()
+
+
+class StoreCollector:
+    """Gauges read from the store at scrape time: events by active status, and whether the store answers."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        up = GaugeMetricFamily("machinery_store_up", "1 when the store answered this scrape, else 0.")
+        active = GaugeMetricFamily("machinery_events_active",
+                                   "Events not yet finished, by status (pending, running, waiting).",
+                                   labels=["status"])
+        try:
+            counts = self.store.pending_events_by_status()
+        except StoreUnavailable as error:
+            LOG.warning("metrics: store gauges skipped: %s", error.message)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        for status, count in counts.items():
+            active.add_metric([status], count)
+        yield up
+        yield active
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def exposition(store) -> tuple[bytes, str]:
+    """The text a scrape reads: this process's metrics (or every worker's) and the store gauges."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        registry.register(_Forward(REGISTRY))
+    registry.register(StoreCollector(store))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Forward:
+    """Collect another registry's metrics into a scrape registry."""
+
+    def __init__(self, source: CollectorRegistry):
+        self.source = source
+
+    def collect(self):
+        return self.source.collect()
+
+
+def init_app(app) -> None:
+    """Time every request by its route (`/events/<event_id>`, never the raw path)."""
+    from flask import g, request
+
+    def start():
+        g.metrics_started = time.perf_counter()
+
+    def observe(response):
+        started = g.get("metrics_started")
+        if started is not None:
+            rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+            HTTP_DURATION.labels(request.method, rule, str(response.status_code)).observe(
+                time.perf_counter() - started)
+        return response
+
+    app.before_request_funcs.setdefault(None, []).insert(0, start)
+    app.after_request(observe)
+
+
+def serve_worker_metrics(port: int | None, host: str = "0.0.0.0"):
+    """For `machinery worker`: serve this process's metrics on `port` in a thread; None when no port is set."""
+    if not port:
+        return None
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    LOG.info("worker metrics on http://%s:%d/metrics", host, port)
+    return server

@@ -23,6 +23,12 @@ from machinery.exceptions import ConfigError, MachineryError
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 DEFAULT_API = os.environ.get("MACHINERY_API_URL", "http://127.0.0.1:5000")
+
+
+def api_headers() -> dict:
+    """The API key of MACHINERY_API_KEY, when set, for an API that requires one."""
+    key = os.environ.get("MACHINERY_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
 EXAMPLE_SERVICES = {  # service name -> module in examples/services
     "upper": "upper", "reverse": "reverse", "space-counter": "space_counter", "slow-upper": "slow_upper",
 }
@@ -89,7 +95,8 @@ def apply_definitions(paths: list[str], api: str | None, addresses: dict[str, st
     for kind, definition, file in read_definitions(paths):
         definition = with_addresses(definition, addresses)
         if store is None:
-            response = requests.post(f"{api.rstrip('/')}/{kind}s", json=definition, timeout=30)
+            response = requests.post(f"{api.rstrip('/')}/{kind}s", json=definition, timeout=30,
+                                     headers=api_headers())
             ok, detail = response.status_code in (200, 201), response.json()
             outcome = {201: "registered", 200: "replaced"}.get(response.status_code, f"HTTP {response.status_code}")
         else:
@@ -152,7 +159,7 @@ def cmd_send(args) -> int:
     else:
         body = json.load(sys.stdin)
     url = f"{args.api.rstrip('/')}/e/{args.workflow}" + ("?mode=async" if args.async_ else "")
-    response = requests.post(url, json=body, timeout=args.timeout)
+    response = requests.post(url, json=body, timeout=args.timeout, headers=api_headers())
     print(json.dumps(response.json(), indent=2))
     return 0 if response.status_code < 400 else 1
 

@@ -81,6 +81,13 @@ def configure_logging(level: str, fmt: str) -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
 
 
+def loggable_path(path: str) -> str:
+    """A request path fit for logs: a callback URL's single-use token is a credential, so it is cut."""
+    if path.startswith("/callbacks/"):
+        return "/callbacks/<token>"
+    return path
+
+
 def init_request_ids(app, access_log: bool = True) -> None:
     """Give every request of `app` a request id (the caller's `X-Request-Id` or a new one).
 
@@ -101,8 +108,9 @@ def init_request_ids(app, access_log: bool = True) -> None:
             response.headers[REQUEST_ID_HEADER] = request_id
         if access_log and ACCESS.isEnabledFor(logging.INFO) and "request_started" in g:
             duration_ms = round((time.perf_counter() - g.request_started) * 1000, 3)
-            ACCESS.info("%s %s %d %.1fms", request.method, request.path, response.status_code, duration_ms,
-                        extra={"method": request.method, "path": request.path,
+            path = loggable_path(request.path)
+            ACCESS.info("%s %s %d %.1fms", request.method, path, response.status_code, duration_ms,
+                        extra={"method": request.method, "path": path,
                                "status": response.status_code, "duration_ms": duration_ms})
         return response
 

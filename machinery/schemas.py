@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from marshmallow import (
     EXCLUDE,
@@ -89,6 +90,13 @@ class ServiceSchema(Schema):
     def _unique_fields(self, data, **_):
         _unique_names(data.get("inputs") or [], "inputs")
         _unique_names(data.get("outputs") or [], "outputs")
+
+    @validates("address")
+    def _no_credentials(self, value, **_):
+        # An address is shown by the API, the UI and every event's plan: a password in it would leak.
+        if "@" in urlsplit(value).netloc:
+            raise ValidationError("must not hold credentials (user:password@); give the service "
+                                  "another way to authenticate callers")
 
 
 class OperationSchema(Schema):

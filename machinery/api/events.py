@@ -80,14 +80,15 @@ def answer(event: dict, created: bool = True):
 @ingest.route("/<workflow_ref>")
 class Ingest(MethodView):
     @ingest.doc(security=[{"apiKey": []}, {"ingestToken": []}, {"hubSignature": []}])
-    @ingest.arguments(EventBodySchema(), location="json")
+    # The core reads the body (an envelope or bare data), so the schema only documents it here.
+    @ingest.doc(requestBody={"required": True, "content": {"application/json": {"schema": EventBodySchema}}})
     @ingest.response(201, EventAckSchema, description="Sync: the event ran to completion")
     @ingest.alt_response(200, schema=EventAckSchema, description="Idempotent repeat: the first event, not run again")
     @ingest.alt_response(202, schema=EventAckSchema, description="Async (?mode=async or Prefer: respond-async), "
                                                                  "or a step waits for a service's callback")
     @ingest.alt_response(502, schema=EventAckSchema, description="Sync: a step failed for good; the body "
                                                                  "names the step and the error")
-    def post(self, _body, workflow_ref):
+    def post(self, workflow_ref):
         """Send an event to a workflow, by id or name"""
         runtime = _runtime()
         body = read_json(request)

@@ -156,6 +156,7 @@ def test_unreadable_json_is_400_saying_why(client, raw, words):
 @pytest.mark.parametrize("change, field", [
     ({"address": "ftp://upper.local/"}, "address"),
     ({"address": "not a url"}, "address"),
+    ({"address": "http://user:password@upper.local/"}, "address"),
     ({"name": 12}, "name"),
     ({"name": ""}, "name"),
     ({"name": "$where"}, "name"),
@@ -194,3 +195,19 @@ def test_the_openapi_spec_documents_the_error_shape(client):
 def test_an_unknown_method_is_405_with_the_error_shape(client):
     response = client.patch("/services")
     assert response.status_code == 405 and response.get_json()["code"] == 405
+
+
+def test_the_access_log_never_shows_a_callback_token(client, caplog):
+    with caplog.at_level("INFO", logger="machinery.access"):
+        client.post("/callbacks/secret-token-value", json={})
+    paths = [record.path for record in caplog.records if record.name == "machinery.access"]
+    assert paths == ["/callbacks/<token>"] and "secret-token-value" not in caplog.text
+
+
+def test_the_cli_sends_the_api_key_of_its_environment(monkeypatch):
+    from machinery.cli import api_headers
+
+    monkeypatch.delenv("MACHINERY_API_KEY", raising=False)
+    assert api_headers() == {}
+    monkeypatch.setenv("MACHINERY_API_KEY", "k" * 20)
+    assert api_headers() == {"Authorization": "Bearer " + "k" * 20}

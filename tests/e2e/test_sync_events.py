@@ -58,6 +58,7 @@ def test_data_that_does_not_match_the_inputs_is_422_naming_each_field(http, api,
 def test_a_body_that_is_not_an_object_is_422(http, api, examples):
     response = http.post(f"{api}/e/process-text", json=["a"], timeout=10)
     assert response.status_code == 422
+    assert response.json()["message"] == "event data must be a JSON object, got array"
 
 
 def test_an_unknown_workflow_is_404(http, api):

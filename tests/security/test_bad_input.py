@@ -48,7 +48,7 @@ BAD_BODIES = [  # (id, path, raw body, expected status, words the message holds)
     ("NUL in a key", "/e/w", raw('{"message": "x", "a\\u0000b": 1}'), 422, "NUL"),
     ("$ key deep in envelope data", "/e/w", raw('{"data": {"message": "x", "o": [{"$set": 1}]}}'), 422, "o[0].$set"),
     ("huge string", "/e/w", raw('{"message": "' + "x" * 100_000 + '"}'), 413, "MACHINERY_MAX_BODY_BYTES"),
-    ("a list, not an object", "/e/w", raw("[1, 2]"), 422, "Invalid input type"),
+    ("a list, not an object", "/e/w", raw("[1, 2]"), 422, "must be a JSON object, got array"),
     ("empty body", "/e/w", b"", 400, "empty"),
     ("$where as a service name", "/services", raw(json.dumps({**SERVICE, "name": "$where"})), 422, "name"),
     ("$gt as a field name", "/services",

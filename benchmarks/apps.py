@@ -1,0 +1,65 @@
+"""The trivial services and the bare relay the benchmarks serve under gunicorn.
+
+`echo` answers {"message": ...} (202 with no body under /accept); `relay_app()` is the bare relay:
+a minimal Flask app that receives an event and makes the same calls as Machinery with a pooled
+session, storing nothing. Its chains come from BENCH_RELAY_CHAINS: {"workflow": ["url", ...]}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import requests
+from requests.adapters import HTTPAdapter
+
+
+def echo(environ, start_response):
+    """A trivial service: POST {"message": m} -> 200 {"message": m}; under /accept -> 202."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    raw = environ["wsgi.input"].read(length) if length else b""
+    if environ.get("PATH_INFO", "").startswith("/accept"):
+        start_response("202 Accepted", [("Content-Length", "0")])
+        return [b""]
+    try:
+        message = json.loads(raw).get("message", "")
+    except ValueError:
+        message = ""
+    body = json.dumps({"message": message}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+_local = threading.local()
+
+
+def pooled_session() -> requests.Session:
+    """One keep-alive session per thread, as Machinery keeps."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = requests.Session()
+        session.mount("http://", HTTPAdapter(pool_connections=16, pool_maxsize=16, max_retries=0))
+        session.trust_env = False
+        _local.session = session
+    return session
+
+
+def relay_app():
+    """The bare relay: receive an event, call each service in order, answer 201; store nothing."""
+    from flask import Flask, jsonify, request
+
+    chains = json.loads(os.environ.get("BENCH_RELAY_CHAINS", "{}"))
+    app = Flask("relay")
+
+    @app.post("/e/<workflow>")
+    def relay(workflow):
+        context = dict(request.get_json())
+        session = pooled_session()
+        for url in chains[workflow]:
+            reply = session.post(url, json={"message": context["message"]}, timeout=10)
+            reply.raise_for_status()
+            context["message"] = reply.json()["message"]
+        return jsonify({"status": "completed", "outputs": {"message": context["message"]}}), 201
+
+    return app

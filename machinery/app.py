@@ -22,6 +22,7 @@ from machinery.store import Store
 from machinery.worker import LeaseKeeper, Worker, process_owner
 
 LOG = logging.getLogger(__name__)
+EMBEDDED_MAX_IDLE_S = 1.0
 
 
 class Api(flask_smorest.Api):
@@ -51,8 +52,10 @@ class Runtime:
         threads = config["EMBEDDED_WORKERS"]
         if threads is None:
             threads = 2 if self.store.embedded else 0
-        self.worker = Worker(self.store, self.executor, self.keeper, config, threads, name="embedded") \
-            if threads else None
+        # With the embedded store every new piece of work starts in this process and wakes the workers,
+        # so idle ones need only look now and then for what time alone makes due (leases, deadlines).
+        self.worker = Worker(self.store, self.executor, self.keeper, config, threads, name="embedded",
+                             max_idle_s=EMBEDDED_MAX_IDLE_S if self.store.embedded else None) if threads else None
 
     def ensure_indexes(self) -> bool:
         """Create the indexes once the store answers; False (and a warning) while it does not."""
@@ -78,14 +81,17 @@ class Runtime:
         owner = event["lease_owner"]
         self.keeper.hold(event["event_id"], owner)
         try:
-            return self.executor.run(event, owner)
+            event = self.executor.run(event, owner)
         finally:
             self.keeper.drop(event["event_id"])
+        if event.get("callback_url") and event["status"] in ("completed", "failed"):
+            self.queued()  # its completion webhook is due
+        return event
 
-    def queued(self) -> None:
-        """An event was stored pending: let this process's workers know at once."""
+    def queued(self, event_id: str | None = None) -> None:
+        """Work is due (an event stored pending, or a webhook): let this process's workers know at once."""
         if self.worker is not None:
-            self.worker.wake()
+            self.worker.wake(event_id)
 
     def start(self) -> None:
         if self.worker is not None:

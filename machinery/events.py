@@ -57,16 +57,19 @@ def check_data(workflow: Mapping[str, Any], data: Any) -> None:
 
 def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: str | None = None,
               owner: str | None = None, lease_s: float = 30.0, callback_base: str | None = None,
-              trace: Mapping[str, str] | None = None, allowed_hosts: Any = None) -> tuple[dict, bool]:
+              trace: Mapping[str, str] | None = None, allowed_hosts: Any = None,
+              workflow: Mapping[str, Any] | None = None) -> tuple[dict, bool]:
     """Check an event against its workflow and store it before anything runs.
 
     A `callback_url` whose host `allowed_hosts` (MACHINERY_ALLOWED_HOSTS) does not admit is refused.
+    `workflow` may be given when the caller already read it by `workflow_ref`.
 
     With an `owner` the event is stored running and held by that owner (a sync event, run at once);
     without, it is stored pending for any worker. Returns (event, created): an idempotency key
     already used for this workflow returns the first event and created=False.
     """
-    workflow = store.get_workflow(workflow_ref)
+    if workflow is None:
+        workflow = store.get_workflow(workflow_ref)
     data, options = parse_envelope(body)
     check_data(workflow, data)
     key = options.get("idempotency_key")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -15,8 +16,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Mapping
 
 import requests
+import urllib3
+from requests.structures import CaseInsensitiveDict
 
-from machinery import dataflow, guard, types
+from machinery import __version__, dataflow, guard, types
 from machinery.exceptions import ServiceCallError
 from machinery.store import EPOCH, Store, utcnow
 
@@ -26,7 +29,6 @@ DEFAULT_RETRY = {"max_attempts": 3, "backoff_s": 0.5}
 MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 300.0
 CONNECT_TIMEOUT_S = 5.0
-CHUNK = 64 * 1024
 
 
 class Observer:
@@ -38,13 +40,44 @@ class Observer:
 
 
 _local = threading.local()
+USER_AGENT = f"machinery/{__version__}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _prepared_url(url: str) -> str:
+    """A service address as requests would send it (IDNA host, quoted path), worked out once."""
+    request = requests.PreparedRequest()
+    request.prepare_url(url, None)
+    return request.url
+
+
+class ServiceSession(requests.Session):
+    """A pooled requests.Session whose POST goes straight to its mounted adapter.
+
+    `Session.request` merges, on every call, proxies and settings from the environment, cookies,
+    auth and hooks, and then follows redirects: none of which a call to a service wants (no
+    proxies, no cookies, redirects refused), and that merging was the largest client-side cost
+    of a call in the profile of a sync event. The adapter still pools the connections.
+    """
+
+    def post(self, url, data=None, headers=None, timeout=None, stream=True, allow_redirects=False, **_):
+        request = requests.PreparedRequest()
+        request.method = "POST"
+        request.url = _prepared_url(url)
+        request.headers = CaseInsensitiveDict({"User-Agent": USER_AGENT, "Accept": "application/json"})
+        request.headers.update(headers or {})
+        request.body = data
+        request.headers["Content-Length"] = str(len(data or b""))
+        request.hooks = {"response": []}
+        return self.get_adapter(request.url).send(request, stream=stream, timeout=timeout, verify=self.verify,
+                                                  cert=None, proxies={})
 
 
 def thread_session() -> requests.Session:
-    """One pooled requests.Session per thread, kept for the thread's life."""
+    """One pooled ServiceSession per thread, kept for the thread's life."""
     session = getattr(_local, "session", None)
     if session is None:
-        session = requests.Session()
+        session = ServiceSession()
         # Watched: a call's Deadline can cut its socket, so a server trickling bytes cannot hold it past its timeout.
         adapter = guard.watched_adapter(pool_connections=64, pool_maxsize=64, max_retries=0)
         session.mount("http://", adapter)
@@ -131,28 +164,21 @@ class Executor:
             headers["X-Machinery-Callback"] = callback_url
         return headers
 
-    def _read_body(self, response, deadline: float) -> bytes:
-        """Read a reply body, capped in size and in time (a server may trickle or never close)."""
+    def _read_body(self, response) -> bytes:
+        """Read a reply body, capped in size. Time is capped by the call's Deadline, which cuts the
+        socket of a server that trickles or never closes."""
+        cap = self.max_response_bytes
         declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
+        if declared and declared.isdigit() and int(declared) > cap:
             response.close()
-            raise ServiceCallError(
-                f"reply body of {declared} bytes is larger than the {self.max_response_bytes} allowed",
-                kind="too_large", retryable=False, status=response.status_code)
-        chunks, size = [], 0
-        for chunk in response.iter_content(CHUNK):
-            size += len(chunk)
-            if size > self.max_response_bytes:
-                response.close()
-                raise ServiceCallError(
-                    f"reply body is larger than the {self.max_response_bytes} bytes allowed",
-                    kind="too_large", retryable=False, status=response.status_code)
-            if time.monotonic() > deadline:
-                response.close()
-                raise ServiceCallError("the reply body did not finish within the timeout",
-                                       kind="timeout", retryable=True)
-            chunks.append(chunk)
-        return b"".join(chunks)
+            raise ServiceCallError(f"reply body of {declared} bytes is larger than the {cap} allowed",
+                                   kind="too_large", retryable=False, status=response.status_code)
+        raw = response.raw.read(cap + 1, decode_content=True)
+        if len(raw) > cap:
+            response.close()
+            raise ServiceCallError(f"reply body is larger than the {cap} bytes allowed",
+                                   kind="too_large", retryable=False, status=response.status_code)
+        return raw
 
     def call(self, service: Mapping[str, Any], body: bytes, headers: Mapping[str, str]) -> tuple[int, dict | None]:
         """One POST to a service. Returns (status, outputs) for 2xx; raises ServiceCallError otherwise."""
@@ -197,7 +223,6 @@ class Executor:
     def _exchange(self, service: Mapping[str, Any], body: bytes, headers: Mapping[str, str],
                   timeout: float) -> tuple[Any, bytes]:
         """POST and read the reply body; connection problems as ServiceCallError."""
-        deadline = time.monotonic() + timeout
         session = self.session_factory()
         try:
             response = session.post(service["address"], data=body, headers=headers,
@@ -212,8 +237,11 @@ class Executor:
             raise ServiceCallError(f"request failed: {_reason(error)}", kind="connection",
                                    retryable=False) from None
         try:
-            raw = self._read_body(response, deadline)
-        except requests.RequestException as error:
+            raw = self._read_body(response)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise ServiceCallError(f"the reply body did not finish within {timeout:g} s", kind="timeout",
+                                   retryable=True) from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
             raise ServiceCallError(f"the reply was cut off: {_reason(error)}", kind="connection",
                                    retryable=True) from None
         return response, raw

@@ -233,7 +233,9 @@ class _Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="machinery-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # The thread sleeps until the earliest deadline: wake it only when this one is earlier.
+            if self._heap[0][2] is deadline:
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:

@@ -25,12 +25,12 @@ PLAN_CACHE_SIZE = 256
 def event_plan(store: Store, workflow: Mapping[str, Any]) -> dict:
     """The plan a new event snapshots: resolved once per workflow version and service revisions, then reused.
 
-    Keyed on the workflow's id, version and updated_at and on each service's id and updated_at, all
-    read from the store, so a workflow or service replaced by any process gets a fresh plan; a
-    missing service is never cached (plan_workflow raises). Events copy the plan when they are stored.
+    Keyed on the workflow's id, version and updated_at and on the store's revision of its services,
+    so a workflow or service replaced by any process gets a fresh plan; a missing service is never
+    cached (plan_workflow raises). Events copy the plan when they are stored.
     """
-    stamps = store.service_stamps(workflow["services"])
-    key = (workflow["workflow_id"], workflow.get("version"), workflow.get("updated_at"), tuple(sorted(stamps.items())))
+    key = (workflow["workflow_id"], workflow.get("version"), workflow.get("updated_at"),
+           store.services_revision(workflow["services"]))
     plan = _PLANS.get(key)
     if plan is None:
         plan = plan_workflow(store, workflow)

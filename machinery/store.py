@@ -77,6 +77,18 @@ def _serialised(method):
     return wrapper
 
 
+_IN_PLACE_OPERATORS = {"$set", "$unset", "$push", "$inc"}
+
+
+def _unique_fields(collection) -> set[str]:
+    """The top-level fields any unique index of a mongomock collection covers (and `_id`)."""
+    fields = {"_id"}
+    for index in collection._store.indexes.values():
+        if index.get("unique"):
+            fields.update(key.split(".", 1)[0] for key, _ in index["key"])
+    return fields
+
+
 def _with_id_lookups(collection):
     """The embedded store's events collection, made to find by `_id` and check partial unique
     indexes the way MongoDB's indexes do, without scanning every document.
@@ -88,9 +100,10 @@ def _with_id_lookups(collection):
     """
     from mongomock.collection import Collection
     from mongomock.filtering import filter_applies
+    from mongomock.helpers import patch_datetime_awareness_in_document
 
-    if type(collection) is not Collection or not all(
-            hasattr(collection, name) for name in ("_iter_documents", "_ensure_uniques", "_store")):
+    if type(collection) is not Collection or not all(hasattr(collection, name) for name in (
+            "_iter_documents", "_ensure_uniques", "_store", "_update", "_apply_update_document")):
         return collection
 
     class IdLookups(Collection):
@@ -111,6 +124,25 @@ def _with_id_lookups(collection):
                     return super()._ensure_uniques(new_data)
             return None
 
+        def _update(self, spec, document, upsert=False, manipulate=False, multi=False, check_keys=False,
+                    **options):
+            # mongomock snapshots and compares the whole document on every update, only to tell
+            # "modified" from "matched" and to roll back a unique-index clash. An update of one
+            # event by `_id`, with plain operators on fields no unique index covers, can clash with
+            # nothing, so it is applied in place; it counts as modified whenever it matched.
+            oid = spec.get("_id") if isinstance(spec, dict) else None
+            if (upsert or multi or manipulate or check_keys or any(options.values())
+                    or not isinstance(oid, ObjectId) or not isinstance(document, dict)
+                    or not set(document) <= _IN_PLACE_OPERATORS
+                    or {key.split(".", 1)[0] for fields in document.values() for key in fields} & _unique_fields(self)):
+                return super()._update(spec, document, upsert, manipulate, multi, check_keys, **options)
+            document = patch_datetime_awareness_in_document(document)
+            existing = next(self._iter_documents(spec), None)
+            if existing is not None:
+                self._apply_update_document(existing, spec, document, False)
+            matched = int(existing is not None)
+            return {"n": matched, "nModified": matched, "ok": 1, "upserted": None, "updatedExisting": bool(matched)}
+
     collection.__class__ = IdLookups
     return collection
 
@@ -126,6 +158,7 @@ class Store:
         self.workflows = database[WORKFLOWS]
         self.events = _with_id_lookups(database[EVENTS]) if embedded else database[EVENTS]
         self.writes = 0  # store writes made, for benchmarks and metrics
+        self._service_writes = 0  # services registered, replaced or deleted through this Store
 
     @classmethod
     def connect(cls, uri: str, timeout_ms: int = 2000) -> Store:
@@ -213,6 +246,7 @@ class Store:
     def put_service(self, definition: Mapping[str, Any]) -> tuple[dict, bool]:
         """Register a service, or replace the one of that name; returns (service, created)."""
         document, created = self._put(self.services, definition, bump_version=False)
+        self._service_writes += 1
         return _out(document, "service_id"), created
 
     @_serialised
@@ -229,10 +263,15 @@ class Store:
                 for doc in self.services.find({"name": {"$in": list(set(names))}})}
 
     @_serialised
-    def service_stamps(self, names: Iterable[str]) -> dict[str, tuple]:
-        """(id, updated_at) of each registered service among `names`, by name: what a plan cache keys on."""
-        return {doc["name"]: (str(doc["_id"]), doc.get("updated_at"))
-                for doc in self.services.find({"name": {"$in": list(set(names))}}, {"name": 1, "updated_at": 1})}
+    def services_revision(self, names: Iterable[str]) -> tuple:
+        """A token that changes whenever a service among `names` is registered, replaced or deleted:
+        what a plan cache keys on. The embedded store is written by this process alone, so a count of
+        its service writes serves; MongoDB may be written by any process, so there it is each
+        service's id and updated_at, read with one projected query."""
+        if self.embedded:
+            return ("embedded", self._service_writes)
+        return tuple(sorted((doc["name"], str(doc["_id"]), doc.get("updated_at")) for doc in
+                            self.services.find({"name": {"$in": list(set(names))}}, {"name": 1, "updated_at": 1})))
 
     @_serialised
     def list_services(self, page: int, page_size: int) -> tuple[list[dict], int]:
@@ -253,6 +292,7 @@ class Store:
                 f"{', '.join(users)}; delete or change {'them' if len(users) > 1 else 'it'} first",
                 errors={"workflows": users},
             )
+        self._service_writes += 1
         self.services.delete_one({"_id": ObjectId(service["service_id"])})
         self.writes += 1
         return service
@@ -302,7 +342,10 @@ class Store:
                 raise
             return _out(first, "event_id"), False
         self.writes += 1
-        return _out(document, "event_id"), True
+        # The caller's own event, not a copy read back: only its top-level dates need a time zone.
+        inserted = {key: _aware(value) if isinstance(value, datetime) else value for key, value in document.items()}
+        inserted["event_id"] = str(inserted.pop("_id"))
+        return inserted, True
 
     @_serialised
     def get_event(self, event_id: str) -> dict:
@@ -342,12 +385,16 @@ class Store:
         return result.matched_count == 1
 
     @_serialised
-    def claim_event(self, owner: str, lease_s: float) -> dict | None:
+    def claim_event(self, owner: str, lease_s: float, event_id: str | None = None) -> dict | None:
         """Atomically take one event to work on: pending, a running one whose lease expired,
-        or a waiting one whose callback deadline passed (so its step can be failed)."""
+        or a waiting one whose callback deadline passed (so its step can be failed); only the
+        event `event_id` when it is given (and only if it is claimable)."""
         now = utcnow()
+        query: dict[str, Any] = {"status": {"$in": list(ACTIVE)}, "lease_expires": {"$lte": now}}
+        if event_id is not None:
+            query["_id"] = ObjectId(event_id)
         document = self.events.find_one_and_update(
-            {"status": {"$in": list(ACTIVE)}, "lease_expires": {"$lte": now}},
+            query,
             {"$set": {"status": "running", "lease_owner": owner,
                       "lease_expires": now + timedelta(seconds=lease_s)},
              "$push": {"claims": {"owner": owner, "at": now}}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import logging
@@ -122,16 +123,22 @@ class Worker:
     """Threads that claim events, run them with the executor, and deliver completion webhooks."""
 
     def __init__(self, store: Store, executor: Executor, keeper: LeaseKeeper, config: Mapping[str, Any],
-                 threads: int, name: str = "worker"):
+                 threads: int, name: str = "worker", max_idle_s: float | None = None):
+        """`max_idle_s`: while nothing is found, the wait between looks doubles from POLL_S up to this;
+        for workers that are told of every new piece of work by wake() (the embedded store's)."""
         self.store = store
         self.executor = executor
         self.keeper = keeper
         self.config = config
         self.size = threads
         self.name = name
+        self.max_idle_s = max_idle_s
         self.owner = process_owner()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._hints: collections.deque[str] = collections.deque()  # events made claimable in this process
+        self._scan_requested = False
+        self._next_scan = 0.0
         self._threads: list[threading.Thread] = []
         self.ran = 0
 
@@ -144,13 +151,19 @@ class Worker:
         LOG.info("%s: %d threads claiming events as %s", self.name, self.size, self.owner)
         return self
 
-    def wake(self) -> None:
-        """Look for work now rather than at the next poll."""
+    def wake(self, event_id: str | None = None) -> None:
+        """Look for work now rather than at the next poll: the event `event_id`, or anything due."""
+        if event_id is None:
+            self._scan_requested = True
+        else:
+            self._hints.append(event_id)
         self._wake.set()
 
     def _loop(self, owner: str) -> None:
         lease_s, poll_s = self.config["LEASE_S"], self.config["POLL_S"]
+        idle = poll_s
         while not self._stop.is_set():
+            self._wake.clear()  # before looking, so a wake-up that comes meanwhile is not lost
             try:
                 worked = self.work_once(owner, lease_s)
             except StoreUnavailable as error:
@@ -159,24 +172,51 @@ class Worker:
             except Exception:  # a bug must not kill the thread: log it and keep claiming
                 LOG.exception("%s: unexpected error", owner)
                 worked = False
-            if not worked:
-                self._wake.wait(poll_s)
-                self._wake.clear()
+            if worked:
+                idle = poll_s
+            elif self._wake.wait(idle):
+                idle = poll_s
+            else:
+                idle = min(idle * 2, max(self.max_idle_s or poll_s, poll_s))
 
     def work_once(self, owner: str, lease_s: float) -> bool:
         """Run one claimed event or deliver one webhook; False when there was nothing to do."""
-        event = self.store.claim_event(owner, lease_s)
-        if event is not None:
-            self.keeper.hold(event["event_id"], owner)
+        event = self._claim_hinted(owner, lease_s)
+        if event is None and self._scan_due():
+            event = self.store.claim_event(owner, lease_s)
+            if event is None:
+                webhook = self.store.claim_webhook(owner, WEBHOOK_TIMEOUT_S * 3)
+                if webhook is not None:
+                    deliver_webhook(self.store, webhook, self.config, owner)
+                    return True
+                self._next_scan = time.monotonic() + (self.max_idle_s or 0.0)  # the store had nothing due
+        if event is None:
+            return False
+        self.keeper.hold(event["event_id"], owner)
+        try:
+            self.executor.run(event, owner)
+            self.ran += 1
+        finally:
+            self.keeper.drop(event["event_id"])
+        return True
+
+    def _claim_hinted(self, owner: str, lease_s: float) -> dict | None:
+        """Claim an event this process said was ready, by its id (no scan of the store)."""
+        while True:
             try:
-                self.executor.run(event, owner)
-                self.ran += 1
-            finally:
-                self.keeper.drop(event["event_id"])
-            return True
-        event = self.store.claim_webhook(owner, WEBHOOK_TIMEOUT_S * 3)
-        if event is not None:
-            deliver_webhook(self.store, event, self.config, owner)
+                event_id = self._hints.popleft()
+            except IndexError:
+                return None
+            event = self.store.claim_event(owner, lease_s, event_id=event_id)
+            if event is not None:
+                return event
+
+    def _scan_due(self) -> bool:
+        """Whether to look through the whole store for work. Always for workers that are not told of
+        new work (max_idle_s unset); for the others, when asked, or when time alone may have made
+        something due (an expired lease, a callback deadline, a webhook retry)."""
+        if self.max_idle_s is None or self._scan_requested or time.monotonic() >= self._next_scan:
+            self._scan_requested = False
             return True
         return False
 

@@ -116,6 +116,7 @@ def check_request():
 def _check_ingest():
     ring = _keys()
     workflow = _workflow_or_none(request.view_args.get("workflow_ref", "")) if request.view_args else None
+    g.ingest_workflow = workflow  # the ingest view uses it rather than reading it again
     token_hash = (workflow or {}).get("ingest_token_hash")
     hmac_secret = (workflow or {}).get("ingest_hmac_secret")
     if not ring and not token_hash and not hmac_secret:

@@ -97,12 +97,12 @@ class Ingest(MethodView):
         event, created = events.new_event(
             runtime.store, workflow_ref, body, idempotency_key=request.headers.get("Idempotency-Key"),
             owner=owner, lease_s=runtime.config["LEASE_S"], callback_base=callback_base(), trace=trace_context(),
-            allowed_hosts=runtime.config.get("ALLOWED_HOSTS"),
+            allowed_hosts=runtime.config.get("ALLOWED_HOSTS"), workflow=g.get("ingest_workflow"),
         )
         if created:
             metrics.event_received(event.get("workflow_name", workflow_ref), run_async)
         if created and run_async:
-            runtime.queued()
+            runtime.queued(event["event_id"])
         elif created:
             event = runtime.run_now(event)
         return answer(event, created)
@@ -145,7 +145,7 @@ class Retry(MethodView):
                                    owner=None if run_async else runtime.api_owner(),
                                    lease_s=runtime.config["LEASE_S"])
         if run_async:
-            runtime.queued()
+            runtime.queued(event["event_id"])
             return event, 202, _location(event)
         event = runtime.run_now(event)
         body, status, headers = answer(event)
@@ -161,5 +161,5 @@ class Callback(MethodView):
         runtime = _runtime()
         event = events.complete_callback(runtime.store, token, read_json(request))
         if event["status"] == "pending":
-            runtime.queued()
+            runtime.queued(event["event_id"])
         return event

@@ -205,7 +205,7 @@ def retry(event_id: str):
     except MachineryError as error:
         code = next((status for kind, status in STATUS_OF.items() if isinstance(error, kind)), 500)
         return _event_page(runtime.store.get_event(event_id), message=error.message, code=code)
-    runtime.queued()
+    runtime.queued(event_id)
     return redirect(url_for("ui.event", event_id=event_id), code=303)
 
 

@@ -211,3 +211,16 @@ def test_the_cli_sends_the_api_key_of_its_environment(monkeypatch):
     assert api_headers() == {}
     monkeypatch.setenv("MACHINERY_API_KEY", "k" * 20)
     assert api_headers() == {"Authorization": "Bearer " + "k" * 20}
+
+
+def test_new_events_snapshot_the_services_as_they_are_now(client):
+    # GIVEN an event sent before a service is replaced
+    register_examples(client)
+    before = client.post("/e/process-text?mode=async", json={"message": "a"}).get_json()["event_id"]
+    client.post("/services", json={**definition("service-upper"), "address": "http://moved.local:5000/"})
+    # WHEN another event is sent after
+    after = client.post("/e/process-text?mode=async", json={"message": "a"}).get_json()["event_id"]
+    # THEN the new event's plan has the new address, and the first keeps the plan it started with
+    address = [client.get(f"/events/{event_id}").get_json()["plan"]["steps"][0]["service"]["address"]
+               for event_id in (before, after)]
+    assert address == ["http://upper.local:5000/", "http://moved.local:5000/"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 import requests
+import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from machinery import events
@@ -17,11 +19,13 @@ OWNER = "test-owner"
 
 
 def reply(status=200, body=None, headers=None, raw=None):
+    """A requests.Response over an in-memory body, as an adapter builds one for a streamed reply."""
+    content = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
     response = requests.Response()
     response.status_code = status
-    response._content = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
-    response._content_consumed = True
     response.headers = CaseInsensitiveDict(headers or {})
+    response.raw = urllib3.HTTPResponse(body=io.BytesIO(content), headers=headers or {}, status=status,
+                                        preload_content=False)
     return response
 
 
@@ -117,7 +121,7 @@ def test_a_500_then_200_is_retried_and_completes(run):
 def test_always_500_fails_after_max_attempts_with_growing_backoff(run):
     sleeps = []
     event, session = run([service("a", retry={"max_attempts": 4, "backoff_s": 0.5})],
-                         [reply(503, raw=b"down")] * 4, sleeps=sleeps)
+                         [reply(503, raw=b"down") for _ in range(4)], sleeps=sleeps)
     assert event["status"] == "failed" and len(session.calls) == 4
     assert sleeps == [0.5, 1.0, 2.0]
     assert event["error"]["step"] == 0 and event["error"]["kind"] == "http_status" and event["error"]["status"] == 503
@@ -195,7 +199,7 @@ def test_input_and_output_renames_apply_at_the_step_boundary(run):
 
 def test_store_writes_are_one_per_step_plus_the_insert(store, run):
     before = store.writes
-    run([service("a"), service("b"), service("c")], [reply(body={"message": "x"})] * 3)
+    run([service("a"), service("b"), service("c")], [reply(body={"message": "x"}) for _ in range(3)])
     assert store.writes - before == 4 + 1 + 3  # four registrations, the insert, one per step
 
 

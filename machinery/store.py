@@ -26,8 +26,10 @@ EPOCH = datetime(1970, 1, 1)
 
 
 def utcnow() -> datetime:
-    """Now, as the naive UTC datetime both MongoDB and mongomock store without surprise."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    """Now, as the naive UTC datetime both MongoDB and mongomock store without surprise: to the
+    millisecond, as BSON keeps it, so a date answered before it is stored equals the stored one."""
+    now = datetime.now(UTC)
+    return now.replace(tzinfo=None, microsecond=now.microsecond // 1000 * 1000)
 
 
 def _aware(value: Any) -> Any:

@@ -224,3 +224,9 @@ def test_new_events_snapshot_the_services_as_they_are_now(client):
     address = [client.get(f"/events/{event_id}").get_json()["plan"]["steps"][0]["service"]["address"]
                for event_id in (before, after)]
     assert address == ["http://upper.local:5000/", "http://moved.local:5000/"]
+
+
+def test_an_events_ack_date_is_the_same_in_the_reply_and_the_record(client):
+    register_examples(client)
+    reply = client.post("/e/process-text?mode=async", json={"message": "a"}).get_json()
+    assert client.get(f"/events/{reply['event_id']}").get_json()["ack_date"] == reply["ack_date"]

@@ -325,7 +325,7 @@ def storable_problems(value: Any, path: str = "") -> list[str]:
             if not math.isfinite(item):
                 problems.append(f"{label}: not a finite number")
         elif isinstance(item, str):
-            if not _valid_unicode(item):
+            if not valid_unicode(item):
                 problems.append(f"{_printable(label)}: not valid Unicode (a lone surrogate)")
         else:
             problems.append(f"{label}: {type(item).__name__} is not a JSON value")
@@ -342,7 +342,7 @@ def key_problem(key: Any) -> str | None:
         return "keys must not contain '.'"
     if "\x00" in key:
         return "keys must not contain NUL"
-    if not _valid_unicode(key):
+    if not valid_unicode(key):
         return "keys must be valid Unicode"
     return None
 
@@ -355,7 +355,8 @@ def check_storable(value: Any, name: str) -> None:
                           + (" ..." if len(problems) > 5 else ""), errors={name: problems})
 
 
-def _valid_unicode(text: str) -> bool:
+def valid_unicode(text: str) -> bool:
+    """Whether a string is Unicode text (no lone surrogate such as \\ud800, which UTF-8 cannot hold)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

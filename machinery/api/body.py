@@ -10,6 +10,7 @@ import flask_smorest
 from flask import Request
 from webargs.flaskparser import FlaskParser, is_json_request
 
+from machinery import guard
 from machinery.exceptions import MachineryError
 
 MAX_DEPTH = 32
@@ -66,11 +67,8 @@ def _lone_surrogate(value: Any) -> bool:
             stack.extend(item)
         elif isinstance(item, str):
             texts = (item,)
-        for text in texts:
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
+        if not all(guard.valid_unicode(text) for text in texts):
+            return True
     return False
 
 

@@ -51,6 +51,17 @@ def store(shared_uri):
     store.db.client.close()
 
 
+def slow_one(http, api, example_services, delay_s):
+    """Register the examples with slow-upper sleeping `delay_s` before it answers, and a one-step workflow
+    `slow-one` over it."""
+    addresses = {**example_services, "slow-upper": example_services["slow-upper"] + f"?mode=sleep&delay={delay_s}"}
+    register_examples_over_http(http, api, addresses)
+    http.post(f"{api}/workflows", json={
+        "name": "slow-one", "services": ["slow-upper"],
+        "inputs": [{"name": "message", "type": "string"}], "outputs": [{"name": "message", "type": "string"}],
+    }, timeout=10)
+
+
 def test_five_hundred_async_events_complete_exactly_once_across_two_workers(http, env, store, example_services):
     workers = [start_worker(env, "--threads", "4") for _ in range(2)]
     try:
@@ -114,13 +125,8 @@ def test_a_worker_killed_mid_step_leaves_its_event_to_another_after_the_lease(ht
 
 
 def test_sigterm_releases_an_unfinished_event_for_another_worker(http, env, store, example_services):
-    addresses = {**example_services, "slow-upper": example_services["slow-upper"] + "?mode=sleep&delay=2"}
     with gunicorn_api(env) as api:
-        register_examples_over_http(http, api, addresses)
-        http.post(f"{api}/workflows", json={
-            "name": "slow-one", "services": ["slow-upper"],
-            "inputs": [{"name": "message", "type": "string"}], "outputs": [{"name": "message", "type": "string"}],
-        }, timeout=10)
+        slow_one(http, api, example_services, delay_s=2)
         first = start_worker({**env, "MACHINERY_LEASE_S": "30"}, "--threads", "1", "--grace", "0.2")
         event_id = http.post(f"{api}/e/slow-one?mode=async", json={"message": "bye"}, timeout=10).json()["event_id"]
         wait_until(lambda: store.get_event(event_id)["lease_owner"], 20, message="claimed")
@@ -139,13 +145,8 @@ def test_sigterm_releases_an_unfinished_event_for_another_worker(http, env, stor
 
 
 def test_sigterm_lets_a_short_step_finish(http, env, store, example_services):
-    addresses = {**example_services, "slow-upper": example_services["slow-upper"] + "?mode=sleep&delay=1"}
     with gunicorn_api(env) as api:
-        register_examples_over_http(http, api, addresses)
-        http.post(f"{api}/workflows", json={
-            "name": "slow-one", "services": ["slow-upper"],
-            "inputs": [{"name": "message", "type": "string"}], "outputs": [{"name": "message", "type": "string"}],
-        }, timeout=10)
+        slow_one(http, api, example_services, delay_s=1)
         worker = start_worker(env, "--threads", "1", "--grace", "10")
         event_id = http.post(f"{api}/e/slow-one?mode=async", json={"message": "fin"}, timeout=10).json()["event_id"]
         wait_until(lambda: store.get_event(event_id)["lease_owner"], 20, message="claimed")

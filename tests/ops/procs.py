@@ -1,83 +1,8 @@
-"""Start `machinery` and gunicorn processes on 127.0.0.1 free ports, wait for them boundedly, always stop them."""
+"""Read Prometheus samples in the ops tests."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-import time
-from contextlib import contextmanager
-from pathlib import Path
-
-import requests
 from prometheus_client.parser import text_string_to_metric_families
-
-ROOT = Path(__file__).resolve().parent.parent.parent
-MACHINERY = [sys.executable, "-m", "machinery.cli"]
-
-
-def clean_env(**settings: str) -> dict[str, str]:
-    """This environment without any MACHINERY_* or multiprocess-metrics variable, plus `settings`."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith("MACHINERY_") and key not in ("PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY")}
-    env.update({"MACHINERY_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"})
-    env.update(settings)
-    return env
-
-
-def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run a command to its end (bounded), capturing its output."""
-    return subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-class Served:
-    """A process serving HTTP on 127.0.0.1:port."""
-
-    def __init__(self, process: subprocess.Popen, port: int, log):
-        self.process, self.port, self._log = process, port, log
-        self.url = f"http://127.0.0.1:{port}"
-
-    def get(self, path: str, **kwargs) -> requests.Response:
-        return requests.get(self.url + path, timeout=kwargs.pop("timeout", 10), **kwargs)
-
-    def post(self, path: str, **kwargs) -> requests.Response:
-        return requests.post(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
-
-    def output(self) -> str:
-        self._log.flush()
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")
-
-
-@contextmanager
-def serving(args: list[str], port: int, env: dict[str, str], ready: str = "/healthcheck", wait_s: float = 30):
-    """Start `args`, wait until GET `ready` answers below 500, yield it, then stop it (TERM, then KILL)."""
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        served = Served(process, port, log)
-        try:
-            deadline = time.monotonic() + wait_s
-            while True:
-                if process.poll() is not None:
-                    raise AssertionError(f"exited with {process.returncode} before answering:\n{served.output()}")
-                try:
-                    if served.get(ready, timeout=2).status_code < 500:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{ready} did not answer within {wait_s:g} s:\n{served.output()}")
-                time.sleep(0.1)
-            yield served
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

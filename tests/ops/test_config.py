@@ -8,7 +8,7 @@ import pytest
 
 from machinery.config import SETTINGS, settings_table
 from machinery.serving import free_port
-from tests.ops.procs import MACHINERY, ROOT, clean_env, run
+from tests.support.processes import MACHINERY, ROOT, clean_env, run
 
 START, END = "<!-- settings:start -->", "<!-- settings:end -->"
 REGENERATE = ("regenerate it with `python -m machinery.config` and paste the output between "

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.ops.procs import ROOT, run
+from tests.support.processes import ROOT, run
 
 EXAMPLE_HOSTS = {"upper": "upper.local", "reverse": "reverse.local", "space-counter": "space-counter.local",
                  "slow-upper": "slow-upper.local"}

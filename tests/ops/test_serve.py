@@ -8,7 +8,8 @@ import pytest
 
 from machinery.serving import free_port
 from tests.conftest import DEFINITIONS, EXAMPLE_RESULT, EXAMPLE_TEXT
-from tests.ops.procs import MACHINERY, clean_env, serving, value
+from tests.ops.procs import value
+from tests.support.processes import MACHINERY, clean_env, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +42,7 @@ def test_two_workers_answer_and_a_scrape_of_either_sums_both():
 
 
 def test_the_embedded_store_refuses_two_workers_without_the_explicit_override():
-    from tests.ops.procs import run
+    from tests.support.processes import run
 
     result = run(serve(free_port(), "--workers", "2"),
                  clean_env(MACHINERY_MONGO_URI="mongomock://localhost/machinery"))

@@ -13,8 +13,9 @@ import pytest
 from machinery.app import create_app
 from machinery.serving import free_port
 from tests.conftest import EXAMPLE_TEXT, definition, register_examples
-from tests.ops.procs import MACHINERY, clean_env, serving, value
+from tests.ops.procs import value
 from tests.support.mongowire import WireServer
+from tests.support.processes import MACHINERY, clean_env, serving
 
 REAL_URI = os.environ.get("MACHINERY_TEST_MONGO_URI")
 

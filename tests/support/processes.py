@@ -1,4 +1,5 @@
-"""Start Machinery as real processes (gunicorn, `machinery worker`) and stop them, always."""
+"""Start Machinery as real processes (gunicorn, `machinery serve`, `machinery worker`) on 127.0.0.1 free ports,
+wait for them boundedly, and always stop them."""
 
 from __future__ import annotations
 
@@ -6,13 +7,75 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import requests
 
 from machinery.cli import gunicorn_command
 from machinery.serving import free_port
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+MACHINERY = [sys.executable, "-m", "machinery.cli"]
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """This environment without any MACHINERY_* or multiprocess-metrics variable, plus `settings`."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("MACHINERY_") and key not in ("PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY")}
+    env.update({"MACHINERY_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"})
+    env.update(settings)
+    return env
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a command to its end (bounded), capturing its output."""
+    return subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+class Served:
+    """A process serving HTTP on 127.0.0.1:port."""
+
+    def __init__(self, process: subprocess.Popen, port: int, log):
+        self.process, self.port, self._log = process, port, log
+        self.url = f"http://127.0.0.1:{port}"
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.url + path, timeout=kwargs.pop("timeout", 10), **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return requests.post(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def output(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+
+@contextmanager
+def serving(args: list[str], port: int, env: dict[str, str], ready: str = "/healthcheck", wait_s: float = 30):
+    """Start `args`, wait until GET `ready` answers below 500, yield it, then stop it (TERM, then KILL)."""
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        served = Served(process, port, log)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                if process.poll() is not None:
+                    raise AssertionError(f"exited with {process.returncode} before answering:\n{served.output()}")
+                try:
+                    if served.get(ready, timeout=2).status_code < 500:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{ready} did not answer within {wait_s:g} s:\n{served.output()}")
+                time.sleep(0.1)
+            yield served
+        finally:
+            stop(process, timeout=20)
 
 
 def wait_until(check, seconds: float, interval: float = 0.05, message: str = "condition"):
@@ -27,7 +90,7 @@ def wait_until(check, seconds: float, interval: float = 0.05, message: str = "co
 
 
 def _env(extra: dict) -> dict:
-    return {**os.environ, "MACHINERY_LOG_LEVEL": "warning", **{k: str(v) for k, v in extra.items()}}
+    return clean_env(**{key: str(value) for key, value in extra.items()})
 
 
 def stop(process: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> int:
@@ -45,21 +108,9 @@ def stop(process: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> 
 def gunicorn_api(env: dict, workers: int = 1, threads: int = 8):
     """The API under gunicorn on a free port; yields its base URL."""
     port = free_port()
-    process = subprocess.Popen(gunicorn_command(f"127.0.0.1:{port}", workers, threads), env=_env(env))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def up():
-            if process.poll() is not None:
-                raise AssertionError(f"gunicorn exited with {process.returncode}")
-            try:
-                return requests.get(f"{url}/healthcheck", timeout=1).status_code == 204
-            except requests.RequestException:
-                return False
-        wait_until(up, 30, 0.1, "gunicorn answering")
-        yield url
-    finally:
-        stop(process)
+    with serving(gunicorn_command(f"127.0.0.1:{port}", workers, threads), port, _env(env)) as served:
+        yield served.url
 
 
 def start_worker(env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "machinery.cli", "worker", *args], env=_env(env))
+    return subprocess.Popen([*MACHINERY, "worker", *args], env=_env(env))

@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from machinery.config import load_config
+from machinery.config import is_embedded, load_config
 from machinery.exceptions import ConfigError, MachineryError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -211,7 +211,7 @@ def cmd_serve(args) -> int:
     from machinery import gunicorn_conf
 
     workers = args.workers or gunicorn_conf.workers
-    if config["MONGO_URI"].startswith("mongomock://") and workers > 1:
+    if is_embedded(config["MONGO_URI"]) and workers > 1:
         if not args.split_embedded_store:
             _fail("the embedded store lives in one process: use --workers 1, or set MACHINERY_MONGO_URI "
                   "(--split-embedded-store gives each worker its own empty store, for tests of serving only)")

@@ -8,8 +8,6 @@ from datetime import timedelta
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from bson import ObjectId
-
 from machinery import dataflow, guard, registry, types
 from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound
 from machinery.executor import check_outputs, hash_token
@@ -91,7 +89,6 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
                        f"{error.message}", errors=error.errors) from None
     now = utcnow()
     event = {
-        "_id": ObjectId(),
         "workflow_id": workflow["workflow_id"], "workflow_name": workflow["name"],
         "workflow_version": workflow.get("version", 1), "plan": plan,
         "status": "running" if owner else "pending", "ack_date": now, "updated_at": now, "finished_at": None,

@@ -18,7 +18,7 @@ import requests
 
 from machinery import guard
 from machinery.exceptions import StoreUnavailable
-from machinery.executor import Executor, backoff_delay, thread_session
+from machinery.executor import Executor, backoff_delay, log_fields, thread_session
 from machinery.schemas import event_schema, to_json
 from machinery.store import Store, utcnow
 
@@ -194,10 +194,12 @@ class Worker:
             return False
         self.keeper.hold(event["event_id"], owner)
         try:
-            self.executor.run(event, owner)
+            ended = self.executor.run(event, owner)
             self.ran += 1
         finally:
             self.keeper.drop(event["event_id"])
+        LOG.info("event %s %s", event["event_id"], ended["status"],
+                 extra={**log_fields(event), "status": ended["status"]})
         return True
 
     def _claim_hinted(self, owner: str, lease_s: float) -> dict | None:

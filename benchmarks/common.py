@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 import requests
 
 from machinery.cli import gunicorn_command
-from machinery.serving import free_port
+from machinery.serving import free_port, wait_until_answering
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -74,17 +74,11 @@ class Process:
 
 def wait_http(url: str, process: Process | None = None, seconds: float = 30.0) -> None:
     """Wait until `url` answers (any status below 500)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process is not None and not process.alive():
-            raise RuntimeError(f"{process.name} exited before answering:\n{process.tail()}")
-        try:
-            if requests.get(url, timeout=1).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {seconds:g} s")
+    problem = wait_until_answering(url, seconds, running=lambda: process is None or process.alive())
+    if problem == "exited":
+        raise RuntimeError(f"{process.name} exited before answering:\n{process.tail()}")
+    if problem:
+        raise RuntimeError(f"{url} did not answer within {seconds:g} s")
 
 
 def gunicorn(app: str, port: int, threads: int, workers: int = 1) -> list[str]:

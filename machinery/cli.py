@@ -238,17 +238,13 @@ def _load_example(module: str):
 
 
 def wait_for(url: str, seconds: float = 20.0, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            _fail(f"the API exited with code {process.returncode} before answering")
-        try:
-            if requests.get(url, timeout=1).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    _fail(f"{url} did not answer within {seconds:g} s")
+    from machinery.serving import wait_until_answering
+
+    problem = wait_until_answering(url, seconds, running=lambda: process is None or process.poll() is None)
+    if problem == "exited":
+        _fail(f"the API exited with code {process.returncode} before answering")
+    if problem:
+        _fail(f"{url} did not answer within {seconds:g} s")
 
 
 def cmd_demo(args) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -22,6 +23,24 @@ class QuietHandler(WSGIRequestHandler):
 
     def log_request(self, code="-", size="-"):
         LOG.debug("%s %s %s", self.command, self.path, code)
+
+
+def wait_until_answering(url: str, seconds: float, running=lambda: True) -> str | None:
+    """Poll GET `url` until it answers with a status below 500. None when it did; otherwise why not:
+    "exited" once `running()` turns false, "timed out" after `seconds`."""
+    import requests
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not running():
+            return "exited"
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return None
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    return "timed out"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

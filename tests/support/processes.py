@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from machinery.cli import gunicorn_command
-from machinery.serving import free_port
+from machinery.serving import free_port, wait_until_answering
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MACHINERY = [sys.executable, "-m", "machinery.cli"]
@@ -61,18 +61,11 @@ def serving(args: list[str], port: int, env: dict[str, str], ready: str = "/heal
         process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         served = Served(process, port, log)
         try:
-            deadline = time.monotonic() + wait_s
-            while True:
-                if process.poll() is not None:
-                    raise AssertionError(f"exited with {process.returncode} before answering:\n{served.output()}")
-                try:
-                    if served.get(ready, timeout=2).status_code < 500:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{ready} did not answer within {wait_s:g} s:\n{served.output()}")
-                time.sleep(0.1)
+            problem = wait_until_answering(served.url + ready, wait_s, running=lambda: process.poll() is None)
+            if problem == "exited":
+                raise AssertionError(f"exited with {process.returncode} before answering:\n{served.output()}")
+            if problem:
+                raise AssertionError(f"{ready} did not answer within {wait_s:g} s:\n{served.output()}")
             yield served
         finally:
             stop(process, timeout=20)

@@ -458,9 +458,3 @@ class Store:
     @_serialised
     def pending_events_by_status(self) -> dict[str, int]:
         return {status: self.events.count_documents({"status": status}) for status in ACTIVE}
-
-    @_serialised
-    def drop_everything(self) -> None:
-        """Empty the database: for tests and `machinery demo` only."""
-        for name in (SERVICES, WORKFLOWS, EVENTS):
-            self.db[name].delete_many({})

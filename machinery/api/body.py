@@ -126,9 +126,6 @@ class StrictParser(FlaskParser):
         # webargs caches and swallows decode errors here; ours must reach the error handler.
         return self._raw_load_json(req)
 
-    def load_json_or_form(self, req: Request, schema) -> Any:
-        return self._raw_load_json(req)
-
 
 
 class Blueprint(flask_smorest.Blueprint):

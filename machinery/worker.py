@@ -25,6 +25,7 @@ from machinery.store import Store, utcnow
 LOG = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT_S = 10.0
 WEBHOOK_BACKOFF_S = 1.0
+SCAN_SHARE = 10  # an idle embedded worker waits at least this many times a scan's cost between scans
 
 
 def process_owner() -> str:
@@ -183,13 +184,17 @@ class Worker:
         """Run one claimed event or deliver one webhook; False when there was nothing to do."""
         event = self._claim_hinted(owner, lease_s)
         if event is None and self._scan_due():
+            started = time.monotonic()
             event = self.store.claim_event(owner, lease_s)
             if event is None:
                 webhook = self.store.claim_webhook(owner, WEBHOOK_TIMEOUT_S * 3)
                 if webhook is not None:
                     deliver_webhook(self.store, webhook, self.config, owner)
                     return True
-                self._next_scan = time.monotonic() + (self.max_idle_s or 0.0)  # the store had nothing due
+                # The store had nothing due. A scan of a large embedded store is slow (it has no
+                # indexes): space the next one so that scanning takes at most a tenth of the time.
+                cost = time.monotonic() - started
+                self._next_scan = time.monotonic() + max(self.max_idle_s or 0.0, SCAN_SHARE * cost)
         if event is None:
             return False
         self.keeper.hold(event["event_id"], owner)

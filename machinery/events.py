@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 from machinery import dataflow, guard, registry, types
 from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound
-from machinery.executor import check_outputs, hash_token
-from machinery.store import EPOCH, Store, utcnow
+from machinery.executor import check_outputs, close_waiting, hash_token
+from machinery.store import EPOCH, Store, pending_webhook, utcnow
 
 ENVELOPE_KEYS = {"data", "callback_url", "idempotency_key"}
 MAX_KEY_LENGTH = 200
@@ -211,11 +211,8 @@ def complete_callback(store: Store, token: str, body: Any) -> dict:
         listed = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
         raise InvalidData(f"callback does not match the declared outputs of {step['service']['name']!r}: {listed}",
                           errors=problems)
-    now = utcnow()
-    record = {key: value for key, value in waiting.items() if key not in ("token_hash", "expires")}
-    started = record["started_at"].replace(tzinfo=None)
-    record.update(status="completed", outputs=outputs, finished_at=now,
-                  duration_ms=round((now - started).total_seconds() * 1000, 3))
+    record = close_waiting(waiting, status="completed", outputs=outputs)
+    now = record["finished_at"]
     context = dict(event["context"])
     dataflow.apply_outputs(step, outputs, context)
     index = waiting["step"] + 1
@@ -225,7 +222,7 @@ def complete_callback(store: Store, token: str, body: Any) -> dict:
         fields.update(status="completed", outputs=dataflow.workflow_outputs(event["plan"], context),
                       finished_at=now)
         if event.get("callback_url"):
-            fields["webhook"] = {"status": "pending", "attempts": [], "next_at": EPOCH}
+            fields["webhook"] = pending_webhook()
     else:
         fields["status"] = "pending"
     if not store.update_event(event["event_id"], {

@@ -21,7 +21,7 @@ from requests.structures import CaseInsensitiveDict
 
 from machinery import __version__, dataflow, guard, types
 from machinery.exceptions import ServiceCallError
-from machinery.store import EPOCH, Store, utcnow
+from machinery.store import EPOCH, Store, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ class Executor:
             "updated_at": now, "finished_at": now, "lease_owner": None, "lease_expires": EPOCH,
         }}
         if event.get("callback_url"):
-            update["$set"]["webhook"] = {"status": "pending", "attempts": [], "next_at": EPOCH}
+            update["$set"]["webhook"] = pending_webhook()
         if record is not None:
             update["$push"] = {"steps": record}
         if event.get("waiting"):
@@ -397,16 +397,9 @@ class Executor:
 
     def _expire_waiting(self, event, owner) -> dict:
         """Claimed while waiting: the callback deadline passed, so the step fails."""
-        waiting = dict(event["waiting"])
-        for key in ("token_hash", "expires"):
-            waiting.pop(key, None)
-        now = utcnow()
-        waiting.update(status="failed", finished_at=now,
-                       error={"kind": "callback_timeout",
-                              "message": "the service's callback did not come before its deadline"})
-        started = waiting.get("started_at")
-        if started is not None:
-            waiting["duration_ms"] = round((now - started.replace(tzinfo=None)).total_seconds() * 1000, 3)
+        waiting = close_waiting(event["waiting"], status="failed",
+                                error={"kind": "callback_timeout",
+                                       "message": "the service's callback did not come before its deadline"})
         index = waiting["step"]
         error = {**waiting["error"], "step": index, "service": waiting["service"]}
         return self._finish(event, owner, waiting, dict(event.get("context") or {}), index, "failed",
@@ -417,6 +410,18 @@ def log_fields(event: Mapping[str, Any], step: int | None = None, service: str |
     """The `extra=` of an executor log line: which event, step and service, and the request that sent it."""
     return {"event_id": event["event_id"], "workflow": event.get("workflow_name"), "step": step,
             "service": service, "request_id": (event.get("trace") or {}).get("request_id")}
+
+
+def close_waiting(waiting: Mapping[str, Any], **outcome: Any) -> dict:
+    """The record of a step that waited for its callback, as it ends now with `outcome`
+    (status and outputs or error): its callback token's hash and deadline dropped, its duration set."""
+    now = utcnow()
+    record = {key: value for key, value in waiting.items() if key not in ("token_hash", "expires")}
+    record.update(outcome, finished_at=now)
+    started = record.get("started_at")
+    if started is not None:
+        record["duration_ms"] = round((now - started.replace(tzinfo=None)).total_seconds() * 1000, 3)
+    return record
 
 
 def check_outputs(service: Mapping[str, Any], payload: Mapping[str, Any]) -> tuple[dict, dict]:

@@ -25,6 +25,11 @@ ACTIVE = ("pending", "running", "waiting")
 EPOCH = datetime(1970, 1, 1)
 
 
+def pending_webhook() -> dict:
+    """An ended event's completion webhook, due now: what claim_webhook looks for."""
+    return {"status": "pending", "attempts": [], "next_at": EPOCH}
+
+
 def utcnow() -> datetime:
     """Now, as the naive UTC datetime both MongoDB and mongomock store without surprise: to the
     millisecond, as BSON keeps it, so a date answered before it is stored equals the stored one."""

@@ -10,7 +10,7 @@ import requests
 from machinery.app import create_app
 from machinery.serving import ServerThread
 from tests.conftest import DEFINITIONS
-from tests.support.fakes import HangUpServer, faulty_service, webhook_receiver
+from tests.support.fakes import HostileServer, faulty_service, webhook_receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,7 @@ def faulty():
 
 @pytest.fixture
 def hang_up():
-    server = HangUpServer().start()
+    server = HostileServer("hang-up").start()
     yield server.url
     server.stop()
 

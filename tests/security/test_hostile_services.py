@@ -9,7 +9,7 @@ import pytest
 from machinery import worker
 from machinery.store import EPOCH
 from tests.security.conftest import SERVICE, close, make_app, workflow
-from tests.security.fakes import HostileServer
+from tests.support.fakes import HostileServer
 
 pytestmark = pytest.mark.e2e
 TIMEOUT_S = 1.0

@@ -1,4 +1,5 @@
-"""Real HTTP test services that misbehave on purpose, a server that hangs up, and a webhook receiver."""
+"""Real HTTP test services that misbehave on purpose, a raw server that answers in hostile ways (huge,
+redirecting, trickling, silent, hanging up), and a webhook receiver."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import time
 from collections import Counter
 
 from flask import Flask, jsonify, request
+
+MAX_TRICKLE_S = 60.0  # a trickle ends by itself after this, even if nobody stops it
 
 
 def faulty_service() -> Flask:
@@ -69,42 +72,129 @@ def faulty_service() -> Flask:
     return app
 
 
-class HangUpServer:
-    """Accepts connections and closes them at once, before any reply."""
 
-    def __init__(self):
+
+class HostileServer:
+    """A raw HTTP/1.1 server; each connection is answered the way `mode` says.
+
+    - "huge": 200 with a declared Content-Length of `size` bytes, all sent.
+    - "huge-undeclared": 200 with no Content-Length, `size` bytes, then the connection is closed.
+    - "redirect": 307 to `location`.
+    - "trickle-body": 200 headers, then one byte of body every `interval` seconds, never finishing.
+    - "trickle-headers": the status line and then one header byte every `interval` seconds.
+    - "silent": reads the request and never answers.
+    - "hang-up": reads the request and closes the connection without a word.
+    """
+
+    def __init__(self, mode: str, size: int = 50 * 1024 * 1024, location: str = "", interval: float = 0.05):
+        self.mode, self.size, self.location, self.interval = mode, size, location, interval
         self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.bytes_sent = 0
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
-    def _run(self):
+    def start(self) -> HostileServer:
+        self._accepter.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._accepter.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.sock.close()
+
+    def _accept(self) -> None:
         while not self._stop.is_set():
             try:
                 connection, _ = self.sock.accept()
             except OSError:
                 continue
-            try:
-                connection.recv(65536)
-            except OSError:
-                pass
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(connection,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _read_request(self, connection: socket.socket) -> None:
+        connection.settimeout(2)
+        data = b""
+        while b"\r\n\r\n" not in data and len(data) < 65536:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return
+            body += chunk
+
+    def _send(self, connection: socket.socket, data: bytes) -> None:
+        connection.sendall(data)
+        self.bytes_sent += len(data)
+
+    def _serve(self, connection: socket.socket) -> None:
+        try:
+            self._read_request(connection)
+            connection.settimeout(5)
+            getattr(self, "_" + self.mode.replace("-", "_"))(connection)
+        except OSError:
+            pass  # the client hung up: what a well-behaved caller does to us
+        finally:
             connection.close()
 
-    def start(self) -> HangUpServer:
-        self.thread.start()
-        return self
+    def _hang_up(self, connection) -> None:
+        """Nothing: _serve closes the connection."""
 
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
+    def _huge(self, connection, declared: bool = True) -> None:
+        length = f"Content-Length: {self.size}\r\n" if declared else "Connection: close\r\n"
+        self._send(connection, f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}\r\n".encode())
+        block = b'{"message": "' + b"x" * (1024 * 1024)
+        sent = 0
+        while sent < self.size and not self._stop.is_set():
+            piece = block[: self.size - sent]
+            self._send(connection, piece)
+            sent += len(piece)
+
+    def _huge_undeclared(self, connection) -> None:
+        self._huge(connection, declared=False)
+
+    def _redirect(self, connection) -> None:
+        self._send(connection, f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {self.location}\r\n"
+                               "Content-Length: 0\r\n\r\n".encode())
+
+    def _trickle(self, connection, first: bytes, drip: bytes) -> None:
+        self._send(connection, first)
+        deadline = time.monotonic() + MAX_TRICKLE_S
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self._send(connection, drip)
+            time.sleep(self.interval)
+
+    def _trickle_body(self, connection) -> None:
+        self._trickle(connection, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                  b"Connection: close\r\n\r\n{\"message\": \"", b"x")
+
+    def _trickle_headers(self, connection) -> None:
+        self._trickle(connection, b"HTTP/1.1 200 OK\r\nX-Slow: ", b"x")
+
+    def _silent(self, connection) -> None:
+        deadline = time.monotonic() + MAX_TRICKLE_S
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def webhook_receiver() -> Flask:

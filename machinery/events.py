@@ -40,6 +40,13 @@ def _check_key(value: Any) -> str:
     return value
 
 
+def held_by(owner: str | None, lease_s: float, now) -> dict:
+    """An event's state fields when `owner` holds it to run at once, or when it waits for any worker."""
+    if owner:
+        return {"status": "running", "lease_owner": owner, "lease_expires": now + timedelta(seconds=lease_s)}
+    return {"status": "pending", "lease_owner": None, "lease_expires": EPOCH}
+
+
 def check_data(workflow: Mapping[str, Any], data: Any) -> None:
     """Raise InvalidData naming each missing or mistyped input of the workflow."""
     if not isinstance(data, dict):
@@ -91,11 +98,10 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
     event = {
         "workflow_id": workflow["workflow_id"], "workflow_name": workflow["name"],
         "workflow_version": workflow.get("version", 1), "plan": plan,
-        "status": "running" if owner else "pending", "ack_date": now, "updated_at": now, "finished_at": None,
+        **held_by(owner, lease_s, now), "ack_date": now, "updated_at": now, "finished_at": None,
         "data": data, "context": dict(data), "steps": [], "next_step": 0, "run": 0, "runs": [],
         "outputs": None, "error": None, "callback_url": callback_url, "callback_base": callback_base,
         "trace": {"trace_id": uuid.uuid4().hex, **(trace or {})},
-        "lease_owner": owner, "lease_expires": now + timedelta(seconds=lease_s) if owner else EPOCH,
         "claims": [{"owner": owner, "at": now}] if owner else [],
     }
     if key is not None:
@@ -177,10 +183,8 @@ def retry_event(store: Store, event_id: str, from_step: int | None = None,
     if owner:
         push["claims"] = {"owner": owner, "at": now}
     updated = store.update_event(event_id, {
-        "$set": {"status": "running" if owner else "pending", "next_step": from_step, "context": base,
-                 "run": run, "outputs": None, "error": None, "finished_at": None, "updated_at": now,
-                 "lease_owner": owner, "webhook": None,
-                 "lease_expires": now + timedelta(seconds=lease_s) if owner else EPOCH},
+        "$set": {**held_by(owner, lease_s, now), "next_step": from_step, "context": base, "run": run,
+                 "outputs": None, "error": None, "finished_at": None, "updated_at": now, "webhook": None},
         "$push": push,
     }, expect={"status": status, "run": event.get("run", 0)})
     if not updated:

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import os
 import random
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Mapping
 
-import requests
-import urllib3
-from requests.structures import CaseInsensitiveDict
-
-from machinery import __version__, dataflow, guard, types
+from machinery import dataflow, guard, types
 from machinery.exceptions import ServiceCallError
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
+from machinery.transport import CallFailed, Pool, thread_pool
 
 LOG = logging.getLogger(__name__)
 
@@ -37,54 +32,6 @@ class Observer:
     def call_attempt(self, service: str, outcome: str) -> None: ...
     def step_finished(self, service: str, status: str, duration_s: float) -> None: ...
     def event_finished(self, workflow: str, status: str) -> None: ...
-
-
-_local = threading.local()
-USER_AGENT = f"machinery/{__version__}"
-
-
-@functools.lru_cache(maxsize=1024)
-def _prepared_url(url: str) -> str:
-    """A service address as requests would send it (IDNA host, quoted path), worked out once."""
-    request = requests.PreparedRequest()
-    request.prepare_url(url, None)
-    return request.url
-
-
-class ServiceSession(requests.Session):
-    """A pooled requests.Session whose POST goes straight to its mounted adapter.
-
-    `Session.request` merges, on every call, proxies and settings from the environment, cookies,
-    auth and hooks, and then follows redirects: none of which a call to a service wants (no
-    proxies, no cookies, redirects refused), and that merging was the largest client-side cost
-    of a call in the profile of a sync event. The adapter still pools the connections.
-    """
-
-    def post(self, url, data=None, headers=None, timeout=None, stream=True, allow_redirects=False, **_):
-        request = requests.PreparedRequest()
-        request.method = "POST"
-        request.url = _prepared_url(url)
-        request.headers = CaseInsensitiveDict({"User-Agent": USER_AGENT, "Accept": "application/json"})
-        request.headers.update(headers or {})
-        request.body = data
-        request.headers["Content-Length"] = str(len(data or b""))
-        request.hooks = {"response": []}
-        return self.get_adapter(request.url).send(request, stream=stream, timeout=timeout, verify=self.verify,
-                                                  cert=None, proxies={})
-
-
-def thread_session() -> requests.Session:
-    """One pooled ServiceSession per thread, kept for the thread's life."""
-    session = getattr(_local, "session", None)
-    if session is None:
-        session = ServiceSession()
-        # Watched: a call's Deadline can cut its socket, so a server trickling bytes cannot hold it past its timeout.
-        adapter = guard.watched_adapter(pool_connections=64, pool_maxsize=64, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        session.trust_env = False  # calls go where the service says, never through an env proxy
-        _local.session = session
-    return session
 
 
 def backoff_delay(attempt: int, backoff_s: float, rand: Callable[[], float] = random.random) -> float:
@@ -132,13 +79,13 @@ class Executor:
     """Runs events held by `owner`; knows nothing of Flask, talks to the store only through Store."""
 
     def __init__(self, store: Store, config: Mapping[str, Any], *,
-                 session_factory: Callable[[], Any] = thread_session,
+                 connections: Callable[[], Pool] = thread_pool,
                  sleep: Callable[[float], None] = time.sleep,
                  observer: Observer | None = None,
                  rand: Callable[[], float] = random.random):
         self.store = store
         self.config = config
-        self.session_factory = session_factory
+        self.connections = connections  # this thread's kept-alive connections (tests pass a fake)
         self.sleep = sleep
         self.observer = observer or Observer()
         self.rand = rand
@@ -164,20 +111,19 @@ class Executor:
             headers["X-Machinery-Callback"] = callback_url
         return headers
 
-    def _read_body(self, response) -> bytes:
+    def _read_body(self, reply) -> bytes:
         """Read a reply body, capped in size. Time is capped by the call's Deadline, which cuts the
         socket of a server that trickles or never closes."""
         cap = self.max_response_bytes
-        declared = response.headers.get("Content-Length")
+        declared = reply.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > cap:
-            response.close()
+            reply.close()
             raise ServiceCallError(f"reply body of {declared} bytes is larger than the {cap} allowed",
-                                   kind="too_large", retryable=False, status=response.status_code)
-        raw = response.raw.read(cap + 1, decode_content=True)
+                                   kind="too_large", retryable=False, status=reply.status)
+        raw = reply.read(cap)
         if len(raw) > cap:
-            response.close()
             raise ServiceCallError(f"reply body is larger than the {cap} bytes allowed",
-                                   kind="too_large", retryable=False, status=response.status_code)
+                                   kind="too_large", retryable=False, status=reply.status)
         return raw
 
     def call(self, service: Mapping[str, Any], body: bytes, headers: Mapping[str, str]) -> tuple[int, dict | None]:
@@ -199,7 +145,7 @@ class Executor:
                 # Cut at the deadline, a reply may look whole (headers or a body ended by the close): it is not.
                 response.close()
                 raise ServiceCallError(f"no complete reply within {timeout:g} s", kind="timeout", retryable=True)
-        status = response.status_code
+        status = response.status
         if status == 202:
             return status, None
         if 200 <= status < 300:
@@ -223,28 +169,13 @@ class Executor:
     def _exchange(self, service: Mapping[str, Any], body: bytes, headers: Mapping[str, str],
                   timeout: float) -> tuple[Any, bytes]:
         """POST and read the reply body; connection problems as ServiceCallError."""
-        session = self.session_factory()
         try:
-            response = session.post(service["address"], data=body, headers=headers,
-                                    timeout=(min(CONNECT_TIMEOUT_S, timeout), timeout),
-                                    stream=True, allow_redirects=False)
-        except requests.Timeout:
-            raise ServiceCallError(f"no reply within {timeout:g} s", kind="timeout", retryable=True) from None
-        except requests.ConnectionError as error:
-            raise ServiceCallError(f"connection failed: {_reason(error)}", kind="connection",
-                                   retryable=True) from None
-        except requests.RequestException as error:
-            raise ServiceCallError(f"request failed: {_reason(error)}", kind="connection",
-                                   retryable=False) from None
-        try:
-            raw = self._read_body(response)
-        except urllib3.exceptions.ReadTimeoutError:
-            raise ServiceCallError(f"the reply body did not finish within {timeout:g} s", kind="timeout",
-                                   retryable=True) from None
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
-            raise ServiceCallError(f"the reply was cut off: {_reason(error)}", kind="connection",
-                                   retryable=True) from None
-        return response, raw
+            reply = self.connections().post(service["address"], body, headers,
+                                            connect_timeout=min(CONNECT_TIMEOUT_S, timeout), read_timeout=timeout)
+            return reply, self._read_body(reply)
+        except CallFailed as error:
+            message = f"no reply within {timeout:g} s" if error.kind == "timeout" else error.message
+            raise ServiceCallError(message, kind=error.kind, retryable=error.retryable) from None
 
     # -- one step -----------------------------------------------------------------------
 
@@ -452,13 +383,3 @@ def _ms(started: float) -> float:
 def _excerpt(raw: bytes, limit: int = 200) -> str:
     text = raw[:limit].decode("utf-8", "replace").strip() or "(empty body)"
     return text + ("..." if len(raw) > limit else "")
-
-
-def _reason(error: Exception) -> str:
-    """A short reason for a requests error, without the long urllib3 chain."""
-    text = str(error)
-    for marker in ("Connection refused", "Connection reset", "Connection aborted", "Read timed out",
-                   "RemoteDisconnected", "Name or service not known", "No route to host"):
-        if marker in text:
-            return marker
-    return text[:200]

@@ -16,9 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import parse_url
 
 from machinery.exceptions import InvalidData
@@ -112,8 +109,9 @@ def policy(value: Any) -> HostPolicy:
 def url_host(url: str) -> str:
     """The host a URL names, lower case and without a trailing dot; ValueError when it cannot be told.
 
-    The host is read twice, by the standard library and by urllib3 (which requests connects with);
-    a URL they read differently is refused rather than guessed at.
+    The host is read twice, by the standard library (which Machinery connects with) and by urllib3
+    (which most clients and proxies in front of a service follow); a URL they read differently is
+    refused rather than guessed at.
     """
     if not isinstance(url, str) or UNSAFE_URL.search(url):
         raise ValueError("the URL holds a backslash, a space or a control character")
@@ -172,11 +170,11 @@ def _legacy_ip(host: str) -> bool:
 class Deadline:
     """A whole call's time limit, enforced whatever the server does.
 
-    requests' read timeout bounds each wait for a byte, not the call: a server that trickles a
+    A socket's read timeout bounds each wait for a byte, not the call: a server that trickles a
     byte a second, in its headers or its body, would hold a call for ever. Inside `with Deadline(s)`,
-    a connection of a `watched_adapter()` registers its socket as it waits for the reply, and at
-    the deadline the watchdog shuts that socket down, which ends the read with an error; `fired`
-    then tells the caller it was the deadline.
+    the transport hands each call's socket to `watch()`, and at the deadline the watchdog shuts that
+    socket down, which ends the send or read with an error; `fired` then tells the caller it was the
+    deadline.
     """
 
     def __init__(self, seconds: float):
@@ -255,37 +253,12 @@ _WATCHDOG = _Watchdog()
 _calls = threading.local()
 
 
-def _watch_current(sock) -> None:
+def watch(sock: socket.socket | None) -> None:
+    """Put a call's socket under the Deadline the current thread is inside, if any: at the deadline it
+    is shut down, which ends a send or a read that would otherwise go on."""
     deadline = getattr(_calls, "deadline", None)
-    if deadline is not None:
+    if deadline is not None and sock is not None:
         deadline.watch(sock)
-
-
-class _WatchedHTTPConnection(HTTPConnection):
-    def getresponse(self, *args, **kwargs):
-        _watch_current(self.sock)
-        return super().getresponse(*args, **kwargs)
-
-
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def getresponse(self, *args, **kwargs):
-        _watch_current(self.sock)
-        return super().getresponse(*args, **kwargs)
-
-
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-def watched_adapter(**options) -> HTTPAdapter:
-    """A requests adapter whose connections a Deadline can cut."""
-    adapter = HTTPAdapter(**options)
-    adapter.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
-    return adapter
 
 
 # -- what may be stored ----------------------------------------------------------------------

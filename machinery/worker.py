@@ -14,13 +14,12 @@ import uuid
 from datetime import timedelta
 from typing import Any, Callable, Mapping
 
-import requests
-
 from machinery import guard
 from machinery.exceptions import StoreUnavailable
-from machinery.executor import Executor, backoff_delay, log_fields, thread_session
+from machinery.executor import Executor, backoff_delay, log_fields
 from machinery.schemas import event_schema, to_json
 from machinery.store import Store, utcnow
+from machinery.transport import CallFailed, Pool, thread_pool
 
 LOG = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT_S = 10.0
@@ -80,7 +79,7 @@ def sign(body: bytes, secret: str) -> str:
 
 
 def deliver_webhook(store: Store, event: Mapping[str, Any], config: Mapping[str, Any], owner: str,
-                    session_factory: Callable[[], Any] = thread_session) -> str:
+                    connections: Callable[[], Pool] = thread_pool) -> str:
     """POST an ended event's record to its callback_url once; record the attempt; return the webhook status."""
     body = to_json(event_schema.dump(event))
     headers = {"Content-Type": "application/json", "X-Machinery-Event": event["event_id"]}
@@ -98,13 +97,13 @@ def deliver_webhook(store: Store, event: Mapping[str, Any], config: Mapping[str,
             # stream=True and no read: the receiver's reply body is never downloaded, however large or slow;
             # the Deadline ends a receiver that trickles its headers.
             with guard.Deadline(WEBHOOK_TIMEOUT_S) as cutoff:
-                response = session_factory().post(event["callback_url"], data=body, headers=headers,
-                                                  timeout=WEBHOOK_TIMEOUT_S, allow_redirects=False, stream=True)
-                response.close()
-            entry["status"] = response.status_code
-            ok = 200 <= response.status_code < 300 and not cutoff.fired
-        except requests.RequestException as error:
-            entry["error"] = type(error).__name__
+                reply = connections().post(event["callback_url"], body, headers,
+                                           connect_timeout=WEBHOOK_TIMEOUT_S, read_timeout=WEBHOOK_TIMEOUT_S)
+                reply.close()
+            entry["status"] = reply.status
+            ok = 200 <= reply.status < 300 and not cutoff.fired
+        except CallFailed as error:
+            entry["error"] = "timeout" if error.kind == "timeout" or cutoff.fired else error.message
     max_attempts = config.get("WEBHOOK_MAX_ATTEMPTS", 5)
     if ok:
         status, next_at = "delivered", None

@@ -84,6 +84,10 @@ class HostileServer:
     - "trickle-headers": the status line and then one header byte every `interval` seconds.
     - "silent": reads the request and never answers.
     - "hang-up": reads the request and closes the connection without a word.
+    - "keep-alive": answers every request on the connection with a small JSON reply, keeping it open.
+    - "close-after-reply": answers one request as if keeping the connection, then closes it silently.
+    - "short-body": declares a Content-Length of 100, sends 10 bytes of body, and closes.
+    - "chunked": a JSON reply in chunks, then waits for the next request on the connection.
     """
 
     def __init__(self, mode: str, size: int = 50 * 1024 * 1024, location: str = "", interval: float = 0.05):
@@ -95,6 +99,7 @@ class HostileServer:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.connections = 0
+        self.requests = 0
         self.bytes_sent = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -126,13 +131,14 @@ class HostileServer:
             thread.start()
             self._threads.append(thread)
 
-    def _read_request(self, connection: socket.socket) -> None:
+    def _read_request(self, connection: socket.socket) -> bool:
+        """Read one request; False when the client closed the connection first."""
         connection.settimeout(2)
         data = b""
         while b"\r\n\r\n" not in data and len(data) < 65536:
             chunk = connection.recv(65536)
             if not chunk:
-                return
+                return False
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
         length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
@@ -140,8 +146,10 @@ class HostileServer:
         while len(body) < length:
             chunk = connection.recv(65536)
             if not chunk:
-                return
+                return False
             body += chunk
+        self.requests += 1
+        return True
 
     def _send(self, connection: socket.socket, data: bytes) -> None:
         connection.sendall(data)
@@ -159,6 +167,29 @@ class HostileServer:
 
     def _hang_up(self, connection) -> None:
         """Nothing: _serve closes the connection."""
+
+    REPLY = b'{"message": "ok"}'
+
+    def _keep_alive(self, connection) -> None:
+        while not self._stop.is_set():
+            self._send(connection, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: %d\r\n\r\n%s" % (len(self.REPLY), self.REPLY))
+            if not self._read_request(connection):
+                return
+
+    def _close_after_reply(self, connection) -> None:
+        self._send(connection, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(self.REPLY), self.REPLY))
+
+    def _short_body(self, connection) -> None:
+        self._send(connection, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+
+    def _chunked(self, connection) -> None:
+        while not self._stop.is_set():
+            halves = self.REPLY[:5], self.REPLY[5:]
+            self._send(connection, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+                b"%x\r\n%s\r\n" % (len(half), half) for half in halves) + b"0\r\n\r\n")
+            if not self._read_request(connection):
+                return
 
     def _huge(self, connection, declared: bool = True) -> None:
         length = f"Content-Length: {self.size}\r\n" if declared else "Connection: close\r\n"

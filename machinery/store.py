@@ -97,6 +97,9 @@ class Store:
         self.events = embedded_events(database[EVENTS]) if embedded else database[EVENTS]
         self.writes = 0  # store writes made, for benchmarks and metrics
         self._service_writes = 0  # services registered, replaced or deleted through this Store
+        # The embedded store's workflows, as last read, by the id or name they were asked by: every
+        # event reads its workflow, and only this process writes them (put and delete empty it).
+        self._workflows_read: dict[str, dict] = {}
 
     @classmethod
     def connect(cls, uri: str, timeout_ms: int = 2000) -> Store:
@@ -238,15 +241,23 @@ class Store:
     @_serialised
     def put_workflow(self, definition: Mapping[str, Any]) -> tuple[dict, bool]:
         """Register a workflow, or replace the one of that name and bump its version."""
+        self._workflows_read.clear()
         document, created = self._put(self.workflows, definition, bump_version=True)
         return _out(document, "workflow_id"), created
 
     @_serialised
     def get_workflow(self, ref: str) -> dict:
+        """A workflow by id or name (the caller reads it, never changes it)."""
+        known = self._workflows_read.get(ref)
+        if known is not None:
+            return dict(known)
         document = self.workflows.find_one(_by_ref(ref))
         if document is None:
             raise NotFound(f"no workflow {ref!r}")
-        return _out(document, "workflow_id")
+        workflow = _out(document, "workflow_id")
+        if self.embedded and len(self._workflows_read) < 1024:
+            self._workflows_read[ref] = workflow
+        return dict(workflow)
 
     @_serialised
     def list_workflows(self, page: int, page_size: int) -> tuple[list[dict], int]:
@@ -255,6 +266,7 @@ class Store:
     @_serialised
     def delete_workflow(self, ref: str) -> dict:
         workflow = self.get_workflow(ref)
+        self._workflows_read.clear()
         self.workflows.delete_one({"_id": ObjectId(workflow["workflow_id"])})
         self.writes += 1
         return workflow

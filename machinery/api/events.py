@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 
-from flask import current_app, g, request, url_for
+from flask import current_app, g, request
 from flask.views import MethodView
+from werkzeug.sansio.utils import get_current_url
 
 from machinery import events, metrics
 from machinery.api.body import Blueprint, page, read_json
@@ -57,11 +59,18 @@ def trace_context() -> dict:
 
 
 def callback_base() -> str:
-    return _runtime().config["PUBLIC_URL"] or request.host_url
+    return _runtime().config["PUBLIC_URL"] or _host_url(request.scheme, request.host)
+
+
+@functools.lru_cache(maxsize=64)
+def _host_url(scheme: str, host: str) -> str:
+    """What `request.host_url` answers, worked out once per scheme and Host (werkzeug re-quotes it each time)."""
+    return get_current_url(scheme, host)
 
 
 def _location(event) -> dict:
-    return {"Location": url_for("events.Event", event_id=event["event_id"])}
+    # The path url_for("events.Event") builds, without a URL map lookup on every event sent.
+    return {"Location": f"{request.script_root}/events/{event['event_id']}"}
 
 
 def answer(event: dict, created: bool = True):

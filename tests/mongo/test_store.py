@@ -49,6 +49,19 @@ def test_workflow_versions_count_replacements(store):
     assert not created and again["version"] == 2
 
 
+def test_a_workflow_read_by_name_or_id_reflects_every_later_write(store):
+    register(store)
+    workflow_id = store.get_workflow("process-text")["workflow_id"]
+    assert store.get_workflow(workflow_id)["version"] == 1
+    store.get_workflow("process-text")["version"] = 99  # a caller's copy: changing it changes nothing stored
+    store.put_workflow(definition("workflow-process-text"))
+    assert store.get_workflow("process-text")["version"] == store.get_workflow(workflow_id)["version"] == 2
+    store.delete_workflow("process-text")
+    for ref in ("process-text", workflow_id):
+        with pytest.raises(NotFound):
+            store.get_workflow(ref)
+
+
 def test_a_service_in_use_cannot_be_deleted(store):
     register(store)
     with pytest.raises(Conflict) as raised:

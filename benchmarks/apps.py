@@ -1,8 +1,10 @@
 """The trivial services and the bare relay the benchmarks serve under gunicorn.
 
 `echo` answers {"message": ...} (202 with no body under /accept); `relay_app()` is the bare relay:
-a minimal Flask app that receives an event and makes the same calls as Machinery with a pooled
-session, storing nothing. Its chains come from BENCH_RELAY_CHAINS: {"workflow": ["url", ...]}.
+a minimal Flask app that receives an event and makes the same calls as Machinery, storing nothing.
+Its chains come from BENCH_RELAY_CHAINS: {"workflow": ["url", ...]}. BENCH_RELAY_CLIENT picks how it
+calls: "requests" (a pooled requests.Session per thread, what a minimal Flask relay would use) or
+"lean" (Machinery's own client, `machinery.transport`), to tell the client's share from the rest.
 """
 
 from __future__ import annotations
@@ -45,21 +47,35 @@ def pooled_session() -> requests.Session:
     return session
 
 
+def requests_call(url: str, body: dict) -> dict:
+    reply = pooled_session().post(url, json=body, timeout=10)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def lean_call(url: str, body: dict) -> dict:
+    from machinery.transport import thread_pool
+
+    reply = thread_pool().post(url, json.dumps(body).encode(), {"Content-Type": "application/json"},
+                               connect_timeout=5, read_timeout=10)
+    if reply.status != 200:
+        raise RuntimeError(f"{url} answered {reply.status}")
+    return json.loads(reply.read(1 << 20))
+
+
 def relay_app():
     """The bare relay: receive an event, call each service in order, answer 201; store nothing."""
     from flask import Flask, jsonify, request
 
     chains = json.loads(os.environ.get("BENCH_RELAY_CHAINS", "{}"))
+    call = lean_call if os.environ.get("BENCH_RELAY_CLIENT", "requests") == "lean" else requests_call
     app = Flask("relay")
 
     @app.post("/e/<workflow>")
     def relay(workflow):
         context = dict(request.get_json())
-        session = pooled_session()
         for url in chains[workflow]:
-            reply = session.post(url, json={"message": context["message"]}, timeout=10)
-            reply.raise_for_status()
-            context["message"] = reply.json()["message"]
+            context["message"] = call(url, {"message": context["message"]})["message"]
         return jsonify({"status": "completed", "outputs": {"message": context["message"]}}), 201
 
     return app

@@ -125,10 +125,12 @@ def start_machinery(stack: contextlib.ExitStack, name: str = "machinery", thread
 
 
 def start_relay(stack: contextlib.ExitStack, chains: dict[str, list[str]],
-                threads: int = API_THREADS) -> str:
+                threads: int = API_THREADS, client: str = "requests") -> str:
+    """The bare relay under gunicorn; `client` "requests" (the relay of the targets) or "lean" (Machinery's client)."""
     port = free_port()
-    process = Process("relay", gunicorn("benchmarks.apps:relay_app()", port, threads),
-                      env={"BENCH_RELAY_CHAINS": json.dumps(chains)})
+    process = Process("relay" if client == "requests" else f"relay-{client}",
+                      gunicorn("benchmarks.apps:relay_app()", port, threads),
+                      env={"BENCH_RELAY_CHAINS": json.dumps(chains), "BENCH_RELAY_CLIENT": client})
     stack.callback(process.stop)
     url = f"http://{LOCAL}:{port}"
     wait_for_post(f"{url}/e/{next(iter(chains))}", process)

@@ -1,5 +1,6 @@
 """Overhead: 1-, 3- and 10-step chains of a trivial service, sync through Machinery, against the
-same calls made directly with one session and against a bare relay storing nothing."""
+same calls made directly with one session and against a bare relay storing nothing (calling with requests,
+and with Machinery's own client)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,9 @@ def run() -> dict:
     rows, results = [], {}
     with contextlib.ExitStack() as stack:
         echo = common.start_echo(stack)
-        relay = common.start_relay(stack, {f"chain-{n}": common.chain_urls(echo, n) for n in STEPS})
+        chains = {f"chain-{n}": common.chain_urls(echo, n) for n in STEPS}
+        relay = common.start_relay(stack, chains)
+        lean_relay = common.start_relay(stack, chains, client="lean")
         session = requests.Session()
         for steps in STEPS:
             # A fresh Machinery per chain, so each measurement starts from an empty embedded store.
@@ -61,9 +64,11 @@ def run() -> dict:
                 direct = common.summary(common.sequential(lambda urls=urls: common.direct_chain(session, urls)))
                 bare = common.summary(common.sequential(
                     lambda steps=steps: common.post_ok(session, f"{relay}/e/chain-{steps}", MESSAGE)))
+                lean = common.summary(common.sequential(
+                    lambda steps=steps: common.post_ok(session, f"{lean_relay}/e/chain-{steps}", MESSAGE)))
                 ours = common.summary(common.sequential(
                     lambda url=f"{api}/e/{workflow}": common.post_ok(session, url, MESSAGE)))
-            results[steps] = {"direct": direct, "relay": bare, "machinery": ours}
+            results[steps] = {"direct": direct, "relay": bare, "relay_lean": lean, "machinery": ours}
         writes = store_writes_per_event(echo)
     for steps in STEPS:
         entry = results[steps]
@@ -71,15 +76,18 @@ def run() -> dict:
         entry["write_budget"] = steps + 2
         entry["ratio_vs_relay"] = common.ratio(entry["machinery"]["median_ms"], entry["relay"]["median_ms"])
         entry["p99_ratio_vs_relay"] = common.ratio(entry["machinery"]["p99_ms"], entry["relay"]["p99_ms"])
+        entry["ratio_vs_lean_relay"] = common.ratio(entry["machinery"]["median_ms"],
+                                                    entry["relay_lean"]["median_ms"])
         rows.append([steps, entry["direct"]["median_ms"], entry["direct"]["p99_ms"],
-                     entry["relay"]["median_ms"], entry["relay"]["p99_ms"],
+                     entry["relay"]["median_ms"], entry["relay"]["p99_ms"], entry["relay_lean"]["median_ms"],
                      entry["machinery"]["median_ms"], entry["machinery"]["p99_ms"],
-                     entry["ratio_vs_relay"], entry["p99_ratio_vs_relay"],
+                     entry["ratio_vs_relay"], entry["p99_ratio_vs_relay"], entry["ratio_vs_lean_relay"],
                      f"{writes[steps]:g} (≤ {steps + 2})"])
     text = common.table(
         f"Sync overhead, 1 client, {common.SAMPLES} events each (ms)",
-        ["steps", "direct median", "direct p99", "relay median", "relay p99", "Machinery median",
-         "Machinery p99", "median ÷ relay", "p99 ÷ relay", "store writes/event"], rows)
+        ["steps", "direct median", "direct p99", "relay median", "relay p99", "lean relay median",
+         "Machinery median", "Machinery p99", "median ÷ relay", "p99 ÷ relay", "median ÷ lean relay",
+         "store writes/event"], rows)
     common.save("overhead", {"samples": common.SAMPLES, "results": results, "table": text})
     return results
 

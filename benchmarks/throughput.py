@@ -71,8 +71,10 @@ def run() -> dict:
         echo = common.start_echo(stack)
         relay = common.start_relay(stack, {f"chain-{STEPS}": common.chain_urls(echo, STEPS)})
         urls = common.chain_urls(echo, STEPS)
+        lean = common.start_relay(stack, {f"chain-{STEPS}": urls}, client="lean")
         systems = {"direct": common.chainer(urls),
-                   "relay": common.poster(f"{relay}/e/chain-{STEPS}", MESSAGE)}
+                   "relay": common.poster(f"{relay}/e/chain-{STEPS}", MESSAGE),
+                   "relay-lean": common.poster(f"{lean}/e/chain-{STEPS}", MESSAGE)}
         for clients in CLIENTS:
             for name, make_call in systems.items():
                 rate, latencies, errors = common.concurrent(make_call, clients, EVENTS)
@@ -92,7 +94,7 @@ def run() -> dict:
                 results[f"machinery-async/{clients}"] = run_async(api, workflow, clients, EVENTS)
     for clients in CLIENTS:
         relay_rate = results[f"relay/{clients}"]["events_per_s"]
-        for name in ("direct", "relay", "machinery-sync", "machinery-async"):
+        for name in ("direct", "relay", "relay-lean", "machinery-sync", "machinery-async"):
             entry = results[f"{name}/{clients}"]
             entry["ratio_vs_relay"] = common.ratio(entry["events_per_s"], relay_rate)
             rows.append([clients, name, entry["events_per_s"], entry["median_ms"], entry["p99_ms"],

@@ -16,6 +16,7 @@ setup(
         "marshmallow>=4,<5",
         "pymongo>=4.6,<5",
         "mongomock>=4.3,<5",
+        "sortedcontainers>=2.4,<3",
         "requests>=2.31,<3",
         "gunicorn>=22",
         "prometheus_client>=0.20,<1",

@@ -45,9 +45,8 @@ def test_calls_to_one_host_share_one_kept_alive_connection(server, pool):
 @pytest.mark.parametrize("server", ["close-after-reply"], indirect=True)
 def test_a_connection_the_server_closed_while_idle_is_replaced_not_reused(server, pool):
     assert post(pool, server.url) == (200, b'{"message": "ok"}')
-    deadline = time.monotonic() + 5
-    while server.connections == 1 and server.requests == 1 and time.monotonic() < deadline:
-        assert post(pool, server.url) == (200, b'{"message": "ok"}')
+    time.sleep(0.2)  # the server closes its end meanwhile, as one whose keep-alive timeout passed would
+    assert post(pool, server.url) == (200, b'{"message": "ok"}')
     assert server.requests == 2 and server.connections == 2
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import timedelta
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -11,6 +10,7 @@ from urllib.parse import urlsplit
 from machinery import dataflow, guard, registry, types
 from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound
 from machinery.executor import check_outputs, close_waiting, hash_token
+from machinery.ids import random_hex
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 
 ENVELOPE_KEYS = {"data", "callback_url", "idempotency_key"}
@@ -101,7 +101,7 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
         **held_by(owner, lease_s, now), "ack_date": now, "updated_at": now, "finished_at": None,
         "data": data, "context": dict(data), "steps": [], "next_step": 0, "run": 0, "runs": [],
         "outputs": None, "error": None, "callback_url": callback_url, "callback_base": callback_base,
-        "trace": {"trace_id": uuid.uuid4().hex, **(trace or {})},
+        "trace": {"trace_id": random_hex(128), **(trace or {})},
         "claims": [{"owner": owner, "at": now}] if owner else [],
     }
     if key is not None:

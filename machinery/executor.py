@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 from machinery import dataflow, guard, types
 from machinery.exceptions import ServiceCallError
+from machinery.ids import random_hex
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.transport import CallFailed, Pool, thread_pool
 
@@ -72,7 +73,7 @@ class Outcome:
 
 
 def new_span_id() -> str:
-    return os.urandom(8).hex()
+    return random_hex(64)
 
 
 class Executor:

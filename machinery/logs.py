@@ -6,9 +6,10 @@ import json
 import logging
 import re
 import time
-import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
+
+from machinery.ids import random_hex
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -25,7 +26,7 @@ def current_request_id() -> str | None:
 
 def accepted_request_id(value: str | None) -> str:
     """The caller's request id when it is a sane token, else a new one."""
-    return value if value and REQUEST_ID.match(value) else uuid.uuid4().hex
+    return value if value and REQUEST_ID.match(value) else random_hex(128)
 
 
 class RequestIdFilter(logging.Filter):

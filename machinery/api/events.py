@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import re
-import uuid
 
 from flask import current_app, g, request
 from flask.views import MethodView
@@ -13,6 +12,7 @@ from werkzeug.sansio.utils import get_current_url
 from machinery import events, metrics
 from machinery.api.body import Blueprint, page, read_json
 from machinery.exceptions import InvalidData
+from machinery.ids import random_hex
 from machinery.schemas import (
     EventAckSchema,
     EventBodySchema,
@@ -53,8 +53,8 @@ def trace_context() -> dict:
     request_id = g.get("request_id") or request.headers.get("X-Request-Id", "")  # the one the logs carry
     match = TRACEPARENT.match(request.headers.get("traceparent", "").strip().lower())
     return {
-        "request_id": request_id if REQUEST_ID.match(request_id) else uuid.uuid4().hex,
-        "trace_id": match.group(1) if match and match.group(1) != "0" * 32 else uuid.uuid4().hex,
+        "request_id": request_id if REQUEST_ID.match(request_id) else random_hex(128),
+        "trace_id": match.group(1) if match and match.group(1) != "0" * 32 else random_hex(128),
     }
 
 

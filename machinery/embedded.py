@@ -73,6 +73,38 @@ def _plain_field_names(document: dict) -> bool:
     return True
 
 
+def _plain_update(update: dict) -> bool:
+    """Whether an update only sets, unsets or pushes onto top-level fields (no dots, no `$`
+    modifiers): the shape of every step's write, which _apply_plain applies."""
+    for operator, fields in update.items():
+        if operator not in ("$set", "$unset", "$push") or type(fields) is not dict:
+            return False
+        for name, value in fields.items():
+            if type(name) is not str or name in ("", "_id") or "." in name or name.startswith("$") or "\0" in name:
+                return False
+            if operator == "$push" and type(value) is dict and "$each" in value:
+                return False
+    return True
+
+
+def _apply_plain(document: dict, update: dict, encode) -> None:
+    """Apply a _plain_update to a stored document in place, as mongomock's update does (its
+    `_set_updater`, `_unset_updater` and `$push`), without testing its version and encoding each
+    field on its own: the values to set are checked as BSON at once, before anything changes. The
+    update is already a copy (_patched), so its lists need no copy of their own."""
+    if "$set" in update:
+        encode(update["$set"], check_keys=False)
+    for operator, fields in update.items():
+        if operator == "$set":
+            document.update(fields)
+        elif operator == "$unset":
+            for name in fields:
+                document.pop(name, None)
+        else:
+            for name, value in fields.items():
+                document.setdefault(name, []).append(value)
+
+
 def _unique_fields(collection) -> set[str]:
     """The top-level fields any unique index of a mongomock collection covers (and `_id`)."""
     fields = {"_id"}
@@ -588,7 +620,11 @@ def _embedded_classes() -> tuple[type, type]:
             existing = next(self._iter_documents(spec), None)
             if existing is not None:
                 try:
-                    self._apply_update_document(existing, spec, document, False)
+                    if _plain_update(document) and all(
+                            type(existing.get(name, [])) is list for name in document.get("$push", ())):
+                        _apply_plain(existing, document, bson_encoder.encode)
+                    else:
+                        self._apply_update_document(existing, spec, document, False)
                 finally:
                     self._reindex([oid])
             matched = int(existing is not None)

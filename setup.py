@@ -1,12 +1,12 @@
 """Packaging for Machinery: the library, the `machinery` command, pinned majors."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="machinery",
     version="0.1.0",
     description="State-aware workflow orchestrator for HTTP microservices",
-    packages=find_packages(include=["machinery", "machinery.*"]),
+    packages=find_namespace_packages(include=["machinery", "machinery.*"]),  # templates/ and static/ too
     include_package_data=True,
     package_data={"machinery": ["templates/*.html", "static/*"]},
     python_requires=">=3.11",

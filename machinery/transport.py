@@ -68,24 +68,6 @@ def _tls() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-class _Timed:
-    """A connection that connects within one time limit and then waits at most another for each read."""
-
-    read_timeout: float
-
-    def connect(self):
-        super().connect()
-        self.sock.settimeout(self.read_timeout)
-
-
-class _HTTP(_Timed, http.client.HTTPConnection):
-    pass
-
-
-class _HTTPS(_Timed, http.client.HTTPSConnection):
-    pass
-
-
 class Reply:
     """A service's reply: status and headers read, the body read on demand, at most `cap` bytes."""
 
@@ -139,21 +121,20 @@ class Pool:
         key = (scheme, host, port)
         connection = self._take(key)
         if connection is None:
-            kind = _HTTPS if scheme == "https" else _HTTP
             options = {"context": _tls()} if scheme == "https" else {}
+            kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
             connection = kind(host, port, timeout=connect_timeout, **options)
-        connection.read_timeout = read_timeout
-        if connection.sock is not None:
-            connection.sock.settimeout(read_timeout)
         try:
             connection.putrequest("POST", path, skip_accept_encoding=True)
             for name, value in (("User-Agent", USER_AGENT), ("Accept", "application/json"),
                                 ("Accept-Encoding", "identity"), *headers.items(),
                                 ("Content-Length", str(len(body)))):
                 connection.putheader(name, value)
+            if connection.sock is None:
+                connection.connect()  # within connect_timeout
+            connection.sock.settimeout(read_timeout)  # then each wait for the service within read_timeout
             guard.watch(connection.sock)
             connection.endheaders(body)
-            guard.watch(connection.sock)  # connected by endheaders when the connection was new
             response = connection.getresponse()
         except TimeoutError:
             connection.close()

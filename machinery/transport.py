@@ -68,6 +68,10 @@ def _tls() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
+class _Stale(Exception):
+    """A connection closed with no reply; `__cause__` says how."""
+
+
 class Reply:
     """A service's reply: status and headers read, the body read on demand, at most `cap` bytes."""
 
@@ -120,10 +124,22 @@ class Pool:
         scheme, host, port, path = target(url)
         key = (scheme, host, port)
         connection = self._take(key)
-        if connection is None:
-            options = {"context": _tls()} if scheme == "https" else {}
-            kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-            connection = kind(host, port, timeout=connect_timeout, **options)
+        if connection is not None:
+            try:
+                return self._exchange(key, connection, path, body, headers, read_timeout)
+            except _Stale:
+                pass  # closed by the service as it was reused: once more, on a new connection
+        options = {"context": _tls()} if scheme == "https" else {}
+        kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+        connection = kind(host, port, timeout=connect_timeout, **options)
+        try:
+            return self._exchange(key, connection, path, body, headers, read_timeout)
+        except _Stale as stale:
+            raise CallFailed(f"connection failed: {_reason(stale.__cause__)}") from None
+
+    def _exchange(self, key: tuple, connection: http.client.HTTPConnection, path: str, body: bytes,
+                  headers: Mapping[str, str], read_timeout: float) -> Reply:
+        """Send the request on a connection and read the reply's status and headers."""
         try:
             connection.putrequest("POST", path, skip_accept_encoding=True)
             for name, value in (("User-Agent", USER_AGENT), ("Accept", "application/json"),
@@ -139,6 +155,11 @@ class Pool:
         except TimeoutError:
             connection.close()
             raise CallFailed("no reply in time", "timeout") from None
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as error:
+            # Closed without a reply: a kept-alive connection the service gave up on as it was
+            # being reused (a race the idle check cannot see), or a service that hangs up.
+            connection.close()
+            raise _Stale() from error
         except (http.client.HTTPException, OSError) as error:
             connection.close()
             raise CallFailed(f"connection failed: {_reason(error)}") from None

@@ -86,6 +86,8 @@ class HostileServer:
     - "hang-up": reads the request and closes the connection without a word.
     - "keep-alive": answers every request on the connection with a small JSON reply, keeping it open.
     - "close-after-reply": answers one request as if keeping the connection, then closes it silently.
+    - "hang-up-when-reused": answers the first request on a connection, and closes the connection
+      without a word when a second request comes on it.
     - "short-body": declares a Content-Length of 100, sends 10 bytes of body, and closes.
     - "chunked": a JSON reply in chunks, then waits for the next request on the connection.
     """
@@ -179,6 +181,10 @@ class HostileServer:
 
     def _close_after_reply(self, connection) -> None:
         self._send(connection, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(self.REPLY), self.REPLY))
+
+    def _hang_up_when_reused(self, connection) -> None:
+        self._close_after_reply(connection)
+        self._read_request(connection)  # then _serve closes it
 
     def _short_body(self, connection) -> None:
         self._send(connection, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)

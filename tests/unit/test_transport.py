@@ -50,6 +50,20 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_not_reused(server
     assert server.requests == 2 and server.connections == 2
 
 
+@pytest.mark.parametrize("server", ["hang-up-when-reused"], indirect=True)
+def test_a_kept_alive_connection_closed_as_it_is_reused_is_tried_once_more_on_a_new_one(server, pool):
+    assert post(pool, server.url) == (200, b'{"message": "ok"}')
+    assert post(pool, server.url) == (200, b'{"message": "ok"}')
+    assert server.connections == 2 and server.requests == 3
+
+
+@pytest.mark.parametrize("server", ["hang-up"], indirect=True)
+def test_a_new_connection_closed_without_a_reply_fails_at_once(server, pool):
+    with pytest.raises(CallFailed, match="closed the connection without replying"):
+        post(pool, server.url)
+    assert server.connections == 1
+
+
 @pytest.mark.parametrize("server", ["short-body"], indirect=True)
 def test_a_body_shorter_than_its_content_length_is_cut_off_not_taken(server, pool):
     reply = pool.post(server.url, b"{}", HEADERS, connect_timeout=2, read_timeout=2)

@@ -137,6 +137,16 @@ def start_relay(stack: contextlib.ExitStack, chains: dict[str, list[str]],
     return url
 
 
+def in_process(stack: contextlib.ExitStack, name: str):
+    """Machinery in this process on its own embedded store (no embedded workers, warnings only),
+    closed when the stack unwinds: for what can only be counted or profiled from inside."""
+    from machinery.app import create_app
+
+    app = create_app({"MONGO_URI": f"mongomock://localhost/{name}", "EMBEDDED_WORKERS": 0, "LOG_LEVEL": "warning"})
+    stack.callback(app.extensions["machinery"].close, 0)
+    return app
+
+
 # -- definitions ----------------------------------------------------------------------------
 
 def chain_urls(echo_url: str, steps: int) -> list[str]:

@@ -15,14 +15,9 @@ MESSAGE = {"message": "hello world"}
 
 
 def run(events: int = EVENTS, top: int = 25) -> dict:
-    from machinery.app import create_app
-
     with contextlib.ExitStack() as stack:
         echo = common.start_echo(stack)
-        app = create_app({"MONGO_URI": "mongomock://localhost/bench-hotpath", "EMBEDDED_WORKERS": 0,
-                          "LOG_LEVEL": "warning"})
-        stack.callback(app.extensions["machinery"].close, 0)
-        client = app.test_client()
+        client = common.in_process(stack, "bench-hotpath").test_client()
 
         def post(path, body):
             assert client.post(path, json=body).status_code in (200, 201)

@@ -21,19 +21,16 @@ def store_writes_per_event(echo_url: str, steps_list=STEPS, events: int = 50) ->
     same services); only the front server differs, and it makes no store write. The count is not
     exposed over HTTP: the product has no debug endpoint for it.
     """
-    from machinery.app import create_app
-
-    app = create_app({"MONGO_URI": "mongomock://localhost/bench-writes", "EMBEDDED_WORKERS": 0,
-                      "LOG_LEVEL": "warning"})
-    client = app.test_client()
-    store = app.extensions["machinery"].store
-
-    def post(path, body):
-        reply = client.post(path, json=body)
-        assert reply.status_code in (200, 201), reply.get_json()
-
     counts = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        app = common.in_process(stack, "bench-writes")
+        client = app.test_client()
+        store = app.extensions["machinery"].store
+
+        def post(path, body):
+            reply = client.post(path, json=body)
+            assert reply.status_code in (200, 201), reply.get_json()
+
         for steps in steps_list:
             name = common.register(post, echo_url, steps)
             client.post(f"/e/{name}", json=MESSAGE)
@@ -42,8 +39,6 @@ def store_writes_per_event(echo_url: str, steps_list=STEPS, events: int = 50) ->
                 reply = client.post(f"/e/{name}", json=MESSAGE)
                 assert reply.status_code == 201, reply.get_json()
             counts[steps] = (store.writes - before) / events
-    finally:
-        app.extensions["machinery"].close(0)
     return counts
 
 

@@ -55,14 +55,10 @@ def _timed(call, repeats: int = REPEATS) -> dict:
 
 def stored_events() -> tuple[list, dict]:
     """Fill the embedded store with copies of a real completed event, then time the endpoints."""
-    from machinery.app import create_app
-
     rows, results = [], {}
     with contextlib.ExitStack() as stack:
         echo = common.start_echo(stack)
-        app = create_app({"MONGO_URI": "mongomock://localhost/bench-scale", "EMBEDDED_WORKERS": 0,
-                          "LOG_LEVEL": "warning"})
-        stack.callback(app.extensions["machinery"].close, 0)
+        app = common.in_process(stack, "bench-scale")
         client = app.test_client()
         store = app.extensions["machinery"].store
         workflow = common.register(lambda path, body: client.post(path, json=body), echo, 3)

@@ -4,7 +4,7 @@
 a minimal Flask app that receives an event and makes the same calls as Machinery, storing nothing.
 Its chains come from BENCH_RELAY_CHAINS: {"workflow": ["url", ...]}. BENCH_RELAY_CLIENT picks how it
 calls: "requests" (a pooled requests.Session per thread, what a minimal Flask relay would use) or
-"lean" (Machinery's own client, `machinery.transport`), to tell the client's share from the rest.
+"lean" (Machinery's own client, `machinery.runtime.transport`), to tell the client's share from the rest.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def requests_call(url: str, body: dict) -> dict:
 
 
 def lean_call(url: str, body: dict) -> dict:
-    from machinery.transport import thread_pool
+    from machinery.runtime.transport import thread_pool
 
     reply = thread_pool().post(url, json.dumps(body).encode(), {"Content-Type": "application/json"},
                                connect_timeout=5, read_timeout=10)

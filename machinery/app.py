@@ -15,11 +15,11 @@ from machinery import __version__, metrics
 from machinery.api import errors
 from machinery.config import is_embedded, load_config
 from machinery.exceptions import StoreUnavailable
-from machinery.executor import Executor, Observer
 from machinery.logs import configure_logging, init_request_ids
+from machinery.runtime.executor import Executor, Observer
+from machinery.runtime.worker import LeaseKeeper, Worker, process_owner
 from machinery.schemas import ErrorSchema, json_default
 from machinery.store import Store
-from machinery.worker import LeaseKeeper, Worker, process_owner
 
 LOG = logging.getLogger(__name__)
 EMBEDDED_MAX_IDLE_S = 1.0

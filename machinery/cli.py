@@ -165,10 +165,10 @@ def cmd_send(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from machinery.executor import Executor
     from machinery.logs import configure_logging
+    from machinery.runtime.executor import Executor
+    from machinery.runtime.worker import LeaseKeeper, Worker
     from machinery.store import Store
-    from machinery.worker import LeaseKeeper, Worker
 
     config = load_config()
     configure_logging(config["LOG_LEVEL"], config["LOG_FORMAT"])

@@ -7,10 +7,11 @@ from datetime import timedelta
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from machinery import dataflow, guard, registry, types
+from machinery import guard, registry
 from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound
-from machinery.executor import check_outputs, close_waiting, hash_token
 from machinery.ids import random_hex
+from machinery.language import dataflow, types
+from machinery.runtime.executor import check_outputs, close_waiting, hash_token
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 
 ENVELOPE_KEYS = {"data", "callback_url", "idempotency_key"}

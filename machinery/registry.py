@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from machinery import dataflow
 from machinery.exceptions import Conflict, DataflowError, InvalidData
+from machinery.language import dataflow
 from machinery.store import Store
 
 

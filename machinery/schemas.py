@@ -19,7 +19,8 @@ from marshmallow import (
     validates_schema,
 )
 
-from machinery import auth, types
+from machinery import auth
+from machinery.language import types
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 NAME_RULE = validate.And(

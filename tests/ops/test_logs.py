@@ -10,6 +10,8 @@ import pytest
 from machinery.logs import JsonFormatter, RequestIdFilter, TextFormatter
 from tests.conftest import EXAMPLE_TEXT, register_examples
 
+EXECUTOR_LOG = "machinery.runtime.executor"
+
 
 class Collect(logging.Handler):
     """Keep the records a handler of the app's kind (with the request-id filter) would write."""
@@ -76,7 +78,7 @@ def test_the_event_keeps_the_request_id_the_logs_carry(client, store):
 def test_step_logs_carry_event_step_service_and_request_id(client, example_services, records):
     # GIVEN the examples served for real and step logging at debug level
     register_examples(client, example_services)
-    executor_log = logging.getLogger("machinery.executor")
+    executor_log = logging.getLogger(EXECUTOR_LOG)
     level = executor_log.level
     executor_log.setLevel(logging.DEBUG)
     try:
@@ -87,20 +89,20 @@ def test_step_logs_carry_event_step_service_and_request_id(client, example_servi
         executor_log.setLevel(level)
     # THEN each step's line names its event, step, service and the request that sent it
     event_id = response.get_json()["event_id"]
-    steps = [record for record in records if record.name == "machinery.executor" and record.levelno == logging.DEBUG
+    steps = [record for record in records if record.name == EXECUTOR_LOG and record.levelno == logging.DEBUG
              and not hasattr(record, "status")]
     assert [(r.event_id, r.step, r.service, r.request_id) for r in steps] == [
         (event_id, 0, "upper", "steps-7"), (event_id, 1, "reverse", "steps-7"),
         (event_id, 2, "space-counter", "steps-7"),
     ]
-    finished = [record for record in records if record.name == "machinery.executor" and hasattr(record, "status")]
+    finished = [record for record in records if record.name == EXECUTOR_LOG and hasattr(record, "status")]
     assert finished[-1].status == "completed" and finished[-1].request_id == "steps-7"
 
 
 def test_step_lines_cost_nothing_when_debug_is_off(client, example_services, records):
     register_examples(client, example_services)
     client.post("/e/process-text", json={"data": {"message": EXAMPLE_TEXT}})
-    assert not [record for record in records if record.name == "machinery.executor" and record.levelno < logging.INFO]
+    assert not [record for record in records if record.name == EXECUTOR_LOG and record.levelno < logging.INFO]
 
 
 def _record(**extra) -> logging.LogRecord:

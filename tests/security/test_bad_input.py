@@ -129,7 +129,7 @@ def test_a_callback_with_operator_keys_is_refused_and_the_step_keeps_waiting():
         client.post("/workflows", json={**workflow("w"), "outputs": [{"name": "message", "type": "any"}]})
         event, _ = events.new_event(store, "w", {"message": "x"}, owner="me")
         token = "tok"
-        from machinery.executor import hash_token
+        from machinery.runtime.executor import hash_token
 
         store.update_event(event["event_id"], {"$set": {"status": "waiting", "waiting": {
             "step": 0, "service": "up", "status": "waiting", "started_at": event["ack_date"],
@@ -144,7 +144,7 @@ def test_a_callback_with_operator_keys_is_refused_and_the_step_keeps_waiting():
 
 
 def test_a_service_reply_with_operator_keys_is_a_contract_error_not_a_store_failure():
-    from machinery.executor import check_outputs
+    from machinery.runtime.executor import check_outputs
 
     service = {"outputs": [{"name": "message", "type": "any"}, {"name": "n", "type": "float"}]}
     _, problems = check_outputs(service, {"message": {"ok": {"$where": 1}}, "n": float("nan")})

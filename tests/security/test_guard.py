@@ -7,9 +7,9 @@ import pytest
 from machinery import guard
 from machinery.config import load_config
 from machinery.exceptions import ConfigError
+from machinery.runtime.worker import deliver_webhook
 from machinery.serving import ServerThread
 from machinery.store import EPOCH
-from machinery.worker import deliver_webhook
 from tests.security.conftest import SERVICE, close, make_app, workflow
 from tests.support.fakes import faulty_service, webhook_receiver
 

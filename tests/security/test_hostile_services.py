@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from machinery import worker
+from machinery.runtime import worker
 from machinery.store import EPOCH
 from tests.security.conftest import SERVICE, close, make_app, workflow
 from tests.support.fakes import HostileServer

@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from machinery import dataflow, guard, types
+from machinery import guard
 from machinery.exceptions import DataflowError
+from machinery.language import dataflow, types
 
 TYPE_NAMES = st.sampled_from(types.TYPE_NAMES)
 NAMES = st.sampled_from(["a", "b", "c", "message", "count"])

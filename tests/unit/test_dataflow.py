@@ -2,8 +2,8 @@
 
 import pytest
 
-from machinery import dataflow
 from machinery.exceptions import DataflowError
+from machinery.language import dataflow
 from tests.conftest import definition
 
 

@@ -13,8 +13,8 @@ from mongomock.collection import Collection
 from mongomock.store import CollectionStore
 from pymongo import ReturnDocument
 
-from machinery.embedded import embedded_events
 from machinery.store import ACTIVE, EPOCH, Store
+from machinery.store.embedded import embedded_events
 
 NEWEST_FIRST = [("ack_date", -1), ("_id", -1)]
 IDS = [ObjectId(f"{number:024x}") for number in range(10)]

@@ -9,9 +9,9 @@ import pytest
 
 from machinery import events
 from machinery.config import load_config
-from machinery.executor import Executor, backoff_delay, parse_retry_after
+from machinery.runtime.executor import Executor, backoff_delay, parse_retry_after
+from machinery.runtime.transport import CallFailed
 from machinery.store import Store
-from machinery.transport import CallFailed
 
 OWNER = "test-owner"
 

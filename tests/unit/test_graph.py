@@ -7,8 +7,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from machinery import dataflow, graph
+from machinery import graph
 from machinery.exceptions import InvalidData
+from machinery.language import dataflow
 from tests.conftest import definition
 
 SVG_NS = "{http://www.w3.org/2000/svg}"

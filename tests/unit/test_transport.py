@@ -9,8 +9,8 @@ import time
 import pytest
 
 from machinery import guard
+from machinery.runtime.transport import CallFailed, Pool
 from machinery.serving import free_port
-from machinery.transport import CallFailed, Pool
 from tests.support.fakes import HostileServer
 
 HEADERS = {"Content-Type": "application/json"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from machinery import types
+from machinery.language import types
 
 
 @pytest.mark.parametrize("alias, name", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from machinery.config import load_config
-from machinery.worker import LeaseKeeper, Worker
+from machinery.runtime.worker import LeaseKeeper, Worker
 
 
 class SlowEmptyStore:

@@ -15,8 +15,8 @@ from bson.errors import InvalidId
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from machinery.embedded import embedded_events
 from machinery.exceptions import Conflict, NotFound, StoreUnavailable
+from machinery.store.embedded import embedded_events
 
 LOG = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any, Callable, Mapping
 
 from machinery import guard
 from machinery.exceptions import StoreUnavailable
-from machinery.executor import Executor, backoff_delay, log_fields
+from machinery.runtime.executor import Executor, backoff_delay, log_fields
+from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.schemas import event_schema, to_json
 from machinery.store import Store, utcnow
-from machinery.transport import CallFailed, Pool, thread_pool
 
 LOG = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT_S = 10.0

@@ -13,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Mapping
 
-from machinery import dataflow, guard, types
+from machinery import guard
 from machinery.exceptions import ServiceCallError
 from machinery.ids import random_hex
+from machinery.language import dataflow, types
+from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
-from machinery.transport import CallFailed, Pool, thread_pool
 
 LOG = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from machinery import types
 from machinery.exceptions import DataflowError
+from machinery.language import types
 
 # What a plan keeps of each service: enough to call it without reading the registry again.
 SERVICE_FIELDS = ("name", "address", "inputs", "outputs", "timeout_s", "retry", "callback_timeout_s")

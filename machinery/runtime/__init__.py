@@ -1,0 +1,1 @@
+"""Running events: the executor, the HTTP client that calls services, and the workers."""

@@ -22,19 +22,37 @@ from marshmallow import (
 from machinery import auth
 from machinery.language import types
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
-NAME_RULE = validate.And(
+# Patterns mean the same to Python and to ECMA regexes (what OpenAPI's `pattern` is): `$(?!\n)`
+# because Python's `$` also matches before a final newline, and a name must not end with one.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$(?!\n)"
+NAME_RULE = [
     validate.Length(min=1, max=100),
     validate.Regexp(NAME_PATTERN, error="must start with a letter or digit and hold only letters, "
                                         "digits, '_', '.' and '-'"),
-)
+]
 # Field names become keys of the event's context in MongoDB: no operator ('$'), no path ('.'), no control character.
-FIELD_NAME_RULE = validate.And(
+FIELD_NAME_PATTERN = r"^(?!\$)[^.\x00-\x1f\x7f]*$(?!\n)"
+FIELD_NAME_RULE = [
     validate.Length(min=1, max=100),
-    validate.Regexp(r"^(?!\$)[^.\x00-\x1f\x7f\ud800-\udfff]*$",
-                    error="must not start with '$' or contain '.' or a control character"),
-)
+    validate.Regexp(FIELD_NAME_PATTERN, error="must not start with '$' or contain '.' or a control character"),
+]
+# An address: http(s), a host (a name, localhost, IPv4, or IPv6 in brackets; no user:password@), a port
+# within 0-65535, then a path, query or fragment of the characters RFC 3986 allows in a URI: a subset of
+# what marshmallow's URL accepts, checked by the same pattern the spec shows.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_H = "[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join([f"(?:{_H}:){{7}}{_H}", f"(?:{_H}:){{1,7}}:",
+                  *(f"(?:{_H}:){{1,{n}}}(?::{_H}){{1,{7 - n}}}" for n in range(6, 0, -1)),
+                  f":(?:(?::{_H}){{1,7}}|:)"])
+_CHARS = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})"  # path, query and fragment (RFC 3986)
+_PORT = r"(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+ADDRESS_PATTERN = (rf"^https?://(?:localhost|[0-9]{{1,3}}(?:\.[0-9]{{1,3}}){{3}}|\[(?:{_IPV6})\]|"
+                   rf"(?:{_LABEL}\.)+[A-Za-z0-9-]{{2,63}}\.?|{_LABEL}\.?)"
+                   rf"(?::{_PORT})?(?:/{_CHARS}*)?(?:\?{_CHARS}*)?(?:#{_CHARS}*)?$(?!\n)")
+ADDRESS_RULE = [validate.Length(max=2000),
+                validate.Regexp(ADDRESS_PATTERN, error="must be an http:// or https:// URL")]
 SECRET_RULE = validate.Length(min=16, max=256)
+MAX_STEP_INDEX = 1_000_000  # a bound the spec can state; a step beyond the plan is refused by the core anyway
 STATUSES = ("pending", "running", "waiting", "completed", "failed")
 
 
@@ -66,7 +84,7 @@ def _unique_names(field_list, label):
 
 
 class RetrySchema(Schema):
-    max_attempts = fields.Integer(load_default=3, validate=validate.Range(min=1, max=20))
+    max_attempts = fields.Integer(load_default=3, strict=True, validate=validate.Range(min=1, max=20))
     backoff_s = fields.Float(load_default=0.5, validate=validate.Range(min=0, max=60),
                              allow_nan=False)
 
@@ -75,9 +93,7 @@ class ServiceSchema(Schema):
     """A service definition as registered."""
 
     name = fields.String(required=True, validate=NAME_RULE)
-    address = fields.Url(required=True, schemes={"http", "https"}, require_tld=False,
-                         validate=validate.Length(max=2000),
-                         error_messages={"invalid": "must be an http:// or https:// URL"})
+    address = fields.String(required=True, validate=ADDRESS_RULE, metadata={"format": "uri"})
     description = fields.String(load_default=None, validate=validate.Length(max=2000))
     inputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
     outputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
@@ -95,7 +111,12 @@ class ServiceSchema(Schema):
     @validates("address")
     def _no_credentials(self, value, **_):
         # An address is shown by the API, the UI and every event's plan: a password in it would leak.
-        if "@" in urlsplit(value).netloc:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - urlsplit checks the host and the port only when asked
+        except ValueError:
+            raise ValidationError("must be an http:// or https:// URL") from None
+        if "@" in parts.netloc:
             raise ValidationError("must not hold credentials (user:password@); give the service "
                                   "another way to authenticate callers")
 
@@ -104,11 +125,23 @@ class OperationSchema(Schema):
     """A rename at a step boundary."""
 
     service = fields.String(required=True, validate=NAME_RULE)
-    step = fields.Integer(validate=validate.Range(min=0))
+    step = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_STEP_INDEX))
     inputs = fields.Dict(keys=fields.String(validate=FIELD_NAME_RULE),
                          values=fields.String(validate=FIELD_NAME_RULE))
     outputs = fields.Dict(keys=fields.String(validate=FIELD_NAME_RULE),
                           values=fields.String(validate=FIELD_NAME_RULE))
+
+
+class OperationList(fields.List):
+    """The operations of a workflow; an empty object, which clients of the first prototype send, is none."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, dict):
+            if value:
+                raise ValidationError("must be a list of operations (an empty object {} is taken as none), "
+                                      f"not an object with keys {', '.join(sorted(map(str, value))[:5])}")
+            return []
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class WorkflowSchema(Schema):
@@ -120,8 +153,8 @@ class WorkflowSchema(Schema):
                            validate=validate.Length(min=1, max=100))
     inputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
     outputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
-    operations = fields.List(fields.Nested(OperationSchema), load_default=list,
-                             validate=validate.Length(max=200))
+    operations = OperationList(fields.Nested(OperationSchema), load_default=list,
+                               validate=validate.Length(max=200))
     ingest_token = fields.String(load_only=True, validate=SECRET_RULE, metadata={
         "description": "write-only: a secret senders may present as X-Machinery-Token instead of an API key "
                        "(kept as a SHA-256 digest)"})
@@ -230,7 +263,7 @@ class EventBodySchema(Schema):
 class ReplaySchema(Schema):
     """Resume or replay an event."""
 
-    from_step = fields.Integer(validate=validate.Range(min=0),
+    from_step = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_STEP_INDEX),
                                metadata={"description": "replay from this step (0-based); default: the failed step"})
     context = fields.Dict(keys=fields.String(), metadata={"description": "values to change in the context "
                                                                          "before that step"})

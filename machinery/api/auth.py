@@ -154,13 +154,26 @@ def _workflow_or_none(ref: str):
         return None
 
 
-def document(api) -> None:
-    """Describe the credentials in the OpenAPI spec: a bearer key everywhere, the workflow secrets on /e."""
+INGEST_PATH = "/e/{workflow_ref}"
+
+
+def document(api, keyed: bool) -> None:
+    """Describe the credentials in the OpenAPI spec as they are enforced.
+
+    With API keys configured: a key (Bearer, or the password of Basic) everywhere but the open
+    endpoints, and on POST /e/<workflow> a key or the workflow's own secret. Without: no security at
+    all, but on POST /e/<workflow> the workflow's own secret, which only workflows that have one ask for.
+    """
     spec = api.spec
-    spec.components.security_scheme("apiKey", {
-        "type": "http", "scheme": "bearer",
-        "description": "An API key from MACHINERY_API_KEYS (rights: admin, read, send). Also accepted as the "
-                       "password of HTTP Basic. Not asked for when no keys are configured."})
+    if keyed:
+        spec.components.security_scheme("apiKey", {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key from MACHINERY_API_KEYS (rights: admin, read, send)."})
+        spec.components.security_scheme("apiKeyBasic", {
+            "type": "http", "scheme": "basic",
+            "description": "An API key from MACHINERY_API_KEYS as the password of HTTP Basic (any user name), "
+                           "as the UI's browsers send it."})
+        spec.options["security"] = [{"apiKey": []}, {"apiKeyBasic": []}]
     spec.components.security_scheme("ingestToken", {
         "type": "apiKey", "in": "header", "name": TOKEN_HEADER,
         "description": "The workflow's own ingest_token (POST /e/<workflow> only)."})
@@ -168,4 +181,9 @@ def document(api) -> None:
         "type": "apiKey", "in": "header", "name": SIGNATURE_HEADER,
         "description": "sha256=<hex HMAC-SHA256 of the raw body under the workflow's ingest_hmac_secret> "
                        "(POST /e/<workflow> only)."})
-    spec.options["security"] = [{"apiKey": []}]
+    ingest = ([{"apiKey": []}, {"apiKeyBasic": []}] if keyed else [{}]) + [{"ingestToken": []}, {"hubSignature": []}]
+    # The operation was described when its blueprint was registered; what it asks for depends on this
+    # app's keys, so it is set here, in the spec's own dict of paths.
+    operation = spec.to_dict()["paths"].get(INGEST_PATH, {}).get("post")
+    if operation is not None:
+        operation["security"] = ingest

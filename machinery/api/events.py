@@ -10,8 +10,8 @@ from flask.views import MethodView
 from werkzeug.sansio.utils import get_current_url
 
 from machinery import events, metrics
-from machinery.api.body import Blueprint, page, read_json
-from machinery.exceptions import InvalidData
+from machinery.api.body import BadBody, Blueprint, page, read_json
+from machinery.exceptions import InvalidData, NotFound
 from machinery.ids import random_hex
 from machinery.schemas import (
     EventAckSchema,
@@ -88,7 +88,7 @@ def answer(event: dict, created: bool = True):
 
 @ingest.route("/<workflow_ref>")
 class Ingest(MethodView):
-    @ingest.doc(security=[{"apiKey": []}, {"ingestToken": []}, {"hubSignature": []}])
+    # Its security depends on the app's API keys: api.auth.document describes it.
     # The core reads the body (an envelope or bare data), so the schema only documents it here.
     @ingest.doc(requestBody={"required": True, "content": {"application/json": {"schema": EventBodySchema}}})
     @ingest.response(201, EventAckSchema, description="Sync: the event ran to completion")
@@ -100,13 +100,15 @@ class Ingest(MethodView):
     def post(self, workflow_ref):
         """Send an event to a workflow, by id or name"""
         runtime = _runtime()
+        # No such workflow is the first thing to say, whatever the body holds.
+        workflow = g.get("ingest_workflow") or runtime.store.get_workflow(workflow_ref)
         body = read_json(request)
         run_async = is_async()
         owner = None if run_async else runtime.api_owner()
         event, created = events.new_event(
             runtime.store, workflow_ref, body, idempotency_key=request.headers.get("Idempotency-Key"),
             owner=owner, lease_s=runtime.config["LEASE_S"], callback_base=callback_base(), trace=trace_context(),
-            allowed_hosts=runtime.config.get("ALLOWED_HOSTS"), workflow=g.get("ingest_workflow"),
+            allowed_hosts=runtime.config.get("ALLOWED_HOSTS"), workflow=workflow,
         )
         if created:
             metrics.event_received(event.get("workflow_name", workflow_ref), run_async)
@@ -140,6 +142,7 @@ class Event(MethodView):
 
 @bp.route("/<event_id>/retry")
 class Retry(MethodView):
+    @bp.doc(requestBody={"required": False, "content": {"application/json": {"schema": ReplaySchema}}})
     @bp.response(200, EventAckSchema, description="Sync: the retried event ran to completion")
     @bp.alt_response(202, schema=EventAckSchema, description="Async, or waiting for a callback")
     @bp.alt_response(502, schema=EventAckSchema, description="Sync: it failed again")
@@ -164,11 +167,21 @@ class Retry(MethodView):
 @callbacks.route("/<token>")
 class Callback(MethodView):
     @callbacks.doc(security=[])  # the single-use token in the URL is the credential
+    @callbacks.doc(requestBody={"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "description": "the outputs of the waiting step's service"}}}})
     @callbacks.response(200, EventAckSchema, description="The step completed; the event goes on")
     def post(self, token):
         """Complete a waiting step with the outputs of its async service (single use)"""
         runtime = _runtime()
-        event = events.complete_callback(runtime.store, token, read_json(request))
+        try:
+            body = read_json(request)
+        except BadBody:
+            # An unknown token is the first thing to say, whatever the body holds.
+            event, spent = runtime.store.find_by_callback(events.hash_token(token))
+            if event is None and not spent:
+                raise NotFound("unknown callback token") from None
+            raise
+        event = events.complete_callback(runtime.store, token, body)
         if event["status"] == "pending":
             runtime.queued(event["event_id"])
         return event

@@ -150,3 +150,65 @@ def test_a_service_reply_with_operator_keys_is_a_contract_error_not_a_store_fail
     _, problems = check_outputs(service, {"message": {"ok": {"$where": 1}}, "n": float("nan")})
     assert "message" in problems and "'$'" in problems["message"]
     assert "n" in problems and "finite" in problems["n"]
+
+
+# -- what the served spec states, the API enforces (found by schemathesis) ------------------
+
+def _service(**changes):
+    return {"name": "svc", "address": "http://svc.local:5000/", "inputs": [], "outputs": [], **changes}
+
+
+@pytest.mark.parametrize("name", ["upper\n", "a b", "-up", "x" * 101])
+def test_a_name_is_refused_as_the_spec_pattern_refuses_it(client, name):
+    response = client.post("/services", json=_service(name=name))
+    assert response.status_code == 422, response.get_json()
+    assert "name" in response.get_json()["errors"]
+
+
+@pytest.mark.parametrize("address", ["http://svc:65536/", "http://[91F4:2]:80/", "http://a.b/", "http://svc/\u00e9",
+                                     "http://svc/a#b#c", "http://svc/\n", "ftp://svc/"])
+def test_an_address_that_is_no_url_gets_422_naming_it_never_a_500(client, address):
+    response = client.post("/services", json=_service(address=address))
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["errors"]["address"] == ["must be an http:// or https:// URL"]
+
+
+@pytest.mark.parametrize("address", ["http://[fd00::5]:8080/x", "http://10.0.0.1:65535", "https://a-b.example.com./p?q=1#f",
+                                     "http://localhost/%20"])
+def test_an_address_the_spec_admits_is_accepted(client, address):
+    assert client.post("/services", json=_service(address=address)).status_code in (200, 201)
+
+
+def test_a_step_index_must_be_a_whole_number_not_a_string_or_float(client):
+    client.post("/services", json=_service())
+    flow = {"name": "f", "services": ["svc"], "inputs": [], "outputs": [], "operations": [{"service": "svc", "step": "0"}]}
+    response = client.post("/workflows", json=flow)
+    assert response.status_code == 422
+    assert "step" in str(response.get_json()["errors"])
+
+
+def test_an_empty_operations_object_from_first_prototype_clients_is_no_operations(client):
+    client.post("/services", json=_service())
+    flow = {"name": "f", "services": ["svc"], "inputs": [], "outputs": [], "operations": {}}
+    response = client.post("/w", json=flow)
+    assert response.status_code in (200, 201), response.get_json()
+    assert response.get_json()["operations"] == []
+
+
+def test_a_non_empty_operations_object_stays_a_422_naming_it(client):
+    client.post("/services", json=_service())
+    flow = {"name": "f", "services": ["svc"], "inputs": [], "outputs": [], "operations": {"svc": {"inputs": {}}}}
+    response = client.post("/w", json=flow)
+    assert response.status_code == 422
+    assert "operations" in response.get_json()["errors"]
+    assert "svc" in response.get_json()["message"]
+
+
+def test_an_event_for_no_workflow_is_404_whatever_its_body(client):
+    response = client.post("/e/nope", data='{"n": 123456789012345678901234567890}', content_type="application/json")
+    assert response.status_code == 404
+
+
+def test_a_callback_with_an_unknown_token_is_404_whatever_its_body(client):
+    response = client.post("/callbacks/abc.def", data="", content_type="application/json")
+    assert response.status_code == 404

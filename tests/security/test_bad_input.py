@@ -181,7 +181,8 @@ def test_an_address_the_spec_admits_is_accepted(client, address):
 
 def test_a_step_index_must_be_a_whole_number_not_a_string_or_float(client):
     client.post("/services", json=_service())
-    flow = {"name": "f", "services": ["svc"], "inputs": [], "outputs": [], "operations": [{"service": "svc", "step": "0"}]}
+    flow = {"name": "f", "services": ["svc"], "inputs": [], "outputs": [],
+            "operations": [{"service": "svc", "step": "0"}]}
     response = client.post("/workflows", json=flow)
     assert response.status_code == 422
     assert "step" in str(response.get_json()["errors"])

@@ -219,7 +219,8 @@ def service_name(text: str) -> str:
 
 def derived_name(method: str, path: str) -> str:
     """A name for an operation without an operationId: get /pets/{id} -> get-pets-id."""
-    return service_name(f"{method}-{path}") or method
+    words = [method, *re.findall(r"[A-Za-z0-9_]+", path)]
+    return service_name("-".join(words)) or method
 
 
 def input_name(text: str) -> str:

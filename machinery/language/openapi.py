@@ -43,6 +43,9 @@ MAX_WALK = 200_000  # values looked at when scanning the document for references
 MAX_PROBLEMS = 5
 JSON_MEDIA = re.compile(r"^application/(?:[\w.\-]+\+)?json$|^application/json;", re.IGNORECASE)
 SUCCESS_EXTENSION = "x-machinery-success"
+# Header parameters Machinery sets itself (or the security scheme does): never taken from inputs.
+MACHINERY_HEADERS = frozenset({"content-type", "authorization", "host", "content-length", "transfer-encoding",
+                               "connection", "accept-encoding", "idempotency-key"})
 
 
 class OpenAPIError(InvalidData):
@@ -459,6 +462,15 @@ class _Converter:
                 return inputs, names
             result.warnings.append("the body's property names clash with the parameters or cannot be input names: "
                                    "the body is one input, 'body'")
+        kind = self.kind(schema, f"{where}.requestBody")
+        if kind not in (None, "object"):
+            if required:
+                result.skipped = f"its JSON body is {'an' if kind[0] in 'aeiou' else 'a'} {kind}; a service's " \
+                                 "body is a JSON object"
+                return None
+            result.warnings.append(f"the optional JSON body is {'an' if kind[0] in 'aeiou' else 'a'} {kind} and is "
+                                   "never sent")
+            return [], None
         name = _unique("body", taken)
         spec = self.type_of(schema, "requestBody", result)
         return [_field(name, spec, required, request_body.get("description"))], name
@@ -512,9 +524,10 @@ class _Converter:
                     return result
                 result.warnings.append(f"the optional query parameter {name!r} is an object and is never sent")
                 continue
-            if location == "header" and str(name).lower() in ("accept", "content-type", "authorization"):
+            if location == "header" and (str(name).lower() in MACHINERY_HEADERS
+                                         or str(name).lower().startswith("x-machinery-")):
                 result.warnings.append(f"the header parameter {name!r} is set by Machinery or the security scheme; "
-                                       "dropped")
+                                       "it is not an input")
                 continue
             if location == "query" and kind == "array" and parameter.get("explode") is False:
                 result.warnings.append(f"the query parameter {name!r} asks for comma-separated values "

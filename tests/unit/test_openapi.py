@@ -152,12 +152,18 @@ def test_an_optional_form_body_is_never_sent_and_the_report_warns():
     assert any("is not JSON and is never sent" in warning for warning in result.warnings)
 
 
-def test_an_array_body_is_one_input_sent_whole():
+def test_a_required_array_body_skips_the_operation_saying_why():
     body = {"required": True, "content": {"application/json": {"schema": {
         "type": "array", "items": {"type": "integer"}}}}}
+    result = one(document({"/n": {"put": {"operationId": "n", "requestBody": body, "responses": OK}}}))
+    assert result.service is None and result.skipped == "its JSON body is an array; a service's body is a JSON object"
+
+
+def test_a_free_form_object_body_is_one_input_sent_whole():
+    body = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
     service = one(document({"/n": {"put": {"operationId": "n", "requestBody": body, "responses": OK}}})).service
     assert service["request"]["body"] == "body"
-    assert service["inputs"] == [{"name": "body", "type": {"type": "array", "items": "int"}}]
+    assert service["inputs"] == [{"name": "body", "type": "object"}]
 
 
 def test_a_body_property_clashing_with_a_parameter_makes_the_body_one_input():
@@ -228,14 +234,16 @@ def test_references_to_parameters_bodies_responses_and_schemas_are_followed():
         "operationId": "put", "parameters": [{"$ref": "#/components/parameters/Id"}],
         "requestBody": {"$ref": "#/components/requestBodies/Order"},
         "responses": {"200": {"$ref": "#/components/responses/Order"}}}}}, components={
-        "parameters": {"Id": {"name": "id", "in": "path", "required": True, "schema": {"$ref": "#/components/schemas/Id"}}},
+        "parameters": {"Id": {"name": "id", "in": "path", "required": True,
+                              "schema": {"$ref": "#/components/schemas/Id"}}},
         "requestBodies": {"Order": {"required": True, "content": {"application/json": {
             "schema": {"$ref": "#/components/schemas/Order"}}}}},
         "responses": {"Order": {"description": "ok", "content": {"application/json": {
             "schema": {"$ref": "#/components/schemas/Order"}}}}},
         "schemas": {"Id": {"type": "integer"},
                     "Order": {"type": "object", "required": ["total"], "properties": {
-                        "total": {"type": "number"}, "lines": {"type": "array", "items": {"$ref": "#/components/schemas/Line"}}}},
+                        "total": {"type": "number"},
+                        "lines": {"type": "array", "items": {"$ref": "#/components/schemas/Line"}}}},
                     "Line": {"type": "object", "properties": {"sku": {"type": "string"}}}}})
     service = one(doc).service
     assert service["inputs"][0] == {"name": "id", "type": "int"}

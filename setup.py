@@ -20,6 +20,8 @@ setup(
         "requests>=2.31,<3",
         "gunicorn>=22",
         "prometheus_client>=0.20,<1",
+        "jmespath>=1.0,<2",
+        "cryptography>=42",
     ],
     entry_points={"console_scripts": ["machinery = machinery.cli:main"]},
 )

@@ -65,6 +65,45 @@ def _unique_names(field_list, label):
         raise ValidationError(f"{label} declared twice: {', '.join(duplicated)}", label)
 
 
+class OutputFieldSchema(FieldSchema):
+    """An output, which may say where in the reply it comes from."""
+
+    source = fields.String(data_key="from", attribute="from", validate=validate.Length(min=1, max=1000),
+                           metadata={"description": "JMESPath over {status, headers, body} (header names "
+                                                    "lower-case); default: the body's top-level key of the "
+                                                    "output's name"})
+
+
+class RequestBodyField(fields.Field):
+    """`body`: a list of input names (a JSON object of them), one input name (that input is the whole
+    body), or null (no body)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+        raise ValidationError("must be a list of input names, one input name, or null")
+
+
+class RequestSchema(Schema):
+    """How a call is made: method, path, query parameters, headers and body."""
+
+    method = fields.String(load_default="POST", validate=validate.OneOf(("GET", "POST", "PUT", "PATCH", "DELETE")))
+    path = fields.String(validate=validate.Length(min=1, max=2000),
+                         metadata={"description": "appended to the address; {input} placeholders (RFC 6570 "
+                                                  "simple expansion, percent-encoded, '/' included)"})
+    query = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=200)),
+                        values=fields.String(validate=FIELD_NAME_RULE), validate=validate.Length(max=100),
+                        metadata={"description": "query parameter -> input; an array input repeats the parameter"})
+    headers = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=200)),
+                          values=fields.String(validate=validate.Length(max=4000)), validate=validate.Length(max=50),
+                          metadata={"description": "header name -> template of scalar inputs and {secret.NAME}"})
+    body = RequestBodyField(allow_none=True, metadata={
+        "description": "input names (a JSON object of them), one object input (the whole body), or null (none); "
+                       "default: the inputs placed nowhere else, for POST, PUT and PATCH"})
+
+
 class RetrySchema(Schema):
     max_attempts = fields.Integer(load_default=3, validate=validate.Range(min=1, max=20))
     backoff_s = fields.Float(load_default=0.5, validate=validate.Range(min=0, max=60),
@@ -80,7 +119,13 @@ class ServiceSchema(Schema):
                          error_messages={"invalid": "must be an http:// or https:// URL"})
     description = fields.String(load_default=None, validate=validate.Length(max=2000))
     inputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
-    outputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
+    outputs = fields.List(fields.Nested(OutputFieldSchema), required=True, validate=validate.Length(max=100))
+    request = fields.Nested(RequestSchema, load_default=None, allow_none=True,
+                            metadata={"description": "how the service is called; default: POST of the inputs"})
+    success = fields.List(fields.Integer(validate=validate.Range(min=200, max=599)), load_default=None,
+                          allow_none=True, validate=validate.Length(min=1, max=50), metadata={
+                              "description": "the statuses that complete the step; default: every 2xx (202 "
+                                             "waits for the callback unless listed)"})
     timeout_s = fields.Float(load_default=None, allow_nan=False,
                              validate=validate.Range(min=0.001, max=3600))
     callback_timeout_s = fields.Float(load_default=None, allow_nan=False,
@@ -198,6 +243,8 @@ class StepSchema(Schema):
     error = fields.Dict()
     attempt_log = fields.List(fields.Dict())
     span_id = fields.String()
+    request = fields.Dict(metadata={"description": "what was sent: method, url, the service's own headers "
+                                                   "(those built from a secret as ***)"})
 
 
 class WaitingSchema(StepSchema):

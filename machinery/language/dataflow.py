@@ -8,7 +8,8 @@ from machinery.exceptions import DataflowError
 from machinery.language import types
 
 # What a plan keeps of each service: enough to call it without reading the registry again.
-SERVICE_FIELDS = ("name", "address", "inputs", "outputs", "timeout_s", "retry", "callback_timeout_s")
+SERVICE_FIELDS = ("name", "address", "inputs", "outputs", "timeout_s", "retry", "callback_timeout_s",
+                  "request", "success", "fingerprint")
 
 
 def _operations_for(workflow: Mapping[str, Any], problems: list[dict]) -> dict[int, dict]:

@@ -22,6 +22,9 @@ setup(
         "prometheus_client>=0.20,<1",
         "jmespath>=1.0,<2",
         "cryptography>=42",
+        "openapi-spec-validator>=0.7,<1",
+        "referencing>=0.30",
+        "PyYAML>=6,<7",
     ],
     entry_points={"console_scripts": ["machinery = machinery.cli:main"]},
 )

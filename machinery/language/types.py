@@ -162,7 +162,7 @@ class _Parser:
             problems: dict = {}
             checker(value, "", problems)
             if problems:
-                raise TypeSpecError(f"{where}[{index}]", f"{_show(value)} is not a {node['type']}")
+                raise TypeSpecError(f"{where}[{index}]", f"{_show(value)} is not {_a(node['type'])}")
             key = _enum_key(value)
             if key in seen:
                 raise TypeSpecError(f"{where}[{index}]", f"{_show(value)} is listed twice")
@@ -184,7 +184,7 @@ class _Parser:
             parsed.append(normal)
         return parsed
 
-    def field(self, field: Any, path: str, depth: int, strict: bool) -> dict:
+    def field(self, field: Any, path: str, depth: int, strict: bool, convert: bool = True) -> dict:
         if not isinstance(field, dict):
             raise TypeSpecError(path, f"must be an object with a name and a type, got {json_type(field)}")
         if strict:
@@ -193,13 +193,17 @@ class _Parser:
                 raise TypeSpecError(path, f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                                           f"a field may hold {', '.join(sorted(FIELD_KEYS))}")
         name = field.get("name")
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or _BAD_NAME.search(name):
+        # A top-level field's name is the definition schema's to check (it becomes a context key).
+        if not isinstance(name, str) or strict and (not 0 < len(name) <= MAX_NAME or _BAD_NAME.search(name)):
             raise TypeSpecError(_join(path, "name"), f"must be a string of 1 to {MAX_NAME} characters "
                                                      "without control characters")
         required = field.get("required", True)
         if not isinstance(required, bool):
             raise TypeSpecError(_join(path, "required"), f"must be true or false, got {json_type(required)}")
-        if field.get("schema") is not None:
+        if field.get("schema") is not None and (convert or field.get("type") is None):
+            if not isinstance(field["schema"], (dict, bool)):
+                raise TypeSpecError(_join(path, "schema"), "must be a JSON Schema (an object), got "
+                                    + json_type(field["schema"]))
             converted, warnings = from_json_schema(field["schema"], path=_join(path, "schema"))
             self.warnings.extend(warnings)
             node = self.type_(converted, _join(path, "schema"), depth)
@@ -227,12 +231,13 @@ def parse_type(spec: Any, path: str = "") -> dict:
 
 
 def parse_field(field: Mapping[str, Any], path: str = "", *, strict: bool = False) -> dict:
-    """Parse one field (its type, schema, required, nullable, enum) into its normal form.
+    """Parse one field (its type, required, nullable, enum) into its normal form.
 
-    Unknown keys are refused only when `strict` (nested fields): a top-level field is checked by
-    its own schema, which may allow more (such as an output's ``from``).
+    A stored field's ``type`` already holds what its ``schema`` said, so the schema is converted
+    only when there is no type. Unknown keys are refused only when `strict` (nested fields): a
+    top-level field is checked by its own schema, which may allow more (such as an output's ``from``).
     """
-    return _Parser().field(field, path, 1, strict)
+    return _Parser().field(field, path, 1, strict, convert=False)
 
 
 def load_field(field: Mapping[str, Any], path: str = "") -> tuple[dict, list[str]]:
@@ -546,7 +551,7 @@ class _Converter:
             seen.add(key)
             kept.append(value)
         if len(kept) < len(values):
-            self.warn(f"{path}.enum", f"values that are not a {node['type']} (or repeated) were left out")
+            self.warn(f"{path}.enum", f"values that are not {_a(node['type'])} (or repeated) were left out")
         if kept:
             node["enum"] = kept
 
@@ -555,6 +560,10 @@ def _with(spec: Any, *, nullable: bool) -> Any:
     if not nullable or spec == "any":
         return spec
     return {**(spec if isinstance(spec, dict) else {"type": spec}), "nullable": True}
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _enum_kind(values: list) -> str | None:

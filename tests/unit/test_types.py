@@ -240,3 +240,125 @@ def test_openapi_refs_point_into_the_whole_document():
                                                  document, path="responses.200")
     assert types.describe(converted) == "array<object{name: string, tag: string?}>"
     assert warnings == []
+
+
+# -- subtyping -------------------------------------------------------------------------------------
+
+def obj(*fields):
+    return {"type": "object", "fields": [dict(field) for field in fields]}
+
+
+def f(name, spec, **modifiers):
+    return {"name": name, "type": spec, **modifiers}
+
+
+def arr(items):
+    return {"type": "array", "items": items}
+
+
+SKU = f("sku", "string")
+QTY = f("qty", "int")
+
+
+@pytest.mark.parametrize("produced, wanted, ok", [
+    (obj(SKU, QTY), obj(SKU), True),                                     # extra fields fit
+    (obj(SKU), obj(SKU, QTY), False),                                    # a missing required field does not
+    (obj(SKU), obj(SKU, f("qty", "int", required=False)), True),         # a missing optional field does
+    (obj(f("sku", "string", required=False)), obj(SKU), False),          # optional does not fit required
+    (obj(SKU), obj(f("sku", "string", required=False)), True),           # required fits optional
+    (arr(obj(SKU, QTY)), arr(obj(SKU)), True),                           # arrays are covariant
+    (arr(obj(SKU)), arr(obj(SKU, QTY)), False),
+    (arr("int"), arr("float"), True),                                    # int fits float, inside too
+    (arr("float"), arr("int"), False),
+    ({"type": "string", "nullable": True}, "string", False),             # nullable does not fit non-null
+    ("string", {"type": "string", "nullable": True}, True),              # non-null fits nullable
+    ({"type": "string", "enum": ["a"]}, {"type": "string", "enum": ["a", "b"]}, True),
+    ({"type": "string", "enum": ["a", "c"]}, {"type": "string", "enum": ["a", "b"]}, False),
+    ("string", {"type": "string", "enum": ["a"]}, False),                # any string is not a smaller enum
+    ({"type": "string", "enum": ["a"]}, "string", True),
+    ({"type": "int", "enum": [1, 2]}, {"type": "float", "enum": [1.0, 2.0, 2.5]}, True),
+    ({"type": "bool", "enum": [True]}, {"type": "int", "enum": [1]}, False),
+    ("any", obj(SKU), True),                                             # any fits everything
+    (obj(SKU), "any", True),                                             # and everything fits any
+    ({"type": "string", "nullable": True}, "any", True),
+    (obj(SKU), "object", True),                                          # fields fit a bare object
+    ("object", obj(SKU), True),                                          # a bare object holds anything
+    (arr("int"), "array", True),
+    ("array", arr("int"), True),
+    (arr("int"), "object", False),
+    (obj(f("order", obj(f("lines", arr(obj(SKU, QTY)))))), obj(f("order", obj(f("lines", arr(obj(SKU)))))), True),
+    (obj(f("order", obj(f("lines", arr(obj(f("sku", "int"))))))), obj(f("order", obj(f("lines", arr(obj(SKU)))))),
+     False),
+])
+def test_the_subtyping_table(produced, wanted, ok):
+    assert types.compatible(produced, wanted) is ok
+    assert (types.incompatibilities(produced, wanted) == []) is ok
+
+
+@pytest.mark.parametrize("produced, wanted, problems", [
+    (obj(f("order", obj(f("lines", arr(obj(f("sku", "int"))))))), obj(f("order", obj(f("lines", arr(obj(SKU)))))),
+     ["order.lines[].sku: expected string, got int"]),
+    (obj(SKU), obj(SKU, QTY), ["qty: missing (expected int)"]),
+    (obj(f("sku", "string", required=False)), obj(SKU), ["sku: optional, but required here"]),
+    ({"type": "string", "nullable": True}, "string", ["may be null, but string may not"]),
+    ({"type": "string", "enum": ["a", "c"]}, {"type": "string", "enum": ["a", "b"]}, ['"c" is not among "a", "b"']),
+    (arr("string"), arr("int"), ["[]: expected int, got string"]),
+])
+def test_incompatibilities_name_their_paths(produced, wanted, problems):
+    assert types.incompatibilities(produced, wanted) == problems
+
+
+# -- runtime checks ------------------------------------------------------------------------------
+
+STATUS = {"type": "string", "enum": ["open", "paid"]}
+ORDER = [f("order", obj(f("total", "float"), f("lines", LINES), f("status", STATUS),
+                        f("coupon", "string", nullable=True)))]
+
+
+def order(**changes):
+    value = {"total": 12.5, "lines": [{"sku": f"s{n}", "qty": 1} for n in range(5)], "status": "open", "coupon": None}
+    value.update(changes)
+    return {"order": value}
+
+
+@pytest.mark.parametrize("data, problems", [
+    (order(), {}),
+    (order(lines=[{"sku": "a", "qty": 1}] * 3 + [{"sku": 4, "qty": 1}]),
+     {"order.lines[3].sku": "expected string, got int"}),
+    (order(lines=[{"qty": 1}]), {"order.lines[0].sku": "missing (expected string)"}),
+    (order(lines=[{"sku": "a", "qty": 1, "note": None}]), {"order.lines[0].note": "expected string, got null"}),
+    (order(lines=[{"sku": "a", "qty": 1, "note": "ok", "extra": {}}]), {}),
+    (order(status="lost"), {"order.status": 'expected one of "open", "paid", got "lost"'}),
+    (order(total=None), {"order.total": "expected float, got null"}),
+    (order(coupon="SAVE"), {}),
+    (order(lines={}), {"order.lines": "expected array, got object"}),
+    ({"order": []}, {"order": "expected object, got array"}),
+    ({}, {"order": "missing (expected object{total: float, lines: array<object{sku: string, qty: int, note: string?}>, "
+                   'status: "open"|"paid", coupon: string?})'}),
+])
+def test_check_names_the_path_of_each_problem(data, problems):
+    assert types.check(data, ORDER) == problems
+    assert types.compile_fields(ORDER)(data) == problems
+
+
+def test_absent_optional_fields_are_fine_and_nullable_ones_take_null():
+    fields = [f("a", "string", required=False), f("b", "int", nullable=True)]
+    assert types.check({"b": None}, fields) == {}
+    assert types.check({"a": None, "b": 1}, fields) == {"a": "expected string, got null"}
+    assert types.check({}, fields) == {"b": "missing (expected int?)"}
+
+
+def test_a_check_reports_a_bounded_number_of_problems():
+    problems = types.check({"lines": [{"sku": n, "qty": 1} for n in range(10_000)]}, [f("lines", LINES)])
+    assert len(problems) == types.MAX_PROBLEMS + 1
+    assert problems["…"] == f"more problems than the first {types.MAX_PROBLEMS}"
+
+
+def test_check_value_names_paths_under_a_given_root():
+    assert types.check_value([1, "x"], arr("int"), "ids") == {"ids[1]": "expected int, got string"}
+    assert types.matches({"sku": "a"}, obj(SKU)) and not types.matches({"sku": 1}, obj(SKU))
+
+
+def test_odd_field_names_are_quoted_in_paths():
+    fields = [f("o", obj(f("a b", "int")))]
+    assert types.check({"o": {"a b": "x"}}, fields) == {'o["a b"]': "expected int, got string"}

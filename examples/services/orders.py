@@ -5,14 +5,18 @@
 `Authorization: Bearer <token>`: the token is `app.config["ORDERS_TOKEN"]` (from the ORDERS_TOKEN
 variable when run alone; `machinery demo` makes one at start and registers it as the secret
 `orders_token`). An unknown order is a 404, a missing or wrong token a 401, both as JSON.
+`GET /openapi.yaml` serves its OpenAPI document (examples/openapi/orders.yaml), without a token.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
+from pathlib import Path
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
+
+DOCUMENT = Path(__file__).resolve().parent.parent / "openapi" / "orders.yaml"
 
 PRODUCTS = {"SKU-1": "walnut desk", "SKU-2": "desk lamp", "SKU-3": "cable tray"}
 ORDERS = {
@@ -50,6 +54,11 @@ def get_order(order_id: str):
     total = round(sum(line["qty"] * line["price"] for line in order["lines"]), 2)
     return jsonify({"order": {"id": order_id, "customer_note": order["customer_note"], "total": total,
                               "lines": lines}})
+
+
+@app.get("/openapi.yaml")
+def document():
+    return Response(DOCUMENT.read_bytes(), content_type="application/yaml")
 
 
 @app.get("/healthcheck")

@@ -167,3 +167,25 @@ def test_the_orders_example_answers_only_with_its_bearer_token(http, orders):
     expanded = http.get(f"{orders}/orders/A-1001?expand=lines", headers=good, timeout=10).json()["order"]
     assert expanded["lines"][0]["product"] == "walnut desk"
     assert http.get(f"{orders}/orders/B-1", headers=good, timeout=10).status_code == 404
+
+
+def test_the_orders_document_imported_by_url_calls_the_service_that_served_it(http, api, orders):
+    # The prefix names the secret too, so that two APIs' "bearerAuth" schemes do not share one.
+    assert http.put(f"{api}/secrets/url_orders_token", json={"value": TOKEN}, timeout=10).status_code == 201
+    response = http.post(f"{api}/services/import", json={"url": f"{orders}/openapi.yaml", "prefix": "url-"},
+                         timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["services"][0]["outcome"] == "created"
+    assert http.get(f"{api}/services/url-getOrder", timeout=10).json()["address"] == f"{orders}/"
+    workflow = {"name": "by-url", "services": ["url-getOrder"], "inputs": [{"name": "order_id", "type": "string"}],
+                "outputs": [{"name": "order", "type": "object"}]}
+    assert http.post(f"{api}/workflows", json=workflow, timeout=10).status_code == 201
+    event = http.post(f"{api}/e/by-url", json={"data": {"order_id": "A-1001"}}, timeout=30)
+    assert event.status_code == 201 and event.json()["outputs"]["order"]["id"] == "A-1001", event.text
+
+
+def test_the_orders_file_without_base_url_is_skipped_saying_to_give_one(http, api):
+    response = http.post(f"{api}/services/import", data=ORDERS_DOCUMENT.read_bytes(),
+                         headers={"Content-Type": "application/yaml"}, timeout=30)
+    item = response.json()["services"][0]
+    assert item["outcome"] == "skipped" and "give base_url" in item["reason"]

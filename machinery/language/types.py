@@ -159,6 +159,8 @@ class _Parser:
             if value is None:
                 raise TypeSpecError(f"{where}[{index}]", "null is not a value of an enum; "
                                                          "say \"nullable\": true instead")
+            if isinstance(value, (dict, list)):
+                raise TypeSpecError(f"{where}[{index}]", "an enum lists strings, numbers or booleans")
             problems: dict = {}
             checker(value, "", problems)
             if problems:
@@ -546,7 +548,7 @@ class _Converter:
             problems: dict = {}
             checker(value, "", problems)
             key = _enum_key(value)
-            if problems or key in seen:
+            if problems or key in seen or isinstance(value, (dict, list)):
                 continue
             seen.add(key)
             kept.append(value)

@@ -159,6 +159,8 @@ class _Parser:
             if value is None:
                 raise TypeSpecError(f"{where}[{index}]", "null is not a value of an enum; "
                                                          "say \"nullable\": true instead")
+            if isinstance(value, (dict, list)):
+                raise TypeSpecError(f"{where}[{index}]", "an enum lists strings, numbers or booleans")
             problems: dict = {}
             checker(value, "", problems)
             if problems:
@@ -546,7 +548,7 @@ class _Converter:
             problems: dict = {}
             checker(value, "", problems)
             key = _enum_key(value)
-            if problems or key in seen:
+            if problems or key in seen or isinstance(value, (dict, list)):
                 continue
             seen.add(key)
             kept.append(value)
@@ -876,3 +878,19 @@ def describe(spec: Any, limit: int | None = None) -> str:
     if limit is not None and len(text) > limit:
         text = text[:max(limit - 1, 1)] + "…"
     return text
+
+
+_EXAMPLES = {"string": "text", "int": 1, "float": 1.5, "bool": True, "object": {}, "array": [], "any": None}
+
+
+def example(spec: Any) -> Any:
+    """A value of the type, to show in forms and documentation: an enum's first value, one item per array."""
+    node = normal_type(spec)
+    if node["enum"] is not None:
+        return node["enum"][0]
+    if node["items"] is not None:
+        return [example(node["items"])]
+    if node["fields"] is not None:
+        return {field["name"]: example(field["type"]) for field in node["fields"]}
+    value = _EXAMPLES[node["type"]]
+    return dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else value

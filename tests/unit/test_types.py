@@ -362,3 +362,9 @@ def test_check_value_names_paths_under_a_given_root():
 def test_odd_field_names_are_quoted_in_paths():
     fields = [f("o", obj(f("a b", "int")))]
     assert types.check({"o": {"a b": "x"}}, fields) == {'o["a b"]': "expected int, got string"}
+
+
+@pytest.mark.parametrize("spec", ["string", "int", "float", "bool", "object", "array", LINES,
+                                  {"type": "string", "enum": ["b", "a"]}, {"type": "int", "nullable": True}])
+def test_an_example_value_matches_its_type(spec):
+    assert types.matches(types.example(spec), spec)

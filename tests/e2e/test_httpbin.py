@@ -46,16 +46,20 @@ def finished(http, api, event_id):
     return wait_until(check, 20, message=f"event {event_id} finished")
 
 
+ANYTHING_INPUTS = [{"name": "id", "type": "string"}, {"name": "x", "type": "string"},
+                   {"name": "tags", "type": "array"}]
+
+
 def test_get_with_a_path_parameter_and_repeated_query_parameters(http, api, httpbin):
     one_step(http, api, {
         "name": "anything", "address": httpbin,
-        "inputs": [{"name": "id", "type": "string"}, {"name": "x", "type": "string"}, {"name": "tags", "type": "array"}],
+        "inputs": ANYTHING_INPUTS,
         "outputs": [{"name": "url", "type": "string", "from": "body.url"},
                     {"name": "args", "type": "object", "from": "body.args"},
                     {"name": "method", "type": "string", "from": "body.method"}],
         "request": {"method": "GET", "path": "/anything/{id}", "query": {"x": "x", "tag": "tags"}},
-    }, inputs=[{"name": "id", "type": "string"}, {"name": "x", "type": "string"}, {"name": "tags", "type": "array"}],
-        outputs=[{"name": "url", "type": "string"}, {"name": "args", "type": "object"}, {"name": "method", "type": "string"}])
+    }, inputs=ANYTHING_INPUTS, outputs=[{"name": "url", "type": "string"}, {"name": "args", "type": "object"},
+                                        {"name": "method", "type": "string"}])
     response = http.post(f"{api}/e/anything", json={"id": "order 7/a", "x": "1&2", "tags": ["a", "b"]}, timeout=30)
     assert response.status_code == 201, response.json()
     outputs = response.json()["outputs"]
@@ -75,7 +79,8 @@ def test_put_sends_a_json_body_and_a_nested_reply_maps_into_typed_outputs(http, 
                     {"name": "method", "type": "string", "from": "body.method"}],
         "request": {"method": "PUT", "path": "/anything/orders/{order_id}", "body": ["order"]},
     }, inputs=[{"name": "order_id", "type": "string"}, {"name": "order", "type": "object"}],
-        outputs=[{"name": "total", "type": "float"}, {"name": "skus", "type": "array"}, {"name": "method", "type": "string"}])
+        outputs=[{"name": "total", "type": "float"}, {"name": "skus", "type": "array"},
+                 {"name": "method", "type": "string"}])
     order = {"total": 12.5, "lines": [{"sku": "a-1", "qty": 2}, {"sku": "b-2", "qty": 1}]}
     response = http.post(f"{api}/e/put-order", json={"order_id": "42", "order": order}, timeout=30)
     assert response.status_code == 201, response.json()

@@ -19,7 +19,8 @@ ADMIN, READER = "admin-key-0123456789", "read-key-0123456789ab"
 def bearer_service(address, name="api", secret="api_token"):
     return {"name": name, "address": address, "inputs": [],
             "outputs": [{"name": "seen", "type": "string", "from": "body.seen"}],
-            "request": {"method": "GET", "path": "/whoami", "headers": {"Authorization": f"Bearer {{secret.{secret}}}"}}}
+            "request": {"method": "GET", "path": "/whoami",
+                        "headers": {"Authorization": f"Bearer {{secret.{secret}}}"}}}
 
 
 @pytest.fixture

@@ -174,6 +174,15 @@ def _leftmost_field(node: Mapping[str, Any]) -> str | None:
         return None
 
 
+def _field_path(node: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The keys of an expression that is only fields one inside the other (`body.order.total`), else None."""
+    if node.get("type") == "field":
+        return (node["value"],)
+    if node.get("type") == "subexpression" and all(child.get("type") == "field" for child in node["children"]):
+        return tuple(child["value"] for child in node["children"])
+    return None
+
+
 def problems(service: Mapping[str, Any], secret_known: Callable[[str], bool]) -> dict[str, list[str]]:
     """Every problem of a service's request, success statuses and output expressions, by where it is."""
     found: dict[str, list[str]] = {}
@@ -364,7 +373,8 @@ class Call:
             compiled = _compile_expression(expression) if expression else None
             if expression and "headers" in expression:
                 self.wants_headers = True
-            self.outputs.append((field["name"], compiled, bool(field.get("nullable"))))
+            self.outputs.append((field["name"], compiled, _field_path(compiled.parsed) if compiled else None,
+                                 bool(field.get("nullable"))))
 
     def prepare(self, inputs: Mapping[str, Any], machinery_headers: Mapping[str, str],
                 secret: Callable[[str], str]) -> Prepared:
@@ -457,12 +467,17 @@ class Call:
         result is a missing output unless the output is nullable."""
         body = view.get("body")
         outputs = {}
-        for name, compiled, nullable in self.outputs:
+        for name, compiled, path, nullable in self.outputs:
             if compiled is None:
                 if isinstance(body, dict) and name in body:
                     outputs[name] = body[name]
                 continue
-            value = compiled.search(view)
+            if path is not None:  # a plain a.b.c: walked directly, as JMESPath would, without its interpreter
+                value = view
+                for key in path:
+                    value = value.get(key) if isinstance(value, dict) else None
+            else:
+                value = compiled.search(view)
             if value is not None or nullable:
                 outputs[name] = value
         return outputs
@@ -486,10 +501,19 @@ def compiled(service: Mapping[str, Any]) -> Call:
 
 # -- masking ---------------------------------------------------------------------------------
 
+_NEEDLES: dict[tuple, list[str]] = {}
+
+
 def mask(value: Any, secrets: Iterable[str]) -> Any:
     """`value` with every occurrence of a secret (and of its JSON-escaped form) replaced by ***."""
-    needles = sorted({form for secret in secrets if secret for form in (secret, json.dumps(secret)[1:-1])},
-                     key=len, reverse=True)
+    key = tuple(secrets)
+    needles = _NEEDLES.get(key)
+    if needles is None:
+        needles = sorted({form for secret in key if secret for form in (secret, json.dumps(secret)[1:-1])},
+                         key=len, reverse=True)
+        if len(_NEEDLES) >= CACHE_SIZE:
+            _NEEDLES.clear()
+        _NEEDLES[key] = needles
     if not needles:
         return value
     return _mask(value, needles)

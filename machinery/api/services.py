@@ -7,12 +7,13 @@ from flask import current_app, request
 from flask.views import MethodView
 from marshmallow import ValidationError
 
-from machinery import guard, registry
+from machinery import guard, registry, secrets
 from machinery.api.body import BadBody, Blueprint, is_yaml_mimetype, page, parse_json, parse_yaml, read_body
 from machinery.api.errors import _invalid
 from machinery.exceptions import InvalidData, MachineryError, NotFound, StoreUnavailable
 from machinery.import_schemas import ImportBodySchema, ImportOptionsSchema, ImportReportSchema
 from machinery.language import openapi
+from machinery.runtime import calls
 from machinery.schemas import PageArgsSchema, ServiceOutSchema, ServiceSchema, page_of
 
 bp = Blueprint("services", __name__, url_prefix="/services",
@@ -128,6 +129,7 @@ def _import_source(body, options: dict) -> tuple[dict, dict, str | None]:
 def _would_register(definition: dict) -> str:
     """What registering would do, with the same checks, storing nothing: 'would create' or 'would replace'."""
     store = _store()
+    definition = calls.checked(definition, lambda name: secrets.known(store, name))
     try:
         store.get_service(definition["name"])
     except NotFound:

@@ -113,6 +113,8 @@ def test_a_replacement_that_would_break_a_workflow_is_refused_and_the_rest_impor
 
 def test_a_secret_the_document_needs_is_named_in_the_reply_and_refused_until_registered(client):
     doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "openapi" / "orders.yaml").read_text())
+    dry = client.post("/services/import?base_url=http://127.0.0.1:9&dry_run=1", json=doc).get_json()
+    assert dry["services"][0]["outcome"] == "refused" and "PUT /secrets/orders_token" in dry["services"][0]["reason"]
     first = client.post("/services/import?base_url=http://127.0.0.1:9", json=doc).get_json()
     assert first["secrets"] == [{"name": "orders_token", "holds": "the bearer token (orders_token)",
                                  "register": "PUT /secrets/orders_token"}]

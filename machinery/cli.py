@@ -409,7 +409,7 @@ Machinery is serving on {api} with the examples registered (embedded store). Try
   curl -s -X POST {api}/e/shout-async -H 'Content-Type: application/json' -d '{{"message": "called back"}}'
   curl -s -X POST {api}/e/order-note -H 'Content-Type: application/yaml' \\
        --data-binary @examples/definitions/event-order.yaml
-  machinery import-openapi examples/openapi/orders.yaml --prefix imported- --base-url {orders} --dry-run
+  .venv/bin/machinery import-openapi examples/openapi/orders.yaml --base-url {orders} --dry-run
   curl -s '{api}/events?workflow=process-text'
   curl -s {api}/workflows/process-text
   open {api}/ui/  (workflows as graphs, events as timelines)

@@ -11,8 +11,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python setup.py requirements_dev.txt
+$(VENV)/.installed: $(BIN)/python setup.py requirements_dev.txt requirements_nodeps.txt
 	$(BIN)/python -m pip install --quiet -e . -r requirements_dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements_nodeps.txt
 	touch $@
 
 install: $(VENV)/.installed

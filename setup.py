@@ -20,6 +20,11 @@ setup(
         "requests>=2.31,<3",
         "gunicorn>=22",
         "prometheus_client>=0.20,<1",
+        "jmespath>=1.0,<2",
+        "cryptography>=42",
+        "openapi-spec-validator>=0.7,<1",
+        "referencing>=0.30",
+        "PyYAML>=6,<7",
     ],
     entry_points={"console_scripts": ["machinery = machinery.cli:main"]},
 )

@@ -1,6 +1,7 @@
 """The trivial services and the bare relay the benchmarks serve under gunicorn.
 
-`echo` answers {"message": ...} (202 with no body under /accept); `relay_app()` is the bare relay:
+`echo` answers {"message": ...} (202 with no body under /accept); `rest` answers GET /orders/<id>
+with a nested order; `relay_app()` is the bare relay:
 a minimal Flask app that receives an event and makes the same calls as Machinery, storing nothing.
 Its chains come from BENCH_RELAY_CHAINS: {"workflow": ["url", ...]}. BENCH_RELAY_CLIENT picks how it
 calls: "requests" (a pooled requests.Session per thread, what a minimal Flask relay would use) or
@@ -29,6 +30,18 @@ def echo(environ, start_response):
     except ValueError:
         message = ""
     body = json.dumps({"message": message}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def rest(environ, start_response):
+    """A REST-style service: GET /orders/<id> -> 200 {"order": {"id", "total", "lines"}}; else as `echo`."""
+    path = environ.get("PATH_INFO", "")
+    if environ["REQUEST_METHOD"] != "GET" or not path.startswith("/orders/"):
+        return echo(environ, start_response)
+    order_id = path[len("/orders/"):]
+    body = json.dumps({"order": {"id": order_id, "total": 12.5, "lines": [{"sku": "a-1", "qty": 2},
+                                                                         {"sku": "b-2", "qty": 1}]}}).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
 

@@ -13,6 +13,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from machinery import __version__, metrics
 from machinery.api import errors
+from machinery.api import secrets as secrets_api
 from machinery.config import is_embedded, load_config
 from machinery.exceptions import StoreUnavailable
 from machinery.logs import configure_logging, init_request_ids
@@ -147,6 +148,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     for blueprint in (services.bp, services.alias, workflows.bp, workflows.alias,
                       events.ingest, events.bp, events.callbacks, graph.bp):
         api.register_blueprint(blueprint)
+    api.register_blueprint(secrets_api.bp)
     spec.document(api, keyed=bool(app.extensions["machinery_keys"]))
     app.register_blueprint(health.bp)
     app.register_blueprint(ui.bp)

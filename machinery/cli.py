@@ -1,4 +1,4 @@
-"""The `machinery` command: serve, worker, init-db, apply, send, demo."""
+"""The `machinery` command: serve, worker, init-db, apply, send, import-openapi, demo."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ def api_headers() -> dict:
     return {"Authorization": f"Bearer {key}"} if key else {}
 EXAMPLE_SERVICES = {  # service name -> module in examples/services
     "upper": "upper", "reverse": "reverse", "space-counter": "space_counter", "slow-upper": "slow_upper",
+    "orders": "orders",
 }
+ORDERS_SECRET = "orders_token"  # the secret the `orders` example's definition names in its Authorization header
 
 
 def _fail(message: str) -> None:
@@ -58,21 +60,39 @@ def read_definitions(paths: list[str]) -> list[tuple[str, dict, Path]]:
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            files.extend(sorted(path.glob("*.json")))
+            files.extend(sorted(file for file in path.iterdir() if file.suffix in DEFINITION_SUFFIXES))
         elif path.is_file():
             files.append(path)
         else:
             _fail(f"no such file or folder: {name}")
     found = []
     for file in files:
-        try:
-            definition = json.loads(file.read_text())
-        except ValueError as error:
-            _fail(f"{file}: not JSON: {error}")
-        kind = kind_of(definition)
-        if kind:
-            found.append((kind, definition, file))
+        for definition in read_documents(file):
+            kind = kind_of(definition)
+            if kind:
+                found.append((kind, definition, file))
     return sorted(found, key=lambda item: item[0] != "service")
+
+
+DEFINITION_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def read_documents(file: Path) -> list[Any]:
+    """The documents of a JSON file, or of a YAML file (.yaml, .yml: several, separated by ---), read
+    under the API's rules (no duplicate keys, 64-bit whole numbers, anchors and aliases bounded)."""
+    from machinery.api.body import BadBody, parse_json, parse_yaml_documents
+
+    try:
+        raw = file.read_bytes()
+    except OSError as error:
+        _fail(f"{file}: cannot be read: {error.strerror}")
+    try:
+        if file.suffix in (".yaml", ".yml"):
+            return parse_yaml_documents(raw)
+        return [parse_json(raw)]
+    except BadBody as error:
+        _fail(f"{file}: {error.message}")
+    return []
 
 
 def with_addresses(definition: dict, addresses: dict[str, str]) -> dict:
@@ -153,7 +173,10 @@ def cmd_init_db(args) -> int:
 
 def cmd_send(args) -> int:
     if args.file:
-        body = json.loads(Path(args.file).read_text())
+        documents = read_documents(Path(args.file))
+        if len(documents) != 1:
+            _fail(f"{args.file}: holds {len(documents)} documents; an event is one")
+        body = documents[0]
     elif args.data:
         body = json.loads(args.data)
     else:
@@ -162,6 +185,56 @@ def cmd_send(args) -> int:
     response = requests.post(url, json=body, timeout=args.timeout, headers=api_headers())
     print(json.dumps(response.json(), indent=2))
     return 0 if response.status_code < 400 else 1
+
+
+def cmd_import_openapi(args) -> int:
+    """POST the document (or its URL) to /services/import and print what became of each operation."""
+    params = {key: value for key, value in (("prefix", args.prefix), ("base_url", args.base_url),
+                                            ("only", args.only)) if value}
+    if args.dry_run:
+        params["dry_run"] = "true"
+    url = f"{args.api.rstrip('/')}/services/import"
+    if args.source.startswith(("http://", "https://")):
+        # The API fetches it, under its MACHINERY_ALLOWED_HOSTS, so a relative server URL reads against it.
+        response = requests.post(url, params=params, json={"url": args.source}, timeout=args.timeout,
+                                 headers=api_headers())
+    else:
+        path = Path(args.source)
+        if not path.is_file():
+            _fail(f"no such file: {args.source}")
+        raw = path.read_bytes()
+        as_json = path.suffix == ".json" or (path.suffix not in (".yaml", ".yml") and raw.lstrip()[:1] == b"{")
+        content_type = "application/json" if as_json else "application/yaml"
+        response = requests.post(url, params=params, data=raw, timeout=args.timeout,
+                                 headers={**api_headers(), "Content-Type": content_type})
+    try:
+        report = response.json()
+    except ValueError:
+        _fail(f"the API answered HTTP {response.status_code} without JSON")
+    if response.status_code >= 400:
+        print(f"machinery: HTTP {response.status_code}: {report.get('message', report)}", file=sys.stderr)
+        return 1
+    print(print_import_report(report, args.api))
+    return 1 if report.get("counts", {}).get("refused") else 0
+
+
+def print_import_report(report: dict, api: str) -> str:
+    """The import's report as lines: one per operation, its warnings, then the secrets to register."""
+    lines = [f"{report.get('title') or 'OpenAPI document'} {report.get('version', '')} "
+             f"(OpenAPI {report.get('openapi')}){' -- dry run, nothing stored' if report.get('dry_run') else ''}"]
+    for item in report.get("services", []):
+        name = item.get("name") or "-"
+        lines.append(f"  {item['outcome']:<14} {name:<32} {item['operation']}")
+        if item.get("reason"):
+            lines.append(f"      why: {item['reason']}")
+        lines.extend(f"      warning: {warning}" for warning in item.get("warnings", []))
+    counts = ", ".join(f"{count} {outcome}" for outcome, count in report.get("counts", {}).items())
+    lines.append(f"{counts or 'no operations'}")
+    for secret in report.get("secrets", []):
+        lines.append(f"secret {secret['name']}: {secret['holds']}; register it with\n"
+                     f"  curl -X PUT {api.rstrip('/')}/secrets/{secret['name']} -H 'Content-Type: application/json' "
+                     f"-d '{{\"value\": \"...\"}}'   (or set MACHINERY_SECRET_{secret['name'].upper()})")
+    return "\n".join(lines)
 
 
 def cmd_worker(args) -> int:
@@ -252,7 +325,9 @@ def cmd_demo(args) -> int:
 
     if not (EXAMPLES / "definitions").is_dir():
         _fail(f"the examples are not at {EXAMPLES}: run the demo from a checkout of the repository")
-    servers = {name: ServerThread(_load_example(module)).start() for name, module in EXAMPLE_SERVICES.items()}
+    apps = {name: _load_example(module) for name, module in EXAMPLE_SERVICES.items()}
+    token = orders_token(apps["orders"])
+    servers = {name: ServerThread(app).start() for name, app in apps.items()}
     api = f"http://127.0.0.1:{args.port}"
     env = {**os.environ, "MACHINERY_MONGO_URI": "mongomock://localhost/machinery"}
     process = subprocess.Popen(gunicorn_command(f"{args.host}:{args.port}", 1, 8), env=env)
@@ -261,6 +336,7 @@ def cmd_demo(args) -> int:
         addresses = {name: server.url for name, server in servers.items()}
         for name, server in servers.items():
             print(f"example service {name:<13} {server.url}")
+        register_orders_secret(api, token)
         if apply_definitions([str(EXAMPLES / "definitions")], api, addresses, quiet=False):
             _fail("the example definitions did not register")
         body = json.loads((EXAMPLES / "definitions" / "event-text.json").read_text())
@@ -269,9 +345,10 @@ def cmd_demo(args) -> int:
         print(f"\nPOST /e/process-text -> {answer.status_code}")
         print(json.dumps(record, indent=2))
         print(f"\noutputs: {json.dumps(record['outputs'])}")
+        orders = run_orders_example(api)
         if args.once:
-            return 0 if record["status"] == "completed" else 1
-        print(DEMO_HELP.format(api=api))
+            return 0 if record["status"] == "completed" and orders["status"] == "completed" else 1
+        print(DEMO_HELP.format(api=api, orders=servers["orders"].url.rstrip("/")))
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         process.wait()
         return process.returncode or 0
@@ -288,6 +365,40 @@ def cmd_demo(args) -> int:
             server.stop()
 
 
+def orders_token(app) -> str:
+    """The bearer token the `orders` example accepts: MACHINERY_SECRET_ORDERS_TOKEN's value, or one made now."""
+    import secrets as random_secrets
+
+    token = os.environ.get(f"MACHINERY_SECRET_{ORDERS_SECRET.upper()}") or random_secrets.token_urlsafe(24)
+    app.config["ORDERS_TOKEN"] = token
+    return token
+
+
+def register_orders_secret(api: str, token: str) -> None:
+    """Register the orders token as the secret `orders_token` (unless the API has it from its environment)."""
+    if os.environ.get(f"MACHINERY_SECRET_{ORDERS_SECRET.upper()}"):
+        print(f"secret {ORDERS_SECRET}: from MACHINERY_SECRET_{ORDERS_SECRET.upper()}")
+        return
+    response = requests.put(f"{api}/secrets/{ORDERS_SECRET}", json={"value": token}, timeout=10,
+                            headers=api_headers())
+    if response.status_code not in (200, 201):
+        _fail(f"PUT /secrets/{ORDERS_SECRET} answered {response.status_code}: {response.text[:300]}")
+    print(f"secret {ORDERS_SECRET}: registered with PUT /secrets/{ORDERS_SECRET} (a token made at start, "
+          "never shown)")
+
+
+def run_orders_example(api: str) -> dict:
+    """Send the orders example's event to `order-note` and print what came back."""
+    body = read_documents(EXAMPLES / "definitions" / "event-order.yaml")[0]
+    answer = requests.post(f"{api}/e/order-note", json=body, timeout=30, headers=api_headers())
+    record = answer.json()
+    print(f"\nPOST /e/order-note -> {answer.status_code} {record.get('status')}")
+    print(f"outputs: {json.dumps(record.get('outputs'))}")
+    if record.get("error"):
+        print(f"error: {json.dumps(record['error'])}")
+    return record
+
+
 DEMO_HELP = """
 Machinery is serving on {api} with the examples registered (embedded store). Try:
 
@@ -296,6 +407,9 @@ Machinery is serving on {api} with the examples registered (embedded store). Try
   curl -s -X POST '{api}/e/process-text?mode=async' -H 'Content-Type: application/json' \\
        -d '{{"message": "hello async world"}}'
   curl -s -X POST {api}/e/shout-async -H 'Content-Type: application/json' -d '{{"message": "called back"}}'
+  curl -s -X POST {api}/e/order-note -H 'Content-Type: application/yaml' \\
+       --data-binary @examples/definitions/event-order.yaml
+  .venv/bin/machinery import-openapi examples/openapi/orders.yaml --base-url {orders} --dry-run
   curl -s '{api}/events?workflow=process-text'
   curl -s {api}/workflows/process-text
   open {api}/ui/  (workflows as graphs, events as timelines)
@@ -327,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     init_db.set_defaults(handler=cmd_init_db)
 
     apply = commands.add_parser("apply", help="register the service and workflow definitions in files or folders")
-    apply.add_argument("-f", "--file", action="append", required=True, help="a JSON file or a folder of them")
+    apply.add_argument("-f", "--file", action="append", required=True,
+                       help="a JSON or YAML file, or a folder of them")
     apply.add_argument("--api", default=DEFAULT_API, help=f"the API to register through (default {DEFAULT_API})")
     apply.add_argument("--direct", action="store_true", help="write to MACHINERY_MONGO_URI instead of an API")
     apply.add_argument("--address", action="append", metavar="NAME=URL", help="override a service's address")
@@ -335,12 +450,23 @@ def main(argv: list[str] | None = None) -> int:
 
     send = commands.add_parser("send", help="send an event to a workflow")
     send.add_argument("workflow")
-    send.add_argument("-f", "--file", help="a JSON file (envelope or bare data)")
+    send.add_argument("-f", "--file", help="a JSON or YAML file (envelope or bare data)")
     send.add_argument("-d", "--data", help="the JSON body inline")
     send.add_argument("--async", dest="async_", action="store_true", help="answer at once; workers run it")
     send.add_argument("--api", default=DEFAULT_API)
     send.add_argument("--timeout", type=float, default=60.0)
     send.set_defaults(handler=cmd_send)
+
+    importing = commands.add_parser("import-openapi", help="register one service per operation of an OpenAPI "
+                                                           "3.0 or 3.1 document (a file or a URL)")
+    importing.add_argument("source", metavar="FILE|URL", help="a JSON or YAML file, or an http(s) URL the API fetches")
+    importing.add_argument("--prefix", help="put before every service name")
+    importing.add_argument("--base-url", help="the services' address, instead of the document's servers")
+    importing.add_argument("--only", metavar="OPERATION_IDS", help="comma-separated operationIds to import")
+    importing.add_argument("--dry-run", action="store_true", help="say what would happen; register nothing")
+    importing.add_argument("--api", default=DEFAULT_API)
+    importing.add_argument("--timeout", type=float, default=60.0)
+    importing.set_defaults(handler=cmd_import_openapi)
 
     demo = commands.add_parser("demo", help="start the example services and the API, register and run the example")
     demo.add_argument("--port", type=int, default=5000)

@@ -71,6 +71,12 @@ def _api_keys(value: str):
     return KeyRing.parse(value)
 
 
+def _secrets_keys(value: str) -> tuple[str, ...]:
+    from machinery.secrets import parse_keys
+
+    return parse_keys(value)
+
+
 def _allowed_hosts(value: str):
     from machinery.guard import parse_policy
 
@@ -150,6 +156,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Hosts service addresses and callback URLs may name: comma-separated name patterns "
             "(`*.internal`, `upper.local`), IPs and CIDRs (`10.0.0.0/8`). Checked at registration and at "
             "every call. Empty: every host."),
+    Setting("SECRETS_KEY", "", _secrets_keys,
+            "Fernet key(s) that encrypt the secrets registered with `PUT /secrets/<name>`, separated by "
+            "commas: the first encrypts, each one decrypts (to rotate the key). Make one with `python -c "
+            "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`. "
+            "Unset: an ephemeral key with the embedded store, and `PUT /secrets` refused with MongoDB "
+            "(`MACHINERY_SECRET_<NAME>` variables still serve).",
+            secret=True),
     Setting("MAX_BODY_BYTES", 1024 * 1024, _positive_int,
             "Largest request body the API reads; a larger one answers 413."),
     Setting("MAX_RESPONSE_BYTES", 1024 * 1024, _positive_int,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from machinery import secrets
 from machinery.exceptions import Conflict, DataflowError, InvalidData
 from machinery.language import dataflow
+from machinery.runtime import calls
 from machinery.store import Store
 
 
@@ -46,6 +48,7 @@ def register_service(store: Store, definition: Mapping[str, Any]) -> tuple[dict,
     A replacement that would break a registered workflow's data flow is refused (Conflict),
     so that every registered workflow always checks.
     """
+    definition = calls.checked(definition, lambda name: secrets.known(store, name))
     broken = {}
     for workflow in store.workflows_using(definition["name"]):
         try:

@@ -56,19 +56,59 @@ MAX_STEP_INDEX = 1_000_000  # a bound the spec can state; a step beyond the plan
 STATUSES = ("pending", "running", "waiting", "completed", "failed")
 
 
+MAX_SCHEMA_TEXT = 256 * 1024
+
+
+class JsonSchemaField(fields.Field):
+    """A JSON Schema: an object in the API, kept as JSON text in the store (its keys, such as
+    `$ref` or a property name holding '.', are not storable as MongoDB keys)."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, (dict, bool)):
+            raise ValidationError("must be a JSON Schema (an object)")
+        return value
+
+
 class FieldSchema(Schema):
-    """One typed input or output."""
+    """One typed input or output: a type name or structure (or a JSON Schema), and its modifiers."""
 
     name = fields.String(required=True, validate=FIELD_NAME_RULE)
-    type = fields.String(required=True, metadata={"enum": list(types.TYPE_NAMES)})
+    type = fields.Raw(metadata={
+        "description": "a type name, or {\"type\": \"array\", \"items\": T} or "
+                       "{\"type\": \"object\", \"fields\": [field, ...]}; may be left out when schema is given",
+        "oneOf": [{"type": "string", "enum": list(types.TYPE_NAMES)}, {"type": "object"}]})
+    schema = JsonSchemaField(metadata={"type": "object", "description": "a JSON Schema, converted to a type "
+                                                                        "when the definition is loaded"})
+    required = fields.Boolean(metadata={"description": "false: the field may be absent (default true)"})
+    nullable = fields.Boolean(metadata={"description": "true: the field may be null (default false)"})
+    enum = fields.List(fields.Raw(), validate=validate.Length(min=1, max=types.MAX_ENUM),
+                       metadata={"description": "the only values allowed"})
     description = fields.String(validate=validate.Length(max=2000))
 
-    @validates("type")
-    def _known_type(self, value, **_):
+    @post_load
+    def _converted(self, data, **_):
         try:
-            types.canonical(value)
-        except ValueError as error:
-            raise ValidationError(str(error)) from None
+            stored, warnings = types.load_field(data)
+        except types.TypeSpecError as error:
+            key = error.path.split(".", 1)[0].split("[", 1)[0] or "type"
+            # A plain unknown name reads as it always has; a problem inside a structure names its path.
+            raise ValidationError(error.problem if error.path == key else str(error), key) from None
+        if "schema" in stored:
+            text = json.dumps(stored["schema"], separators=(",", ":"), ensure_ascii=False)
+            if len(text) > MAX_SCHEMA_TEXT:
+                raise ValidationError(f"longer than {MAX_SCHEMA_TEXT // 1024} KiB as JSON", "schema")
+            stored["schema"] = text
+        if warnings:
+            stored[WARNINGS_KEY] = warnings
+        return stored
 
     @validates("name")
     def _no_operator(self, value, **_):
@@ -76,11 +116,67 @@ class FieldSchema(Schema):
             raise ValidationError("must not start with '$' or contain '.'")
 
 
+# Where a loaded field carries the warnings of its schema's conversion until its definition gathers them.
+WARNINGS_KEY = "__warnings"
+
+
+def gather_warnings(data, labels=("inputs", "outputs")):
+    """Move the conversion warnings of each field into the definition's `warnings` (a list of strings)."""
+    gathered = []
+    for label in labels:
+        for index, field in enumerate(data.get(label) or []):
+            for warning in field.pop(WARNINGS_KEY, None) or []:
+                gathered.append(f"{label}[{index}].{warning}")
+    data.pop("warnings", None)
+    if gathered:
+        data["warnings"] = gathered
+    return data
+
+
 def _unique_names(field_list, label):
     names = [field["name"] for field in field_list]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise ValidationError(f"{label} declared twice: {', '.join(duplicated)}", label)
+
+
+class OutputFieldSchema(FieldSchema):
+    """An output, which may say where in the reply it comes from."""
+
+    source = fields.String(data_key="from", attribute="from", validate=validate.Length(min=1, max=1000),
+                           metadata={"description": "JMESPath over {status, headers, body} (header names "
+                                                    "lower-case); default: the body's top-level key of the "
+                                                    "output's name"})
+
+
+class RequestBodyField(fields.Field):
+    """`body`: a list of input names (a JSON object of them), one input name (that input is the whole
+    body), or null (no body)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+        raise ValidationError("must be a list of input names, one input name, or null")
+
+
+class RequestSchema(Schema):
+    """How a call is made: method, path, query parameters, headers and body."""
+
+    method = fields.String(load_default="POST", validate=validate.OneOf(("GET", "POST", "PUT", "PATCH", "DELETE")))
+    path = fields.String(validate=validate.Length(min=1, max=2000),
+                         metadata={"description": "appended to the address; {input} placeholders (RFC 6570 "
+                                                  "simple expansion, percent-encoded, '/' included)"})
+    query = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=200)),
+                        values=fields.String(validate=FIELD_NAME_RULE), validate=validate.Length(max=100),
+                        metadata={"description": "query parameter -> input; an array input repeats the parameter"})
+    headers = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=200)),
+                          values=fields.String(validate=validate.Length(max=4000)), validate=validate.Length(max=50),
+                          metadata={"description": "header name -> template of scalar inputs and {secret.NAME}"})
+    body = RequestBodyField(allow_none=True, metadata={
+        "description": "input names (a JSON object of them), one object input (the whole body), or null (none); "
+                       "default: the inputs placed nowhere else, for POST, PUT and PATCH"})
 
 
 class RetrySchema(Schema):
@@ -96,12 +192,20 @@ class ServiceSchema(Schema):
     address = fields.String(required=True, validate=ADDRESS_RULE, metadata={"format": "uri"})
     description = fields.String(load_default=None, validate=validate.Length(max=2000))
     inputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
-    outputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
+    outputs = fields.List(fields.Nested(OutputFieldSchema), required=True, validate=validate.Length(max=100))
+    request = fields.Nested(RequestSchema, load_default=None, allow_none=True,
+                            metadata={"description": "how the service is called; default: POST of the inputs"})
+    success = fields.List(fields.Integer(validate=validate.Range(min=200, max=599)), load_default=None,
+                          allow_none=True, validate=validate.Length(min=1, max=50), metadata={
+                              "description": "the statuses that complete the step; default: every 2xx (202 "
+                                             "waits for the callback unless listed)"})
     timeout_s = fields.Float(load_default=None, allow_nan=False,
                              validate=validate.Range(min=0.001, max=3600))
     callback_timeout_s = fields.Float(load_default=None, allow_nan=False,
                                       validate=validate.Range(min=0.001, max=30 * 86400))
     retry = fields.Nested(RetrySchema, load_default=None)
+    warnings = fields.List(fields.String(), metadata={
+        "description": "read-only: where a schema said more than the type model can (it became any)"})
 
     @validates_schema
     def _unique_fields(self, data, **_):
@@ -119,6 +223,10 @@ class ServiceSchema(Schema):
         if "@" in parts.netloc:
             raise ValidationError("must not hold credentials (user:password@); give the service "
                                   "another way to authenticate callers")
+
+    @post_load
+    def _gather_warnings(self, data, **_):
+        return gather_warnings(data)
 
 
 class OperationSchema(Schema):
@@ -167,9 +275,12 @@ class WorkflowSchema(Schema):
         _unique_names(data.get("inputs") or [], "inputs")
         _unique_names(data.get("outputs") or [], "outputs")
 
+    warnings = fields.List(fields.String(), metadata={
+        "description": "read-only: where a schema said more than the type model can (it became any)"})
+
     @post_load
     def _seal_secrets(self, data, **_):
-        return auth.seal_workflow(data)
+        return auth.seal_workflow(gather_warnings(data))
 
 
 class ServiceOutSchema(ServiceSchema):
@@ -231,6 +342,8 @@ class StepSchema(Schema):
     error = fields.Dict()
     attempt_log = fields.List(fields.Dict())
     span_id = fields.String()
+    request = fields.Dict(metadata={"description": "what was sent: method, url, the service's own headers "
+                                                   "(those built from a secret as ***)"})
 
 
 class WaitingSchema(StepSchema):

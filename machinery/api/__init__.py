@@ -6,7 +6,8 @@ Every error, from every endpoint, has one JSON shape (also in the OpenAPI spec a
      "message": "one sentence saying what went wrong",
      "errors": {... each field, step or item at fault ...}}
 
-Bodies must be JSON objects sent as `application/json`: another content type answers 415,
+Bodies are JSON objects sent as `application/json`, or YAML sent as `application/yaml` (body.py reads
+both under the same rules): another content type answers 415,
 malformed JSON, an empty body, duplicate keys, NaN or a body nested too deeply answers 400,
 and data that does not match a schema answers 422.
 """

@@ -7,7 +7,7 @@
   `X-Machinery-Token`, or an `X-Hub-Signature-256: sha256=<HMAC-SHA256 of the raw body>`. A workflow
   with a secret always asks for one, even when no API keys are configured.
 - Everything else (services, workflows, events, retry, graphs, the UI): an API key; GET and HEAD
-  need `read`, anything else `admin`.
+  need `read`, anything else `admin`. /secrets needs `admin` for every method.
 
 A key is sent as `Authorization: Bearer <key>`, or as the password of HTTP Basic (any user name),
 which is what a browser sends for the UI. No key: 401 with `WWW-Authenticate`; a key without the
@@ -31,6 +31,7 @@ LOG = logging.getLogger(__name__)
 
 OPEN_BLUEPRINTS = frozenset({"health", "callbacks", "api-docs"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+ADMIN_BLUEPRINTS = frozenset({"secrets"})
 TOKEN_HEADER = "X-Machinery-Token"
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 REALM = "machinery"
@@ -106,7 +107,8 @@ def check_request():
         if presented is None:
             return unauthorized("this endpoint needs an API key: send Authorization: Bearer <key>", invalid=False)
         return unauthorized("the API key is not valid", invalid=True)
-    right = "read" if request.method in READ_METHODS else "admin"
+    # Secrets are admin business, even to read their names.
+    right = "read" if request.method in READ_METHODS and request.blueprint not in ADMIN_BLUEPRINTS else "admin"
     if not key.allows(right):
         return forbidden(f"this API key lacks the {right!r} right needed to {request.method} {request.path}")
     g.principal = key.label

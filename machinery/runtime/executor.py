@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Mapping
 
-from machinery import guard
+from machinery import guard, secrets
 from machinery.exceptions import ServiceCallError
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
+from machinery.runtime import calls
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 
@@ -71,6 +72,7 @@ class Outcome:
     error: dict | None = None
     attempts: int = 0
     attempt_log: list = field(default_factory=list)
+    request: dict | None = None  # what a version 2 call sent: method, URL, its templated headers (secrets as ***)
 
 
 def new_span_id() -> str:
@@ -92,6 +94,8 @@ class Executor:
         self.observer = observer or Observer()
         self.rand = rand
         self.max_response_bytes = config.get("MAX_RESPONSE_BYTES", 10 * 1024 * 1024)
+        self.secrets = secrets.Keeper(store, config)
+        self.secrets.check_at_start()
 
     # -- one call -----------------------------------------------------------------------
 
@@ -128,8 +132,12 @@ class Executor:
                                    kind="too_large", retryable=False, status=reply.status)
         return raw
 
-    def call(self, service: Mapping[str, Any], body: bytes, headers: Mapping[str, str]) -> tuple[int, dict | None]:
-        """One POST to a service. Returns (status, outputs) for 2xx; raises ServiceCallError otherwise."""
+    def call(self, service: Mapping[str, Any], body: bytes | None, headers: Mapping[str, str],
+             compiled: calls.Call | None = None,
+             prepared: calls.Prepared | None = None) -> tuple[int, dict | None]:
+        """One call to a service: a POST of `body` (version 1), or the `prepared` request of a `compiled`
+        call. Returns (status, the reply's JSON object, or its view for a compiled call) for a success,
+        (202, None) for "wait for the callback"; raises ServiceCallError otherwise."""
         # Checked at every call, not only at registration: a host taken off the list is not called again.
         refused = guard.refusal(service["address"], self.config.get("ALLOWED_HOSTS"))
         if refused:
@@ -137,7 +145,7 @@ class Executor:
         timeout = float(service.get("timeout_s") or self.config.get("DEFAULT_TIMEOUT_S", 10.0))
         with guard.Deadline(timeout) as cutoff:
             try:
-                response, raw = self._exchange(service, body, headers, timeout)
+                response, raw = self._exchange(service, body, headers, timeout, compiled, prepared)
             except ServiceCallError as error:
                 if cutoff.fired and error.kind == "connection":
                     raise ServiceCallError(f"no complete reply within {timeout:g} s", kind="timeout",
@@ -148,9 +156,20 @@ class Executor:
                 response.close()
                 raise ServiceCallError(f"no complete reply within {timeout:g} s", kind="timeout", retryable=True)
         status = response.status
-        if status == 202:
+        if compiled is not None:
+            if compiled.success is not None and status in compiled.success:
+                return status, compiled.view(status, response.headers, raw)
+            if status == 202:
+                return status, None
+            if compiled.success is None and 200 <= status < 300:
+                return status, compiled.view(status, response.headers, raw)
+            if compiled.success is not None and 200 <= status < 300:
+                raise ServiceCallError(f"replied {status}, which is not among its success statuses "
+                                       f"{', '.join(map(str, sorted(compiled.success)))}: {_excerpt(raw)}",
+                                       kind="http_status", retryable=False, status=status)
+        elif status == 202:
             return status, None
-        if 200 <= status < 300:
+        elif 200 <= status < 300:
             try:
                 payload = json.loads(raw) if raw else None
             except (ValueError, RecursionError):  # RecursionError: a reply nested thousands of levels deep
@@ -168,12 +187,18 @@ class Executor:
             f"replied {status}: {_excerpt(raw)}", kind="http_status", retryable=retryable, status=status,
             retry_after=parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None)
 
-    def _exchange(self, service: Mapping[str, Any], body: bytes, headers: Mapping[str, str],
-                  timeout: float) -> tuple[Any, bytes]:
-        """POST and read the reply body; connection problems as ServiceCallError."""
+    def _exchange(self, service: Mapping[str, Any], body: bytes | None, headers: Mapping[str, str],
+                  timeout: float, compiled: calls.Call | None = None,
+                  prepared: calls.Prepared | None = None) -> tuple[Any, bytes]:
+        """Send the request and read the reply body; connection problems as ServiceCallError."""
         try:
-            reply = self.connections().post(service["address"], body, headers,
-                                            connect_timeout=min(CONNECT_TIMEOUT_S, timeout), read_timeout=timeout)
+            if prepared is None:
+                reply = self.connections().post(service["address"], body, headers,
+                                                connect_timeout=min(CONNECT_TIMEOUT_S, timeout), read_timeout=timeout)
+            else:
+                reply = self.connections().send(prepared.method, compiled.origin, prepared.path, prepared.body,
+                                                prepared.headers, connect_timeout=min(CONNECT_TIMEOUT_S, timeout),
+                                                read_timeout=timeout)
             return reply, self._read_body(reply)
         except CallFailed as error:
             message = f"no reply within {timeout:g} s" if error.kind == "timeout" else error.message
@@ -183,50 +208,68 @@ class Executor:
 
     def run_step(self, event: Mapping[str, Any], step: Mapping[str, Any], inputs: dict, run: int,
                  span_id: str, callback_url: str | None) -> Outcome:
-        """Call a step's service until it completes, waits, or fails for good."""
+        """Call a step's service until it completes, waits, or fails for good.
+
+        A version 1 service is POSTed its inputs; a service with a `request` (or `success` statuses,
+        or outputs `from` the reply) is called as its compiled form says, its secrets read at each
+        attempt and masked in whatever is kept of the reply."""
         service = step["service"]
+        compiled = calls.compiled(service) if "fingerprint" in service or "request" in service else None
         retry = {**DEFAULT_RETRY, **(service.get("retry") or {})}
         headers = self._headers(event, step["index"], run, span_id, callback_url)
-        body = json.dumps(inputs, separators=(",", ":")).encode()
+        body = json.dumps(inputs, separators=(",", ":")).encode() if compiled is None else None
+        prepared = None
+        used: list[str] = []
         log = []
         for attempt in range(1, retry["max_attempts"] + 1):
             started = time.monotonic()
             entry: dict[str, Any] = {"attempt": attempt, "at": utcnow()}
             try:
-                status, payload = self.call(service, body, headers)
+                if compiled is not None:
+                    prepared = compiled.prepare(inputs, headers, self.secrets.value)
+                    used = prepared.secrets
+                status, payload = self.call(service, body, headers, compiled, prepared)
             except ServiceCallError as error:
-                entry.update(outcome=error.kind, status=error.status, error=error.message,
-                             duration_ms=_ms(started))
+                text = calls.mask(error.message, used) if used else error.message
+                entry.update(outcome=error.kind, status=error.status, error=text, duration_ms=_ms(started))
                 log.append(entry)
                 self.observer.call_attempt(service["name"], error.kind)
                 last = attempt == retry["max_attempts"]
                 if not error.retryable or last:
-                    message = error.message if attempt == 1 else f"{error.message} (after {attempt} attempts)"
+                    message = text if attempt == 1 else f"{text} (after {attempt} attempts)"
                     return Outcome("failed", error={"kind": error.kind, "message": message,
                                                     "status": error.status},
-                                   attempts=attempt, attempt_log=log)
+                                   attempts=attempt, attempt_log=log, request=prepared and prepared.record)
                 wait = backoff_delay(attempt, retry["backoff_s"], self.rand)
                 if error.retry_after is not None:
                     wait = max(wait, error.retry_after)
                 entry["retry_in_s"] = round(wait, 3)
                 self.sleep(wait)
                 continue
-            entry.update(outcome="ok" if status != 202 else "accepted", status=status, duration_ms=_ms(started))
+            entry.update(outcome="ok" if payload is not None or status != 202 else "accepted", status=status,
+                         duration_ms=_ms(started))
             log.append(entry)
-            if status == 202:
+            if payload is None and status == 202:
                 self.observer.call_attempt(service["name"], "accepted")
-                return Outcome("waiting", attempts=attempt, attempt_log=log)
+                return Outcome("waiting", attempts=attempt, attempt_log=log, request=prepared and prepared.record)
+            if compiled is not None:
+                payload = compiled.select(payload)
+                if used:
+                    payload = calls.mask(payload, used)
             outputs, problems = check_outputs(service, payload)
             if problems:
+                if used:
+                    problems = calls.mask(problems, used)
                 self.observer.call_attempt(service["name"], "contract")
                 entry["outcome"] = "contract"
                 return Outcome("failed", error={"kind": "contract", "status": status,
                                                 "message": "reply does not match the declared outputs: "
                                                 + "; ".join(f"{k}: {v}" for k, v in problems.items()),
                                                 "fields": problems},
-                               attempts=attempt, attempt_log=log)
+                               attempts=attempt, attempt_log=log, request=prepared and prepared.record)
             self.observer.call_attempt(service["name"], "ok")
-            return Outcome("completed", outputs=outputs, attempts=attempt, attempt_log=log)
+            return Outcome("completed", outputs=outputs, attempts=attempt, attempt_log=log,
+                           request=prepared and prepared.record)
         raise AssertionError("unreachable: the loop returns on its last attempt")
 
     # -- one event ----------------------------------------------------------------------
@@ -260,6 +303,8 @@ class Executor:
                 "attempts": outcome.attempts, "started_at": started_at, "inputs": inputs,
                 "span_id": span_id, "attempt_log": outcome.attempt_log,
             }
+            if outcome.request is not None:
+                record["request"] = outcome.request
             if outcome.status == "waiting":
                 return self._wait(event, owner, record, context, index, token)
             finished_at = utcnow()

@@ -1,4 +1,4 @@
-"""Machinery's HTTP client: POSTs to services and webhook receivers over kept-alive connections.
+"""Machinery's HTTP client: requests to services and webhook receivers over kept-alive connections.
 
 A call to a service wants none of what a general HTTP client does for each request: no proxies, no
 cookies, no redirects followed, no auth, no content decoding, no retries (the executor has its own).
@@ -6,7 +6,8 @@ So calls go straight through `http.client`, with one pool of kept-alive connecti
 the profile of a loaded API process, requests and urllib3 cost about 170 µs of CPU a call on top of
 `http.client`'s own work, which is a third of what Machinery adds to a three-step event.
 
-What a caller gets: `post()` answers a `Reply` (status, headers, a capped `read()`), or raises
+What a caller gets: `post()` (a URL, a JSON body) and `send()` (any method, a target worked out
+once, the whole header list, a body or none) answer a `Reply` (status, headers, a capped `read()`), or raises
 `CallFailed` saying whether the time ran out (`timeout`) or the connection failed (`connection`). A
 `guard.Deadline` around the call can cut the socket of a server that trickles its reply.
 """
@@ -20,7 +21,7 @@ import socket
 import ssl
 import threading
 from collections import OrderedDict
-from typing import Mapping
+from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from requests.utils import requote_uri
@@ -28,6 +29,8 @@ from requests.utils import requote_uri
 from machinery import __version__, guard
 
 USER_AGENT = f"machinery/{__version__}"
+# What every request carries unless a service's own headers say otherwise.
+DEFAULT_HEADERS = (("User-Agent", USER_AGENT), ("Accept", "application/json"), ("Accept-Encoding", "identity"))
 MAX_HOSTS_PER_THREAD = 64  # kept-alive connections a thread holds, one per host, least recently used dropped
 
 
@@ -122,30 +125,37 @@ class Pool:
     def post(self, url: str, body: bytes, headers: Mapping[str, str], connect_timeout: float,
              read_timeout: float) -> Reply:
         scheme, host, port, path = target(url)
-        key = (scheme, host, port)
-        connection = self._take(key)
+        return self.send("POST", (scheme, host, port), path, body,
+                         (*DEFAULT_HEADERS, *headers.items()), connect_timeout, read_timeout)
+
+    def send(self, method: str, origin: tuple[str, str, int], path: str, body: bytes | None,
+             headers: Iterable[tuple[str, str]], connect_timeout: float, read_timeout: float) -> Reply:
+        """`method` to `path` (percent-encoded, with its query) at `origin` (scheme, host, port), with
+        exactly `headers` (Content-Length is added for a body); a `body` of None sends none."""
+        connection = self._take(origin)
         if connection is not None:
             try:
-                return self._exchange(key, connection, path, body, headers, read_timeout)
+                return self._exchange(origin, connection, method, path, body, headers, read_timeout)
             except _Stale:
                 pass  # closed by the service as it was reused: once more, on a new connection
+        scheme, host, port = origin
         options = {"context": _tls()} if scheme == "https" else {}
         kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
         connection = kind(host, port, timeout=connect_timeout, **options)
         try:
-            return self._exchange(key, connection, path, body, headers, read_timeout)
+            return self._exchange(origin, connection, method, path, body, headers, read_timeout)
         except _Stale as stale:
             raise CallFailed(f"connection failed: {_reason(stale.__cause__)}") from None
 
-    def _exchange(self, key: tuple, connection: http.client.HTTPConnection, path: str, body: bytes,
-                  headers: Mapping[str, str], read_timeout: float) -> Reply:
+    def _exchange(self, key: tuple, connection: http.client.HTTPConnection, method: str, path: str,
+                  body: bytes | None, headers: Iterable[tuple[str, str]], read_timeout: float) -> Reply:
         """Send the request on a connection and read the reply's status and headers."""
         try:
-            connection.putrequest("POST", path, skip_accept_encoding=True)
-            for name, value in (("User-Agent", USER_AGENT), ("Accept", "application/json"),
-                                ("Accept-Encoding", "identity"), *headers.items(),
-                                ("Content-Length", str(len(body)))):
+            connection.putrequest(method, path, skip_accept_encoding=True)
+            for name, value in headers:
                 connection.putheader(name, value)
+            if body is not None:
+                connection.putheader("Content-Length", str(len(body)))
             if connection.sock is None:
                 connection.connect()  # within connect_timeout
             connection.sock.settimeout(read_timeout)  # then each wait for the service within read_timeout

@@ -17,6 +17,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from machinery.exceptions import Conflict, NotFound, StoreUnavailable
 from machinery.store.embedded import embedded_events
+from machinery.store.secrets import SecretStore
 
 LOG = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class Store:
         self.services = database[SERVICES]
         self.workflows = database[WORKFLOWS]
         self.events = embedded_events(database[EVENTS]) if embedded else database[EVENTS]
+        self.secrets = SecretStore(database, self._guard, embedded=embedded)
         self.writes = 0  # store writes made, for benchmarks and metrics
         self._service_writes = 0  # services registered, replaced or deleted through this Store
         # The embedded store's workflows, as last read, by the id or name they were asked by: every

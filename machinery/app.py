@@ -15,7 +15,7 @@ from machinery import __version__, metrics
 from machinery.api import errors
 from machinery.api import secrets as secrets_api
 from machinery.config import is_embedded, load_config
-from machinery.exceptions import StoreUnavailable
+from machinery.exceptions import MachineryError, StoreRefused, StoreUnavailable
 from machinery.logs import configure_logging, init_request_ids
 from machinery.runtime.executor import Executor, Observer
 from machinery.runtime.worker import LeaseKeeper, Worker, process_owner
@@ -24,6 +24,7 @@ from machinery.store import Store
 
 LOG = logging.getLogger(__name__)
 EMBEDDED_MAX_IDLE_S = 1.0
+INDEXES_RETRY_REFUSED_S = 30.0  # an index MongoDB refused is tried again this often (an operator may fix it)
 
 
 class Api(flask_smorest.Api):
@@ -46,6 +47,7 @@ class Runtime:
         self.config = config
         self.store = Store.connect(config["MONGO_URI"], config["MONGO_TIMEOUT_MS"])
         self.indexes_ready = False
+        self.indexes_error: str | None = None  # why MongoDB refuses the indexes, while it does
         self._indexes_retry_at = 0.0  # while the store is down, answer 503 at once rather than wait each time
         self.owner = process_owner()
         self.keeper = LeaseKeeper(self.store, config["LEASE_S"])
@@ -70,7 +72,18 @@ class Runtime:
             self._indexes_retry_at = time.monotonic() + 1.0
             LOG.warning("store not reachable yet, indexes not ensured: %s", error.message)
             return False
-        self.indexes_ready = True
+        except StoreRefused as error:
+            # Permanent until an operator acts: named in /readyz, logged once, tried again now and then.
+            if error.message != self.indexes_error:
+                LOG.error("the store's indexes cannot be made, so the API does not serve: %s", error.message)
+            self.indexes_error = error.message
+            self._indexes_retry_at = time.monotonic() + INDEXES_RETRY_REFUSED_S
+            return False
+        self.indexes_ready, self.indexes_error = True, None
+        try:
+            self.store.check_clock(self.config["LEASE_S"] / 3)
+        except MachineryError as error:
+            LOG.warning("the store's clock could not be read: %s", error.message)
         return True
 
     def api_owner(self) -> str:
@@ -140,6 +153,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if request.blueprint in ("health", "api-docs"):
             return
         if not runtime.indexes_ready and not runtime.ensure_indexes():
+            if runtime.indexes_error:
+                raise StoreRefused(runtime.indexes_error)
             raise StoreUnavailable("the store is not reachable")
 
     api = Api(app)

@@ -154,6 +154,7 @@ def cmd_apply(args) -> int:
 
 
 def cmd_init_db(args) -> int:
+    from machinery.exceptions import StoreRefused
     from machinery.store import Store
 
     config = load_config()
@@ -161,8 +162,11 @@ def cmd_init_db(args) -> int:
     deadline = time.monotonic() + args.wait
     while True:
         try:
-            store.ensure_indexes(config["EVENT_TTL_DAYS"])
+            # No deadline on the builds themselves: on a large collection one takes what it takes.
+            store.ensure_indexes(config["EVENT_TTL_DAYS"], build_timeout_s=None)
             break
+        except StoreRefused as error:  # waiting will not help: say what to fix, now
+            _fail(f"the store refused the indexes: {error.message}")
         except MachineryError as error:
             if time.monotonic() > deadline:
                 _fail(f"the store did not answer: {error.message}")

@@ -52,3 +52,14 @@ class ServiceCallError(MachineryError):
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+
+
+class StoreRefused(MachineryError):
+    """The store answers but refuses the operation, and would refuse it again (an index that conflicts,
+    duplicate names under a unique index, failed authentication, a limit): an operator must act, so
+    retrying does not help. `code` and `code_name` are the server's."""
+
+    def __init__(self, message: str, code: int | None = None, code_name: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.code_name = code_name

@@ -46,9 +46,15 @@ def register_service(store: Store, definition: Mapping[str, Any]) -> tuple[dict,
     """Register a service, or replace it by name.
 
     A replacement that would break a registered workflow's data flow is refused (Conflict),
-    so that every registered workflow always checks.
+    so that every registered workflow always checks. The check and the write hold the registry
+    lock (Store.registry_lock), so that no other process registers or deletes in between.
     """
     definition = calls.checked(definition, lambda name: secrets.known(store, name))
+    with store.registry_lock():
+        return _register_service(store, definition)
+
+
+def _register_service(store: Store, definition: Mapping[str, Any]) -> tuple[dict, bool]:
     broken = {}
     for workflow in store.workflows_using(definition["name"]):
         try:
@@ -78,6 +84,8 @@ def replace_service(store: Store, ref: str, definition: Mapping[str, Any]) -> di
 
 
 def register_workflow(store: Store, definition: Mapping[str, Any]) -> tuple[dict, bool]:
-    """Check a workflow's data flow against the registry, then register it (a new version by name)."""
-    plan_workflow(store, definition)
-    return store.put_workflow(definition)
+    """Check a workflow's data flow against the registry, then register it (a new version by name),
+    holding the registry lock, so that no service it names is deleted or changed in between."""
+    with store.registry_lock():
+        plan_workflow(store, definition)
+        return store.put_workflow(definition)

@@ -17,6 +17,7 @@ from machinery.exceptions import (
     InvalidData,
     MachineryError,
     NotFound,
+    StoreRefused,
     StoreUnavailable,
 )
 
@@ -24,7 +25,7 @@ LOG = logging.getLogger(__name__)
 
 STATUS_OF = {
     NotFound: 404, Conflict: 409, Gone: 410, InvalidData: 422, DataflowError: 422,
-    StoreUnavailable: 503,
+    StoreUnavailable: 503, StoreRefused: 503,
 }
 
 
@@ -91,6 +92,12 @@ def handle_domain(error: MachineryError):
     if isinstance(error, BadBody):
         return reply(error.status, error.message)
     code = next((status for kind, status in STATUS_OF.items() if isinstance(error, kind)), 500)
+    if isinstance(error, StoreRefused):
+        # The store logged the server's code and message once; the caller learns it is not theirs to
+        # retry, and what kind of refusal it is, not the deployment's details.
+        what = f" (MongoDB error {error.code}{' ' + error.code_name if error.code_name else ''})" if error.code else ""
+        return reply(503, f"the store refuses this operation{what}: the deployment needs an operator; "
+                          "the server log has the details")
     if code == 503:
         LOG.warning("store unavailable: %s", error.message)
         return reply(code, "the store is unavailable; try again shortly", headers={"Retry-After": "5"})

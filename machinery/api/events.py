@@ -7,6 +7,7 @@ import re
 
 from flask import current_app, g, request
 from flask.views import MethodView
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from werkzeug.sansio.utils import get_current_url
 
 from machinery import events, metrics
@@ -20,7 +21,6 @@ from machinery.schemas import (
     EventSchema,
     EventSummarySchema,
     ReplaySchema,
-    page_of,
 )
 
 ingest = Blueprint("ingest", __name__, url_prefix="/e", description="Send an event to a workflow")
@@ -31,6 +31,36 @@ callbacks = Blueprint("callbacks", __name__, url_prefix="/callbacks",
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 ack_schema = EventAckSchema()
+
+
+class EventPageArgsSchema(EventListArgsSchema):
+    """The event list's query: ?page for the first pages, ?cursor (or ?after) to walk on at any depth."""
+
+    cursor = fields.String(validate=validate.Length(min=1, max=200), metadata={
+        "description": "the next_cursor of the page before: the page after it (keyset paging: no duplicate "
+                       "and no gap while new events arrive, at any depth)"})
+    after = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "same as cursor"})
+
+    @validates_schema
+    def _one_position(self, data, **kwargs):
+        if data.get("cursor") and data.get("after") and data["cursor"] != data["after"]:
+            raise ValidationError("give cursor or after, not both", "cursor")
+        if (data.get("cursor") or data.get("after")) and data.get("page", 1) != 1:
+            raise ValidationError("give page or cursor, not both: a cursor already says where the page starts",
+                                  "page")
+
+
+EventPageSchema = Schema.from_dict({
+    "items": fields.List(fields.Nested(EventSummarySchema)),
+    "page": fields.Integer(),
+    "page_size": fields.Integer(),
+    "total": fields.Integer(metadata={"description": "the events matching the filter; filtered totals are "
+                                                    "counted up to 10000 (see total_is_lower_bound)"}),
+    "next_cursor": fields.String(allow_none=True, metadata={
+        "description": "pass as ?cursor= for the next page; null on the last page"}),
+    "total_is_lower_bound": fields.Boolean(metadata={
+        "description": "true when a filtered total reached the counting bound: there are at least `total`"}),
+}, name="EventSummaryPage")
 
 
 def _runtime():
@@ -121,15 +151,17 @@ class Ingest(MethodView):
 
 @bp.route("")
 class Events(MethodView):
-    @bp.arguments(EventListArgsSchema(), location="query")
-    @bp.response(200, page_of(EventSummarySchema))
+    @bp.arguments(EventPageArgsSchema(), location="query")
+    @bp.response(200, EventPageSchema)
     def get(self, args):
-        """List events, newest first, by workflow and status"""
+        """List events, newest first, by workflow and status; page on with next_cursor"""
         store = _runtime().store
         workflow_id = store.get_workflow(args["workflow"])["workflow_id"] if args.get("workflow") else None
-        items, total = store.list_events(args["page"], args["page_size"], workflow_id=workflow_id,
-                                         status=args.get("status"))
-        return page(items, total, args)
+        listed = store.list_events_page(args["page_size"], page=args["page"],
+                                        after=args.get("cursor") or args.get("after"),
+                                        workflow_id=workflow_id, status=args.get("status"))
+        return {**page(listed["items"], listed["total"], args), "next_cursor": listed["next_cursor"],
+                "total_is_lower_bound": listed["total_is_lower_bound"]}
 
 
 @bp.route("/<event_id>")

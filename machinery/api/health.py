@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app
 
 from machinery import metrics
 from machinery.api.errors import reply
-from machinery.exceptions import StoreUnavailable
+from machinery.exceptions import StoreRefused, StoreUnavailable
 
 bp = Blueprint("health", __name__)
 
@@ -19,13 +19,19 @@ def healthcheck():
 
 @bp.get("/readyz")
 def readyz():
-    """200 when the store answers a ping and its indexes are ensured, 503 with the error body when not."""
+    """200 when the store answers a ping and its indexes are ensured, 503 with the error body when not:
+    with Retry-After while the store does not answer, without it, and naming the problem, when the
+    store refuses (an index conflict, duplicate names, failed authentication): an operator must act."""
     runtime = current_app.extensions["machinery"]
     try:
         runtime.store.ping()
     except StoreUnavailable as error:
         return reply(503, f"the store is unavailable: {error.message}", headers={"Retry-After": "5"})
+    except StoreRefused as error:
+        return reply(503, f"the store refuses this deployment: {error.message}")
     if not runtime.ensure_indexes():
+        if runtime.indexes_error:
+            return reply(503, f"the store's indexes cannot be made: {runtime.indexes_error}")
         return reply(503, "the store answers but its indexes could not be ensured yet", headers={"Retry-After": "5"})
     return {"status": "ready", "store": "embedded" if runtime.store.embedded else "mongodb"}, 200
 

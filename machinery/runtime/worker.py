@@ -25,6 +25,7 @@ LOG = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT_S = 10.0
 WEBHOOK_BACKOFF_S = 1.0
 SCAN_SHARE = 10  # an idle embedded worker waits at least this many times a scan's cost between scans
+IDLE_MAX_S = 1.0  # the longest an idle worker thread waits between looks at the store (jittered)
 
 
 def process_owner() -> str:
@@ -160,7 +161,20 @@ class Worker:
         self._wake.set()
 
     def _loop(self, owner: str) -> None:
+        """Claim and run until stopped. An idle thread polls less and less often, doubling its wait
+        from MACHINERY_POLL_S up to IDLE_MAX_S (or the max_idle_s given), and each wait is jittered
+        (half to all of it), so that idle threads of many processes spread their claims over time
+        rather than ask the store together. Work found, or a wake-up, brings it back to POLL_S."""
+        import random
+
+        from machinery.exceptions import StoreRefused
+
         lease_s, poll_s = self.config["LEASE_S"], self.config["POLL_S"]
+        bound = max(self.max_idle_s or IDLE_MAX_S, poll_s)
+        try:
+            self.store.check_clock(lease_s / 3)  # once per store: warns when leases would be misjudged
+        except Exception as error:  # the store may not answer yet: the loop below says so
+            LOG.debug("%s: clock not checked: %s", owner, error)
         idle = poll_s
         while not self._stop.is_set():
             self._wake.clear()  # before looking, so a wake-up that comes meanwhile is not lost
@@ -169,15 +183,17 @@ class Worker:
             except StoreUnavailable as error:
                 LOG.warning("%s: store unavailable: %s", owner, error.message)
                 worked = False
+            except StoreRefused:  # logged once by the store, with the server's code and message
+                worked = False
             except Exception:  # a bug must not kill the thread: log it and keep claiming
                 LOG.exception("%s: unexpected error", owner)
                 worked = False
             if worked:
                 idle = poll_s
-            elif self._wake.wait(idle):
+            elif self._wake.wait(idle * random.uniform(0.5, 1.0)):
                 idle = poll_s
             else:
-                idle = min(idle * 2, max(self.max_idle_s or poll_s, poll_s))
+                idle = min(idle * 2, bound)
 
     def work_once(self, owner: str, lease_s: float) -> bool:
         """Run one claimed event or deliver one webhook; False when there was nothing to do."""

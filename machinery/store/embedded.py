@@ -349,6 +349,24 @@ class _Indexes:
             return None
         return "newest", tuple(item for field in _LISTED_BY if field in filter for item in (field, filter[field]))
 
+    def _keyset(self, filter: dict) -> tuple[dict, tuple | None, tuple | None] | None:
+        """A list_events filter split into its scope and the newest-first positions a cursor bounds it
+        by: ack_date before a date, or at a date with an _id below one (Store._event_walks). The bounds
+        are prefixes of the ordered entries, (ack_date key, _id key): entries from `low` up to `high`,
+        `high` excluded. None when the filter is neither shape."""
+        ack_date, oid = filter.get("ack_date", _MISSING), filter.get("_id", _MISSING)
+        if ack_date is _MISSING:
+            return filter, None, None
+        scope = {key: value for key, value in filter.items() if key not in ("ack_date", "_id")}
+        if oid is _MISSING and isinstance(ack_date, dict) and list(ack_date) == ["$lt"]:
+            date = _sort_key(ack_date["$lt"])
+            return (scope, None, (date,)) if date is not None and date[1] == _DATE else None
+        if isinstance(oid, dict) and list(oid) == ["$lt"] and isinstance(oid["$lt"], ObjectId):
+            date = _sort_key(ack_date)
+            if date is not None and date[1] == _DATE:
+                return scope, (date,), (date, _sort_key(oid["$lt"]))
+        return None
+
     def count(self, filter: dict) -> int | None:
         """How many documents match a list_events filter; None for any other filter."""
         if not filter:
@@ -360,12 +378,15 @@ class _Indexes:
         """One page of the documents matching a filter in a sort's order, for the shapes list_events
         and the claims ask; None for any other."""
         if sort == _NEWEST_FIRST:
-            scope = self._newest_scope(filter)
+            keyset = self._keyset(filter)
+            scope = None if keyset is None else self._newest_scope(keyset[0])
             if scope is None:
                 return None
             entries = self._indexes.get(scope, ())
-            end = len(entries) - skip
-            chosen = entries.islice(max(end - limit, 0), end, reverse=True) if end > 0 else ()
+            _, low, high = keyset
+            start = entries.bisect_left(low) if low is not None and entries else 0
+            end = (entries.bisect_left(high) if high is not None and entries else len(entries)) - skip
+            chosen = entries.islice(max(end - limit, start), end, reverse=True) if end > start else ()
             return self._documents_numbered(-entry[-1] for entry in chosen)
         for field, date_field in _DUE.items():
             if sort == [(date_field, 1)] and set(filter) == {field, date_field}:
@@ -506,11 +527,13 @@ def _embedded_classes() -> tuple[type, type]:
 
         def count_documents(self, filter, **kwargs):
             indexes = self._indexes()
-            if indexes is not None and not kwargs and isinstance(filter, dict):
+            limit = kwargs.get("limit")
+            if (indexes is not None and set(kwargs) <= {"limit"} and isinstance(filter, dict)
+                    and (limit is None or (type(limit) is int and limit > 0))):
                 self._store._remove_expired_documents()
                 count = indexes.count(filter)
                 if count is not None:
-                    return count
+                    return count if limit is None else min(count, limit)
             return super().count_documents(filter, **kwargs)
 
         def _indexed_page(self, spec, sort, projection, skip, limit):

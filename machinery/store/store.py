@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import logging
+import os
+import random
+import re
+import socket
 import threading
-from contextlib import nullcontext
+import time
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
 
-from machinery.exceptions import Conflict, NotFound, StoreUnavailable
+from machinery.exceptions import Conflict, InvalidData, MachineryError, NotFound, StoreRefused, StoreUnavailable
 from machinery.store.embedded import embedded_events
 from machinery.store.secrets import SecretStore
 
 LOG = logging.getLogger(__name__)
 
-SERVICES, WORKFLOWS, EVENTS = "services", "workflows", "events"
+SERVICES, WORKFLOWS, EVENTS, LOCKS = "services", "workflows", "events", "locks"
 FINISHED = ("completed", "failed")
 ACTIVE = ("pending", "running", "waiting")
 EPOCH = datetime(1970, 1, 1)
@@ -72,8 +86,65 @@ def _out(document: Mapping[str, Any] | None, id_field: str) -> dict | None:
     return result
 
 
+# -- what a store error means ------------------------------------------------------------
+
+# Server codes that say "not now" rather than "never": a primary stepping down or shutting down, a
+# network error seen by the server, a write conflict, a time limit. pymongo raises most of these as
+# NotPrimaryError or AutoReconnect already; these are the ones it may leave as OperationFailure.
+TRANSIENT_CODES = frozenset({
+    6, 7, 50, 89, 91, 112, 134, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+})
+TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
+_CREDENTIALS = re.compile(r"(mongodb(?:\+srv)?://[^:/@\s]+):[^@\s]*@")
+_reported: set[tuple] = set()
+_reported_lock = threading.Lock()
+
+
+def _server_message(error: PyMongoError) -> str:
+    """The server's own message of an error (or pymongo's), without any password a URI in it holds."""
+    details = getattr(error, "details", None)
+    message = details.get("errmsg") if isinstance(details, Mapping) and details.get("errmsg") else str(error)
+    return _CREDENTIALS.sub(r"\1:***@", str(message))[:500]
+
+
+def is_transient(error: PyMongoError) -> bool:
+    """Whether another try may succeed: the store unreachable, slow, electing, or busy."""
+    if isinstance(error, (ConnectionFailure, ExecutionTimeout, WriteConcernError)):
+        return True  # ConnectionFailure: AutoReconnect, NotPrimaryError, NetworkTimeout, server selection
+    if getattr(error, "timeout", False):  # any operation past MACHINERY_MONGO_TIMEOUT_MS (pymongo's timeoutMS)
+        return True
+    if any(error.has_error_label(label) for label in TRANSIENT_LABELS):
+        return True
+    return getattr(error, "code", None) in TRANSIENT_CODES
+
+
+def store_error(error: PyMongoError, doing: str | None = None) -> MachineryError:
+    """The domain error a pymongo error means: StoreUnavailable (503, try again) when it may pass,
+    StoreRefused (an operator must act) when it will not, logged once with the server's code and message."""
+    if is_transient(error):
+        return StoreUnavailable(f"the store did not answer: {error.__class__.__name__}")
+    code = getattr(error, "code", None)
+    details = getattr(error, "details", None)
+    code_name = details.get("codeName") if isinstance(details, Mapping) else None
+    message = _server_message(error)
+    what = error.__class__.__name__
+    if code is not None:
+        what = f"MongoDB error {code}" + (f" {code_name}" if code_name else "")
+    summary = f"{doing}: " if doing else ""
+    refused = StoreRefused(f"{summary}the store refused it ({what}): {message}", code=code, code_name=code_name)
+    with _reported_lock:
+        first = (code, message) not in _reported
+        if first and len(_reported) < 1000:
+            _reported.add((code, message))
+    if first:
+        LOG.error("store refused an operation: %s", refused.message,
+                  extra={"mongo_code": code, "mongo_code_name": code_name})
+    return refused
+
+
 def _serialised(method):
-    """Run a store method under the embedded store's lock (mongomock is not thread-safe)."""
+    """Run a store method under the embedded store's lock (mongomock is not thread-safe), and answer
+    pymongo's errors as the domain errors they mean (see store_error)."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         with self._guard:
@@ -82,8 +153,59 @@ def _serialised(method):
             except (DuplicateKeyError, NotFound, Conflict):
                 raise
             except PyMongoError as error:
-                raise StoreUnavailable(f"the store did not answer: {error.__class__.__name__}") from error
+                raise store_error(error) from error
     return wrapper
+
+
+# -- indexes ------------------------------------------------------------------------------
+
+NEWEST_FIRST = [("ack_date", -1), ("_id", -1)]
+# One index per list_events filter, each ending in the list's order (ack_date, _id), so that every
+# page is a walk of its own index, covered (the ids and dates are read from the index alone), with
+# no SORT stage: unfiltered, by workflow, by status, by both. Named, so that a deployment can tell.
+LIST_INDEXES = {
+    "events_newest": [*NEWEST_FIRST],
+    "events_by_workflow": [("workflow_id", 1), *NEWEST_FIRST],
+    "events_by_status": [("status", 1), *NEWEST_FIRST],
+    "events_by_workflow_status": [("workflow_id", 1), ("status", 1), *NEWEST_FIRST],
+}
+# What the list indexes replace (each a prefix of one of them): dropped when found.
+SUPERSEDED_INDEXES = ("workflow_id_1_ack_date_-1", "status_1_ack_date_-1", "ack_date_-1")
+RETENTION_INDEX = "retention"
+MAX_EXPIRE_AFTER_S = 2**31 - 1  # MongoDB accepts expireAfterSeconds from 0 to this
+INDEX_BUILD_TIMEOUT_S = 300.0  # what the API gives an index build; `machinery init-db` waits as long as it takes
+INDEX_NOT_FOUND = 27
+
+# -- paging -------------------------------------------------------------------------------
+
+COUNT_LIMIT = 10_000  # a filtered total is counted up to this, then reported as a lower bound
+MAX_PAGE_OFFSET = 10_000  # ?page skips at most this many events; past it, the cursor walks on
+
+# -- the registry lock --------------------------------------------------------------------
+
+REGISTRY_LOCK_S = 30.0  # a lock a crashed process left is taken over after this
+REGISTRY_WAIT_S = 10.0  # how long a registration waits for another to finish
+
+
+def encode_cursor(ack_date: datetime, oid: ObjectId) -> str:
+    """The opaque token of a position in the newest-first list: the last event's ack_date and id."""
+    millis = int(ack_date.replace(tzinfo=UTC).timestamp() * 1000) if ack_date.tzinfo is None else \
+        int(ack_date.timestamp() * 1000)
+    return base64.urlsafe_b64encode(f"1:{millis}:{oid}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> tuple[datetime, ObjectId]:
+    """A cursor's position; InvalidData (422, naming `cursor`) for anything this API did not give."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        version, millis, oid = raw.split(":")
+        if version != "1" or not millis.isdigit() or len(millis) > 15:
+            raise ValueError(raw)
+        when = datetime(1970, 1, 1) + timedelta(milliseconds=int(millis))
+        return when, ObjectId(oid)
+    except (ValueError, binascii.Error, UnicodeDecodeError, InvalidId, TypeError, OverflowError):
+        raise InvalidData("cursor is not one this API gave: pass the next_cursor of a page as it is",
+                          errors={"cursor": ["not a cursor this API gave"]}) from None
 
 
 class Store:
@@ -97,6 +219,8 @@ class Store:
         self.workflows = database[WORKFLOWS]
         self.events = embedded_events(database[EVENTS]) if embedded else database[EVENTS]
         self.secrets = SecretStore(database, self._guard, embedded=embedded)
+        self.locks = database[LOCKS]
+        self.clock_skew_s: float | None = None  # this host's clock minus the server's, once checked
         self.writes = 0  # store writes made, for benchmarks and metrics
         self._service_writes = 0  # services registered, replaced or deleted through this Store
         # The embedded store's workflows, as last read, by the id or name they were asked by: every
@@ -112,9 +236,12 @@ class Store:
             client = mongomock.MongoClient("mongodb://" + uri[len("mongomock://"):])
             embedded = True
         else:
+            # timeoutMS bounds every operation (server selection, connection checkout, the server's own
+            # work, through the maxTimeMS pymongo sends), so a slow server answers 503 in bounded time;
+            # with it set, pymongo takes no socketTimeoutMS. Index builds get their own (ensure_indexes).
             client = pymongo.MongoClient(
                 uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-                socketTimeoutMS=max(timeout_ms * 5, 10000), connect=False,
+                timeoutMS=timeout_ms, connect=False,
             )
             embedded = False
         try:
@@ -131,41 +258,172 @@ class Store:
             self.db.client.admin.command("ping")
 
     @_serialised
-    def ensure_indexes(self, event_ttl_days: float | None = None) -> None:
-        """Create the indexes every query relies on; idempotent."""
-        self.services.create_index("name", unique=True)
-        self.workflows.create_index("name", unique=True)
-        self.workflows.create_index("services")
-        self.events.create_index([("workflow_id", 1), ("ack_date", -1)])
-        self.events.create_index([("status", 1), ("ack_date", -1)])
-        self.events.create_index([("ack_date", -1)])
-        self.events.create_index([("status", 1), ("lease_expires", 1)])
-        self.events.create_index(
-            [("workflow_id", 1), ("idempotency_key", 1)], unique=True, name="idempotency",
-            partialFilterExpression={"idempotency_key": {"$exists": True}},
-        )
-        self.events.create_index(
-            "waiting.token_hash", name="callback_token",
-            partialFilterExpression={"waiting.token_hash": {"$exists": True}},
-        )
-        self.events.create_index("spent_tokens")
-        self.events.create_index(
-            [("webhook.status", 1), ("webhook.next_at", 1)], name="webhooks",
-            partialFilterExpression={"webhook.status": "pending"},
-        )
-        self._ensure_ttl(event_ttl_days)
+    def ensure_indexes(self, event_ttl_days: float | None = None,
+                       build_timeout_s: float | None = INDEX_BUILD_TIMEOUT_S) -> None:
+        """Create the indexes every query relies on; idempotent, and safe with several processes
+        starting at once. An index MongoDB refuses (one that conflicts with an existing one, duplicate
+        names under a unique one, a TTL out of range) raises StoreRefused naming it.
+
+        Each build may take up to `build_timeout_s` (None: as long as it takes), not the operation
+        timeout: a build on a large collection takes longer, and the server would abort it."""
+        with pymongo.timeout(build_timeout_s or 0):  # 0: no deadline
+            index = self._create_index
+            index(self.services, [("name", 1)], unique=True)
+            index(self.workflows, [("name", 1)], unique=True)
+            index(self.workflows, [("services", 1)])
+            for name, keys in LIST_INDEXES.items():
+                index(self.events, keys, name=name)
+            index(self.events, [("status", 1), ("lease_expires", 1)])
+            index(self.events, [("workflow_id", 1), ("idempotency_key", 1)], unique=True, name="idempotency",
+                  partialFilterExpression={"idempotency_key": {"$exists": True}})
+            index(self.events, [("waiting.token_hash", 1)], name="callback_token",
+                  partialFilterExpression={"waiting.token_hash": {"$exists": True}})
+            index(self.events, [("spent_tokens", 1)])
+            index(self.events, [("webhook.status", 1), ("webhook.next_at", 1)], name="webhooks",
+                  partialFilterExpression={"webhook.status": "pending"})
+            for name in SUPERSEDED_INDEXES:
+                self._drop_index(self.events, name)
+            self._ensure_ttl(event_ttl_days)
+
+    def _create_index(self, collection, keys: list, **options) -> None:
+        """One createIndexes, its refusal named: which index, on which collection, and why."""
+        name = options.setdefault("name", "_".join(f"{field}_{order}" for field, order in keys))
+        doing = f"index {name!r} on {collection.name}"
+        try:
+            self._raw_create_index(collection, keys, options)
+        except DuplicateKeyError as error:
+            fields = ", ".join(field for field, _ in keys)
+            raise StoreRefused(
+                f"{doing} cannot be made: two or more {collection.name} share one {fields} "
+                f"({_server_message(error)}); rename or delete the duplicates, then restart or run "
+                f"`machinery init-db`", code=11000, code_name="DuplicateKey") from error
+        except PyMongoError as error:
+            raise store_error(error, f"{doing} cannot be made") from error
+
+    def _raw_create_index(self, collection, keys: list, options: dict) -> None:
+        if self.embedded:
+            _refuse_as_mongodb(collection, keys, options)
+        collection.create_index(keys, **options)
+
+    @staticmethod
+    def _drop_index(collection, name: str) -> None:
+        """Drop an index if it is there; one another process dropped meanwhile is no error."""
+        if name not in {index["name"] for index in collection.list_indexes()}:
+            return
+        try:
+            collection.drop_index(name)
+        except OperationFailure as error:
+            if error.code != INDEX_NOT_FOUND:
+                raise
 
     def _ensure_ttl(self, days: float | None) -> None:
-        existing = {index["name"]: index for index in self.events.list_indexes()}
-        name = "retention"
+        """The retention TTL index on finished_at, its expiry changed in place (collMod), never rebuilt:
+        a rebuild of a large collection outlasts any timeout. Processes starting at once all end with
+        the same index, whichever of them creates it or changes it first."""
         if days is None:
-            if name in existing:
-                self.events.drop_index(name)
+            self._drop_index(self.events, RETENTION_INDEX)
             return
         seconds = int(days * 86400)
-        if name in existing and existing[name].get("expireAfterSeconds") != seconds:
-            self.events.drop_index(name)
-        self.events.create_index("finished_at", name=name, expireAfterSeconds=seconds)
+        for _ in range(3):
+            existing = {index["name"]: index for index in self.events.list_indexes()}.get(RETENTION_INDEX)
+            if existing is None:
+                try:
+                    self._raw_create_index(self.events, [("finished_at", 1)],
+                                           {"name": RETENTION_INDEX, "expireAfterSeconds": seconds})
+                    return
+                except OperationFailure as error:
+                    if error.code not in (85, 86):
+                        raise store_error(error, f"index {RETENTION_INDEX!r} on events cannot be made") from error
+                    continue  # another process made it meanwhile, perhaps with another expiry: look again
+            if existing.get("expireAfterSeconds") == seconds:
+                return
+            self._set_expiry(RETENTION_INDEX, seconds)
+            return
+        raise StoreRefused(f"index {RETENTION_INDEX!r} on events keeps changing under this process; "
+                           "is another one running with another MACHINERY_EVENT_TTL_DAYS?")
+
+    def _set_expiry(self, name: str, seconds: int) -> None:
+        doing = f"the expiry of index {name!r} on events cannot be changed"
+        try:
+            if self.embedded:
+                # mongomock has no collMod; its in-memory index is rebuilt at no cost.
+                _refuse_expiry(seconds)
+                self.events.drop_index(name)
+                self.events.create_index([("finished_at", 1)], name=name, expireAfterSeconds=seconds)
+            else:
+                self.db.command("collMod", EVENTS, index={"name": name, "expireAfterSeconds": seconds})
+        except PyMongoError as error:
+            raise store_error(error, doing) from error
+
+    # -- clocks -----------------------------------------------------------------------------
+
+    @_serialised
+    def check_clock(self, tolerance_s: float) -> float | None:
+        """This host's clock minus the server's (from `hello`'s localTime, halfway through the round
+        trip), checked once per Store; a warning when it is off by more than `tolerance_s`, since lease
+        times are this host's clock compared with other hosts'. The embedded store has one clock."""
+        if self.embedded:
+            return 0.0
+        if self.clock_skew_s is not None:
+            return self.clock_skew_s
+        sent = time.time()
+        reply = self.db.client.admin.command("hello")
+        received = time.time()
+        server = reply.get("localTime")
+        if not isinstance(server, datetime):
+            return None
+        server_s = (server if server.tzinfo else server.replace(tzinfo=UTC)).timestamp()
+        self.clock_skew_s = (sent + received) / 2 - server_s
+        if abs(self.clock_skew_s) > tolerance_s + (received - sent) / 2:
+            LOG.warning("this host's clock is %.1f s %s MongoDB's, more than the %.1f s leases tolerate: "
+                        "sync it (NTP), or events may be claimed while another process still runs them",
+                        abs(self.clock_skew_s), "ahead of" if self.clock_skew_s > 0 else "behind", tolerance_s)
+        return self.clock_skew_s
+
+    # -- the registry lock -------------------------------------------------------------------
+
+    @contextmanager
+    def registry_lock(self, wait_s: float = REGISTRY_WAIT_S) -> Iterator[None]:
+        """Hold the registry while checking and writing definitions, so that no other process changes
+        them in between (a service deleted while a workflow naming it is registered). On MongoDB it is
+        one document in `locks`, taken by one atomic upsert, held by an owner until an expiry (a crashed
+        process leaks nothing past REGISTRY_LOCK_S); the embedded store is one process: its lock serves."""
+        if self.embedded:
+            with self._guard:
+                yield
+            return
+        owner = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{ObjectId()}"
+        deadline = time.monotonic() + wait_s
+        pause = 0.005
+        while not self._take_registry(owner):
+            if time.monotonic() > deadline:
+                raise StoreUnavailable("the registry is held by another change for too long")
+            time.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, 0.2)
+        try:
+            yield
+        finally:
+            try:
+                self._release_registry(owner)
+            except MachineryError as error:  # it expires by itself
+                LOG.warning("registry lock not released: %s", error.message)
+
+    @_serialised
+    def _take_registry(self, owner: str) -> bool:
+        now = utcnow()
+        try:
+            self.locks.find_one_and_update(
+                {"_id": "registry", "expires": {"$lte": now}},
+                {"$set": {"owner": owner, "expires": now + timedelta(seconds=REGISTRY_LOCK_S), "taken_at": now}},
+                upsert=True, projection={"_id": 1},
+            )
+        except DuplicateKeyError:  # held: the upsert found no expired lock and clashed with the held one
+            return False
+        return True
+
+    @_serialised
+    def _release_registry(self, owner: str) -> None:
+        self.locks.delete_one({"_id": "registry", "owner": owner})
 
     # -- definitions --------------------------------------------------------------------
 
@@ -224,9 +482,14 @@ class Store:
     def workflows_using(self, service_name: str) -> list[dict]:
         return [_out(doc, "workflow_id") for doc in self.workflows.find({"services": service_name}).sort("name", 1)]
 
-    @_serialised
     def delete_service(self, ref: str) -> dict:
-        """Delete a service; Conflict naming the workflows that use it."""
+        """Delete a service; Conflict naming the workflows that use it. The check and the delete hold
+        the registry lock, so that no process registers a workflow naming it in between."""
+        with self.registry_lock():
+            return self._delete_unused_service(ref)
+
+    @_serialised
+    def _delete_unused_service(self, ref: str) -> dict:
         service = self.get_service(ref)
         users = [workflow["name"] for workflow in self.workflows_using(service["name"])]
         if users:
@@ -274,7 +537,7 @@ class Store:
         return workflow
 
     def _page(self, collection, query, sort, page, page_size, id_field) -> tuple[list[dict], int]:
-        total = collection.count_documents(query)
+        total = collection.estimated_document_count() if not query else collection.count_documents(query)
         cursor = collection.find(query).sort(sort).skip((page - 1) * page_size).limit(page_size)
         return [_out(doc, id_field) for doc in cursor], total
 
@@ -310,18 +573,58 @@ class Store:
     @_serialised
     def list_events(self, page: int, page_size: int, workflow_id: str | None = None,
                     status: str | None = None) -> tuple[list[dict], int]:
+        """One page of events, newest first, and their total (a lower bound past COUNT_LIMIT)."""
+        listed = self.list_events_page(page_size, page=page, workflow_id=workflow_id, status=status)
+        return listed["items"], listed["total"]
+
+    @_serialised
+    def list_events_page(self, page_size: int, *, page: int = 1, after: str | None = None,
+                         workflow_id: str | None = None, status: str | None = None) -> dict:
+        """A page of events, newest first: the `page`-th (at most MAX_PAGE_OFFSET events skipped), or
+        the one after the position `after` (a next_cursor: keyset paging, any depth at one cost, no
+        duplicate and no gap while new events arrive). Returns items, total, total_is_lower_bound
+        (the total counted up to COUNT_LIMIT only), and next_cursor (None on the last page)."""
         query: dict[str, Any] = {}
         if workflow_id:
             query["workflow_id"] = workflow_id
         if status:
             query["status"] = status
-        total = self.events.count_documents(query)
-        # The page's ids first, then only those events: an index walk and an _id lookup on MongoDB,
-        # and the embedded store copies one page of events instead of every one that matches.
-        ids = [doc["_id"] for doc in self.events.find(query, {"_id": 1})
-               .sort([("ack_date", -1), ("_id", -1)]).skip((page - 1) * page_size).limit(page_size)]
+        skip = (page - 1) * page_size
+        if after is None and skip > MAX_PAGE_OFFSET:
+            raise InvalidData(f"page {page} would skip {skip} events; ?page skips at most {MAX_PAGE_OFFSET}: "
+                              "walk on with ?cursor=<next_cursor> instead",
+                              errors={"page": [f"skips at most {MAX_PAGE_OFFSET} events"]})
+        if query:
+            counted = self.events.count_documents(query, limit=COUNT_LIMIT)
+            total, lower_bound = counted, counted >= COUNT_LIMIT
+        else:
+            total, lower_bound = self.events.estimated_document_count(), False
+        # The page's ids first, then only those events: a covered walk of the filter's own index
+        # (LIST_INDEXES) on MongoDB, and the embedded store reads one page from its in-memory ones.
+        rows: list[dict] = []
+        for walk in self._event_walks(query, after):
+            rows.extend(walk.skip(0 if after else skip).limit(page_size + 1 - len(rows)))
+            if len(rows) > page_size:
+                break
+        more, rows = len(rows) > page_size, rows[:page_size]
+        ids = [row["_id"] for row in rows]
         found = {doc["_id"]: doc for doc in self.events.find({"_id": {"$in": ids}}, {"plan": 0, "context": 0})}
-        return [_out(found[oid], "event_id") for oid in ids if oid in found], total
+        last = rows[-1] if rows else None
+        return {"items": [_out(found[oid], "event_id") for oid in ids if oid in found],
+                "total": total, "total_is_lower_bound": lower_bound,
+                "next_cursor": encode_cursor(last["ack_date"], last["_id"]) if more and last else None}
+
+    def _event_walks(self, query: dict, after: str | None) -> list:
+        """The finds a page of list_events reads, in order, each one index range walked newest first:
+        without a position, the whole filter; after one, the events of its very ack_date with a
+        smaller id, then every older one. Two plain ranges rather than one $or, so that each is a
+        single index bound and never a merge or a sort."""
+        project = {"_id": 1, "ack_date": 1}
+        if after is None:
+            return [self.events.find(query, project).sort(NEWEST_FIRST)]
+        when, oid = decode_cursor(after)
+        return [self.events.find({**query, "ack_date": when, "_id": {"$lt": oid}}, project).sort(NEWEST_FIRST),
+                self.events.find({**query, "ack_date": {"$lt": when}}, project).sort(NEWEST_FIRST)]
 
     @_serialised
     def count_events(self, status: str) -> int:
@@ -406,3 +709,46 @@ class Store:
     @_serialised
     def pending_events_by_status(self) -> dict[str, int]:
         return {status: self.events.count_documents({"status": status}) for status in ACTIVE}
+
+
+def _identity(index: Mapping[str, Any]) -> dict:
+    """The options of an index that MongoDB compares when the same name or keys come again."""
+    options = {key: index[key] for key in ("partialFilterExpression", "expireAfterSeconds", "collation")
+               if index.get(key) is not None}
+    for flag in ("unique", "sparse"):
+        if index.get(flag):
+            options[flag] = True
+    return options
+
+
+def _refuse_expiry(seconds: Any) -> None:
+    if not 0 <= seconds <= MAX_EXPIRE_AFTER_S:
+        message = (f"TTL index 'expireAfterSeconds' option must be within an acceptable range: "
+                   f"0 to {MAX_EXPIRE_AFTER_S}, not {seconds}")
+        raise OperationFailure(message, code=67,
+                               details={"codeName": "CannotCreateIndex", "code": 67, "errmsg": message})
+
+
+def _refuse_as_mongodb(collection, keys: list, options: Mapping[str, Any]) -> None:
+    """Refuse, as MongoDB does, the indexes mongomock lets through: a TTL out of 0..2147483647 (67),
+    the same keys under another name (85), the same name with other keys or options (86)."""
+    if options.get("expireAfterSeconds") is not None:
+        _refuse_expiry(options["expireAfterSeconds"])
+    name, wanted = options["name"], _identity(options)
+    for index in collection.list_indexes():
+        existing = [(field, order) for field, order in dict(index["key"]).items()]
+        if index["name"] == name:
+            if existing != list(keys) or _identity(index) != wanted:
+                raise OperationFailure(
+                    "An existing index has the same name as the requested index", code=86,
+                    details={"codeName": "IndexKeySpecsConflict", "code": 86, "errmsg":
+                             f"An existing index has the same name as the requested index: {name!r} "
+                             f"is {existing} {_identity(index)}, not {list(keys)} {wanted}"})
+            return
+        if existing == list(keys) and {key: value for key, value in _identity(index).items()
+                                       if key in ("partialFilterExpression", "collation")} == \
+                {key: value for key, value in wanted.items() if key in ("partialFilterExpression", "collation")}:
+            raise OperationFailure(
+                "Index already exists with a different name", code=85,
+                details={"codeName": "IndexOptionsConflict", "code": 85,
+                         "errmsg": f"Index already exists with a different name: {index['name']}"})

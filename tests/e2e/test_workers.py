@@ -38,15 +38,21 @@ def shared_uri():
     server.stop()
 
 
+# MACHINERY_MONGO_TIMEOUT_MS bounds every operation. The wire server answers one command at a time,
+# scanning mongomock's documents, so hundreds of events on a loaded machine make it far slower than a
+# MongoDB: give its operations the time it needs, as a slow server's deployment would.
+STORE_TIMEOUT_MS = 20000
+
+
 @pytest.fixture
 def env(shared_uri):
     return {"MACHINERY_MONGO_URI": shared_uri, "MACHINERY_EMBEDDED_WORKERS": "0", "MACHINERY_LEASE_S": "2",
-            "MACHINERY_POLL_S": "0.05"}
+            "MACHINERY_POLL_S": "0.05", "MACHINERY_MONGO_TIMEOUT_MS": str(STORE_TIMEOUT_MS)}
 
 
 @pytest.fixture
 def store(shared_uri):
-    store = Store.connect(shared_uri)
+    store = Store.connect(shared_uri, STORE_TIMEOUT_MS)
     yield store
     store.db.client.close()
 

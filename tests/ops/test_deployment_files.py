@@ -40,8 +40,23 @@ def test_compose_initialises_the_database_before_the_api_and_workers(compose):
 def test_machinery_reaches_mongodb_with_credentials_and_no_embedded_workers(compose, name):
     env = compose["services"][name]["environment"]
     uri = env["MACHINERY_MONGO_URI"]
-    assert uri.startswith("mongodb://${MONGO_USER") and "@mongo:27017/" in uri and uri.endswith("?authSource=admin")
+    assert uri.startswith("mongodb://${MONGO_USER") and "@mongo:27017/" in uri
+    assert uri.endswith("?authSource=admin&replicaSet=rs0")  # the replica set the mongo service runs
     assert env["MACHINERY_EMBEDDED_WORKERS"] == "0"
+
+
+def test_compose_runs_mongodb_as_a_single_node_replica_set_initiated_by_its_health_check(compose):
+    mongo = compose["services"]["mongo"]
+    command = mongo["command"]
+    # GIVEN the mongo service WHEN it starts THEN mongod is a member of rs0, sharing a key file (auth is on)
+    assert command[0] == "mongod" and command[command.index("--replSet") + 1] == "rs0"
+    key = command[command.index("--keyFile") + 1]
+    assert key.startswith("/data/db/") and key in " ".join(mongo["entrypoint"])
+    assert "docker-entrypoint.sh" in " ".join(mongo["entrypoint"])
+    # AND its health check pings and initiates rs0 with this one member, under the compose host name
+    check = " ".join(mongo["healthcheck"]["test"])
+    assert "ping" in check and "rs.initiate" in check and "_id: 'rs0'" in check and "host: 'mongo:27017'" in check
+    assert "$$MONGO_INITDB_ROOT_PASSWORD" in check  # read in the container, never written in the file
 
 
 def test_the_api_serves_under_gunicorn_with_a_readiness_check(compose):

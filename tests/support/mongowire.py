@@ -16,6 +16,7 @@ import socketserver
 import struct
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 
 import bson
@@ -25,6 +26,12 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
+CODE_NAMES = {2: "BadValue", 8: "UnknownError", 11000: "DuplicateKey", 26: "NamespaceNotFound",
+              27: "IndexNotFound", 59: "CommandNotFound", 67: "CannotCreateIndex", 72: "InvalidOptions",
+              85: "IndexOptionsConflict", 86: "IndexKeySpecsConflict"}
+MAX_EXPIRE_AFTER_S = 2**31 - 1
+# What the driver asks the server about itself and the connection: answered at once even when slow.
+HANDSHAKE = frozenset({"hello", "ismaster", "isMaster", "ping", "buildinfo", "buildInfo", "endSessions"})
 CODEC = CodecOptions(tz_aware=False)
 HEADER = struct.Struct("<iiii")
 
@@ -36,6 +43,8 @@ class WireStore:
         self.client = mongomock.MongoClient()
         self.lock = threading.Lock()
         self.connections = 0
+        self.delay_s = 0.0  # set to answer every command but the handshake this late: a slow server
+        self.collmods: list[tuple] = []  # every index collMod applied: (collection, index, expireAfterSeconds)
 
     def run(self, command: dict, sequences: dict) -> dict:
         name = next(iter(command))
@@ -43,11 +52,15 @@ class WireStore:
         if handler is None:
             return {"ok": 0.0, "errmsg": f"no such command: '{name}'", "code": 59, "codeName": "CommandNotFound"}
         database = self.client[command.get("$db", "test")]
+        if self.delay_s and name not in HANDSHAKE:
+            time.sleep(self.delay_s)
         with self.lock:
             try:
                 return {**handler(database, command, sequences), "ok": 1.0}
             except OperationFailure as error:
-                return {"ok": 0.0, "errmsg": str(error), "code": error.code or 8}
+                code = error.code or 8
+                return {"ok": 0.0, "errmsg": (error.details or {}).get("errmsg") or str(error), "code": code,
+                        "codeName": CODE_NAMES.get(code, "UnknownError")}
             except Exception as error:  # an unsupported form: answer it as the server would, not hang up
                 return {"ok": 0.0, "errmsg": f"{type(error).__name__}: {error}", "code": 2}
 
@@ -175,8 +188,61 @@ class WireStore:
         collection = database[command["createIndexes"]]
         for index in command["indexes"]:
             options = {key: value for key, value in index.items() if key not in ("key", "v", "ns")}
-            collection.create_index(list(index["key"].items()), **options)
+            keys = list(index["key"].items())
+            if self._refuse_index(collection, keys, options):
+                continue  # the very index exists: nothing to do, as MongoDB answers
+            collection.create_index(keys, **options)
         return {"numIndexesAfter": len(collection.index_information())}
+
+    @staticmethod
+    def _refuse_index(collection, keys: list, options: dict) -> bool:
+        """Refuse what MongoDB refuses and mongomock lets through: expireAfterSeconds out of range
+        (67), the same keys under another name (85), the same name with other keys or options (86).
+        True when the same index already exists."""
+        seconds = options.get("expireAfterSeconds")
+        if seconds is not None and not (isinstance(seconds, (int, float)) and 0 <= seconds <= MAX_EXPIRE_AFTER_S):
+            raise _failure(67, "TTL index 'expireAfterSeconds' option must be within an acceptable range, "
+                               "try a non-negative number less than 2147483648.")
+        name = options.get("name")
+        wanted = _index_identity(options)
+        for existing, info in collection.index_information().items():
+            same_keys = [tuple(pair) for pair in info["key"]] == keys
+            if existing == name:
+                if not same_keys or _index_identity(info) != wanted:
+                    raise _failure(86, "An existing index has the same name as the requested index. "
+                                       f"Requested index: {dict(keys)} {wanted}, existing index: "
+                                       f"{dict(info['key'])} {_index_identity(info)}")
+                return True
+            if same_keys and _index_identity(info, identifying=True) == _index_identity(options, identifying=True):
+                raise _failure(85, f"Index already exists with a different name: {existing}")
+        return False
+
+    def cmd_collmod(self, database, command, sequences):
+        """collMod of one index's expireAfterSeconds, by name or key pattern (what a TTL change sends)."""
+        collection = database[command["collMod"]]
+        change = command.get("index")
+        if not isinstance(change, dict):
+            return {}
+        indexes = collection._store.indexes  # mongomock's own index records (its TTL ones are the same dicts)
+        name = change.get("name")
+        if name is None and "keyPattern" in change:
+            name = next((found for found, info in indexes.items()
+                         if dict(info["key"]) == dict(change["keyPattern"])), None)
+        if name not in indexes:
+            raise _failure(27, f"cannot find index {change.get('name') or change.get('keyPattern')} "
+                               f"for ns {database.name}.{command['collMod']}")
+        reply = {}
+        if "expireAfterSeconds" in change:
+            seconds = change["expireAfterSeconds"]
+            if not (isinstance(seconds, (int, float)) and 0 <= seconds <= MAX_EXPIRE_AFTER_S):
+                raise _failure(72, "TTL index 'expireAfterSeconds' option must be within an acceptable range")
+            if "expireAfterSeconds" not in indexes[name]:
+                raise _failure(72, f"no expireAfterSeconds field to update on index {name}: not a TTL index")
+            old = indexes[name]["expireAfterSeconds"]
+            indexes[name]["expireAfterSeconds"] = int(seconds)
+            self.collmods.append((collection.name, name, int(seconds)))
+            reply = {"expireAfterSeconds_old": old, "expireAfterSeconds_new": int(seconds)}
+        return reply
 
     def cmd_dropindexes(self, database, command, sequences):
         collection = database[command["dropIndexes"]]
@@ -193,6 +259,19 @@ class WireStore:
     def cmd_dropdatabase(self, database, command, sequences):
         self.client.drop_database(database.name)
         return {}
+
+
+def _failure(code: int, message: str) -> OperationFailure:
+    return OperationFailure(message, code=code, details={"errmsg": message, "code": code})
+
+
+def _index_identity(index: dict, identifying: bool = False) -> dict:
+    """The options MongoDB compares between two indexes; `identifying`: only those that tell two
+    indexes on the same keys apart (two such may coexist under two names)."""
+    names = ("partialFilterExpression", "collation") if identifying else \
+        ("partialFilterExpression", "collation", "expireAfterSeconds", "unique", "sparse")
+    options = {key: index[key] for key in names if index.get(key) not in (None, False)}
+    return options
 
 
 def _read_exactly(sock, size: int) -> bytes:
@@ -249,7 +328,10 @@ class Handler(socketserver.BaseRequestHandler):
                 command, sequences = _parse_msg(body)
                 reply = bson.encode(store.run(command, sequences), codec_options=CODEC)
                 payload = struct.pack("<IB", 0, 0) + reply
-                sock.sendall(HEADER.pack(16 + len(payload), 0, request_id, OP_MSG) + payload)
+                try:
+                    sock.sendall(HEADER.pack(16 + len(payload), 0, request_id, OP_MSG) + payload)
+                except OSError:  # the client gave up waiting (a timeout) and closed the connection
+                    return
             elif opcode == OP_QUERY:
                 _, collection_end = _cstring(body, 4)
                 document = bson.decode(body[collection_end + 8:collection_end + 8 +

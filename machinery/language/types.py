@@ -29,6 +29,9 @@ MAX_NODES = 2000
 MAX_ENUM = 500
 MAX_PROBLEMS = 20
 MAX_NAME = 100
+# A JSON Schema's anyOf, allOf and $ref chains may nest this far; a conversion lists this many warnings.
+MAX_LEVELS = 64
+MAX_WARNINGS = 50
 
 TYPE_KEYS = frozenset({"type", "items", "fields", "nullable", "enum", "description"})
 FIELD_KEYS = frozenset({"name", "type", "schema", "required", "nullable", "enum", "description"})
@@ -312,9 +315,14 @@ class _Converter:
         self.document = document
         self.warnings: list[str] = []
         self.nodes = 0
+        self.level = 0
+        self.dropped = 0
 
     def warn(self, path: str, message: str) -> None:
-        self.warnings.append(f"{path}: {message}")
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(f"{path}: {message}")
+        else:
+            self.dropped += 1
 
     def resolve(self, ref: Any) -> tuple[Any, str | None]:
         """A `$ref` inside the document (a JSON pointer, RFC 6901), or why it cannot be followed."""
@@ -335,6 +343,17 @@ class _Converter:
         return target, None
 
     def convert(self, schema: Any, path: str, depth: int, refs: tuple) -> Any:
+        self.level += 1
+        try:
+            return self._convert(schema, path, depth, refs)
+        finally:
+            self.level -= 1
+
+    def _convert(self, schema: Any, path: str, depth: int, refs: tuple) -> Any:
+        if self.level > MAX_LEVELS:
+            # anyOf, allOf and $ref nest without nesting the value: bounded here, not by MAX_DEPTH.
+            self.warn(path, f"schemas nested more than {MAX_LEVELS} levels; became any")
+            return "any"
         self.nodes += 1
         if self.nodes > MAX_NODES:
             self.warn(path, f"more than {MAX_NODES} types; became any")
@@ -375,7 +394,7 @@ class _Converter:
         return _with(spec, nullable=schema.get("nullable") is True)
 
     def is_null(self, schema: Any, refs: tuple = ()) -> bool:
-        if not isinstance(schema, dict):
+        if not isinstance(schema, dict) or len(refs) > MAX_LEVELS:
             return False
         if "$ref" in schema:
             target, problem = self.resolve(schema["$ref"])
@@ -586,6 +605,8 @@ def from_json_schema(schema: Any, document: Any = None, path: str = "schema") ->
     """
     converter = _Converter(schema if document is None else document)
     spec = converter.convert(schema, path, 1, ())
+    if converter.dropped:
+        converter.warnings.append(f"{path}: and {converter.dropped} more warnings")
     return spec, converter.warnings
 
 

@@ -129,13 +129,13 @@ def context_before(event: Mapping[str, Any], index: int) -> dict:
     return context
 
 
-def context_types(plan: Mapping[str, Any], index: int) -> dict[str, str]:
-    """The context keys a plan guarantees before step `index`, with their types."""
-    available = {field["name"]: types.canonical(field["type"]) for field in plan["inputs"]}
+def context_types(plan: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """The context keys a plan may hold before step `index`, with their types (normal form)."""
+    available = {field["name"]: types.parse_field(field)["type"] for field in plan["inputs"]}
     for step in plan["steps"][:index]:
-        outputs = {field["name"]: field["type"] for field in step["service"]["outputs"]}
+        outputs = {field["name"]: field for field in step["service"]["outputs"]}
         for name, key in step["outputs"].items():
-            available[key] = types.canonical(outputs[name])
+            available[key] = types.parse_field(outputs[name])["type"]
     return available
 
 
@@ -171,8 +171,8 @@ def retry_event(store: Store, event_id: str, from_step: int | None = None,
         for key, value in overrides.items():
             if key not in available:
                 problems[key] = f"not a context key before step {from_step}; available: {', '.join(sorted(available))}"
-            elif not types.matches(value, available[key]):
-                problems[key] = f"expected {available[key]}, got {types.json_type(value)}"
+            else:
+                problems.update(types.check_value(value, available[key], key))
         if problems:
             listed = "; ".join(f"{key}: {problem}" for key, problem in problems.items())
             raise InvalidData(f"context does not match the plan before step {from_step}: {listed}", errors=problems)

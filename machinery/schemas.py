@@ -38,24 +38,81 @@ SECRET_RULE = validate.Length(min=16, max=256)
 STATUSES = ("pending", "running", "waiting", "completed", "failed")
 
 
+MAX_SCHEMA_TEXT = 256 * 1024
+
+
+class JsonSchemaField(fields.Field):
+    """A JSON Schema: an object in the API, kept as JSON text in the store (its keys, such as
+    `$ref` or a property name holding '.', are not storable as MongoDB keys)."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, (dict, bool)):
+            raise ValidationError("must be a JSON Schema (an object)")
+        return value
+
+
 class FieldSchema(Schema):
-    """One typed input or output."""
+    """One typed input or output: a type name or structure (or a JSON Schema), and its modifiers."""
 
     name = fields.String(required=True, validate=FIELD_NAME_RULE)
-    type = fields.String(required=True, metadata={"enum": list(types.TYPE_NAMES)})
+    type = fields.Raw(metadata={
+        "description": "a type name, or {\"type\": \"array\", \"items\": T} or "
+                       "{\"type\": \"object\", \"fields\": [field, ...]}; may be left out when schema is given",
+        "oneOf": [{"type": "string", "enum": list(types.TYPE_NAMES)}, {"type": "object"}]})
+    schema = JsonSchemaField(metadata={"type": "object", "description": "a JSON Schema, converted to a type "
+                                                                        "when the definition is loaded"})
+    required = fields.Boolean(metadata={"description": "false: the field may be absent (default true)"})
+    nullable = fields.Boolean(metadata={"description": "true: the field may be null (default false)"})
+    enum = fields.List(fields.Raw(), validate=validate.Length(min=1, max=types.MAX_ENUM),
+                       metadata={"description": "the only values allowed"})
     description = fields.String(validate=validate.Length(max=2000))
 
-    @validates("type")
-    def _known_type(self, value, **_):
+    @post_load
+    def _converted(self, data, **_):
         try:
-            types.canonical(value)
-        except ValueError as error:
-            raise ValidationError(str(error)) from None
+            stored, warnings = types.load_field(data)
+        except types.TypeSpecError as error:
+            key = error.path.split(".", 1)[0].split("[", 1)[0] or "type"
+            # A plain unknown name reads as it always has; a problem inside a structure names its path.
+            raise ValidationError(error.problem if error.path == key else str(error), key) from None
+        if "schema" in stored:
+            text = json.dumps(stored["schema"], separators=(",", ":"), ensure_ascii=False)
+            if len(text) > MAX_SCHEMA_TEXT:
+                raise ValidationError(f"longer than {MAX_SCHEMA_TEXT // 1024} KiB as JSON", "schema")
+            stored["schema"] = text
+        if warnings:
+            stored[WARNINGS_KEY] = warnings
+        return stored
 
     @validates("name")
     def _no_operator(self, value, **_):
         if value.startswith("$") or "." in value:
             raise ValidationError("must not start with '$' or contain '.'")
+
+
+# Where a loaded field carries the warnings of its schema's conversion until its definition gathers them.
+WARNINGS_KEY = "__warnings"
+
+
+def gather_warnings(data, labels=("inputs", "outputs")):
+    """Move the conversion warnings of each field into the definition's `warnings` (a list of strings)."""
+    gathered = []
+    for label in labels:
+        for index, field in enumerate(data.get(label) or []):
+            for warning in field.pop(WARNINGS_KEY, None) or []:
+                gathered.append(f"{label}[{index}].{warning}")
+    data.pop("warnings", None)
+    if gathered:
+        data["warnings"] = gathered
+    return data
 
 
 def _unique_names(field_list, label):
@@ -131,6 +188,8 @@ class ServiceSchema(Schema):
     callback_timeout_s = fields.Float(load_default=None, allow_nan=False,
                                       validate=validate.Range(min=0.001, max=30 * 86400))
     retry = fields.Nested(RetrySchema, load_default=None)
+    warnings = fields.List(fields.String(), metadata={
+        "description": "read-only: where a schema said more than the type model can (it became any)"})
 
     @validates_schema
     def _unique_fields(self, data, **_):
@@ -143,6 +202,10 @@ class ServiceSchema(Schema):
         if "@" in urlsplit(value).netloc:
             raise ValidationError("must not hold credentials (user:password@); give the service "
                                   "another way to authenticate callers")
+
+    @post_load
+    def _gather_warnings(self, data, **_):
+        return gather_warnings(data)
 
 
 class OperationSchema(Schema):
@@ -179,9 +242,12 @@ class WorkflowSchema(Schema):
         _unique_names(data.get("inputs") or [], "inputs")
         _unique_names(data.get("outputs") or [], "outputs")
 
+    warnings = fields.List(fields.String(), metadata={
+        "description": "read-only: where a schema said more than the type model can (it became any)"})
+
     @post_load
     def _seal_secrets(self, data, **_):
-        return auth.seal_workflow(data)
+        return auth.seal_workflow(gather_warnings(data))
 
 
 class ServiceOutSchema(ServiceSchema):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 from machinery.exceptions import DataflowError
@@ -42,13 +43,36 @@ def _operations_for(workflow: Mapping[str, Any], problems: list[dict]) -> dict[i
     return per_step
 
 
-def plan(workflow: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def _slot(field: Mapping[str, Any]) -> dict:
+    """What the context knows of a key a field fills: {"type": <normal type>, "required": bool}."""
+    normal = types.parse_field(field)
+    return {"type": normal["type"], "required": normal["required"]}
+
+
+def _available(context: Mapping[str, dict]) -> dict[str, str]:
+    return {key: types.describe(slot) for key, slot in context.items()}
+
+
+def _write(context: dict[str, dict], key: str, slot: dict) -> None:
+    """A step's output lands in the context; an optional one may leave the value that was there."""
+    previous = context.get(key)
+    if slot["required"] or previous is None:
+        context[key] = slot
+    elif types.compatible(previous["type"], slot["type"]):
+        context[key] = {"type": slot["type"], "required": previous["required"]}
+    else:
+        context[key] = {"type": types.parse_type("any"), "required": previous["required"]}
+
+
+def plan(workflow: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]], *,
+         suggest: bool = True) -> dict[str, Any]:
     """Resolve a workflow against the registered services and check its data flow.
 
     Returns the plan: {"inputs", "outputs", "steps": [{"index", "service", "inputs", "outputs"}]}
     where a step's `inputs` maps each service input to the context key it is read from and
     `outputs` maps each service output to the context key it is written to.
-    Raises DataflowError listing every problem: the step, the field, what was available.
+    Raises DataflowError listing every problem: the step, the field, what was available (each
+    key's type, described), and for a workflow output never produced, the rename that would fix it.
     """
     problems: list[dict] = []
     missing = [name for name in dict.fromkeys(workflow["services"]) if name not in services]
@@ -59,8 +83,8 @@ def plan(workflow: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]])
         )
     renames = _operations_for(workflow, problems)
 
-    # The context at each point: key -> declared type.
-    context: dict[str, str] = {field["name"]: types.canonical(field["type"]) for field in workflow["inputs"]}
+    # The context at each point: key -> {"type", "required"}.
+    context: dict[str, dict] = {field["name"]: _slot(field) for field in workflow["inputs"]}
     steps = []
     for index, name in enumerate(workflow["services"]):
         service = services[name]
@@ -75,46 +99,75 @@ def plan(workflow: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]])
         for field in service["inputs"]:
             key = step_renames["inputs"].get(field["name"], field["name"])
             input_keys[field["name"]] = key
-            wanted = types.canonical(field["type"])
+            wanted = _slot(field)
+            shown = types.describe(wanted["type"])
             source = f"context key {key!r}" if key == field["name"] else f"context key {key!r} (renamed)"
-            if key not in context:
+            slot = context.get(key)
+            if slot is None:
+                if wanted["required"]:
+                    problems.append({
+                        "step": index, "service": name, "field": field["name"],
+                        "problem": f"input {field['name']!r} ({shown}) needs {source}, which is not available",
+                        "available": _available(context),
+                    })
+                continue
+            misfits = types.incompatibilities(slot["type"], wanted["type"])
+            if misfits:
                 problems.append({
                     "step": index, "service": name, "field": field["name"],
-                    "problem": f"input {field['name']!r} ({wanted}) needs {source}, which is not available",
-                    "available": dict(context),
+                    "problem": f"input {field['name']!r} expects {shown} but {source} is "
+                               f"{types.describe(slot['type'])}" + _where(misfits),
+                    "available": _available(context),
                 })
-            elif not types.compatible(context[key], wanted):
+            elif wanted["required"] and not slot["required"]:
                 problems.append({
                     "step": index, "service": name, "field": field["name"],
-                    "problem": f"input {field['name']!r} expects {wanted} but {source} is {context[key]}",
-                    "available": dict(context),
+                    "problem": f"input {field['name']!r} is required but {source} may be absent "
+                               "(an optional input or output fills it)",
+                    "available": _available(context),
                 })
         output_keys = {}
         for field in service["outputs"]:
             key = step_renames["outputs"].get(field["name"], field["name"])
             output_keys[field["name"]] = key
-            context[key] = types.canonical(field["type"])
+            _write(context, key, _slot(field))
         steps.append({
             "index": index,
-            "service": {key: service[key] for key in SERVICE_FIELDS if service.get(key) is not None},
+            "service": {key: _without_schemas(key, service[key]) for key in SERVICE_FIELDS
+                        if service.get(key) is not None},
             "inputs": input_keys,
             "outputs": output_keys,
         })
 
     for field in workflow["outputs"]:
-        wanted = types.canonical(field["type"])
-        if field["name"] not in context:
+        wanted = _slot(field)
+        shown = types.describe(wanted["type"])
+        slot = context.get(field["name"])
+        if slot is None:
+            if wanted["required"]:
+                problem = {
+                    "step": "end", "field": field["name"],
+                    "problem": f"workflow output {field['name']!r} ({shown}) is never produced",
+                    "available": _available(context),
+                }
+                if suggest:
+                    _suggest(problem, workflow, services, field, steps)
+                problems.append(problem)
+            continue
+        misfits = types.incompatibilities(slot["type"], wanted["type"])
+        if misfits:
             problems.append({
                 "step": "end", "field": field["name"],
-                "problem": f"workflow output {field['name']!r} ({wanted}) is never produced",
-                "available": dict(context),
+                "problem": f"workflow output {field['name']!r} expects {shown} "
+                           f"but the context holds {types.describe(slot['type'])}" + _where(misfits),
+                "available": _available(context),
             })
-        elif not types.compatible(context[field["name"]], wanted):
+        elif wanted["required"] and not slot["required"]:
             problems.append({
                 "step": "end", "field": field["name"],
-                "problem": f"workflow output {field['name']!r} expects {wanted} "
-                           f"but the context holds {context[field['name']]}",
-                "available": dict(context),
+                "problem": f"workflow output {field['name']!r} is required but may be absent "
+                           "(an optional input or output fills it)",
+                "available": _available(context),
             })
     if problems:
         first = problems[0]
@@ -123,10 +176,78 @@ def plan(workflow: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]])
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DataflowError(f"data flow does not check: {where}: {first['problem']}{more}", errors=problems)
     return {
-        "inputs": [dict(field) for field in workflow["inputs"]],
-        "outputs": [dict(field) for field in workflow["outputs"]],
+        "inputs": [_without_schema(field) for field in workflow["inputs"]],
+        "outputs": [_without_schema(field) for field in workflow["outputs"]],
         "steps": steps,
     }
+
+
+def _where(misfits: list[str]) -> str:
+    """The first few paths at which two types differ, when they differ inside a structure."""
+    inner = [text for text in misfits if not text.startswith("expected ")]
+    if not inner:
+        return ""
+    return " (" + "; ".join(inner[:3]) + (f"; and {len(inner) - 3} more" if len(inner) > 3 else "") + ")"
+
+
+def _without_schema(field: Mapping[str, Any]) -> dict:
+    # A plan is copied into every event: the type says all the runtime needs, the schema stays in the registry.
+    return {key: value for key, value in field.items() if key != "schema"}
+
+
+def _without_schemas(key: str, value: Any) -> Any:
+    if key in ("inputs", "outputs"):
+        return [_without_schema(field) for field in value]
+    return value
+
+
+MAX_SUGGESTIONS = 8
+
+
+def _suggest(problem: dict, workflow: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]],
+             wanted: Mapping[str, Any], steps: list[dict]) -> None:
+    """Name the operation that would produce a missing workflow output: a step's output of a fitting
+    type, renamed to it, checked by planning the workflow with that operation added."""
+    target = _slot(wanted)
+    tried, baseline = 0, None
+    for step in reversed(steps):
+        service = services[workflow["services"][step["index"]]]
+        for field in service["outputs"]:
+            if step["outputs"][field["name"]] == wanted["name"]:
+                continue
+            slot = _slot(field)
+            if types.incompatibilities(slot["type"], target["type"]) or (target["required"] and not slot["required"]):
+                continue
+            tried += 1
+            if tried > MAX_SUGGESTIONS:
+                return
+            operation: dict[str, Any] = {"service": service["name"], "outputs": {field["name"]: wanted["name"]}}
+            if workflow["services"].count(service["name"]) > 1:
+                operation["step"] = step["index"]
+            fixed = {**workflow, "operations": [*(workflow.get("operations") or []), operation]}
+            try:
+                plan(fixed, services, suggest=False)
+            except DataflowError as error:
+                if any(other.get("step") == "end" and other.get("field") == wanted["name"]
+                       for other in error.errors):
+                    continue
+                if baseline is None:
+                    baseline = _count_problems(workflow, services)
+                if len(error.errors) >= baseline:
+                    continue
+            text = json.dumps(operation)
+            problem["problem"] += (f"; step {step['index']} ({service['name']}) produces {field['name']!r} "
+                                   f"({types.describe(slot['type'])}): add {text} to operations")
+            problem["suggestion"] = {"operations": [operation]}
+            return
+
+
+def _count_problems(workflow: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]]) -> int:
+    try:
+        plan(workflow, services, suggest=False)
+    except DataflowError as error:
+        return len(error.errors)
+    return 0
 
 
 def step_inputs(step: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:

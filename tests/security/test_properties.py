@@ -91,3 +91,44 @@ def _has_operator_key(value) -> bool:
     if isinstance(value, list):
         return any(_has_operator_key(child) for child in value)
     return False
+
+
+# Structured types without `any` or bare object/array (those are gradual: they promise nothing).
+SCALARS = st.sampled_from(["string", "int", "float", "bool"])
+ENUMS = st.one_of(st.fixed_dictionaries({"type": st.just("string"), "enum": st.lists(
+                      st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True)}),
+                  st.fixed_dictionaries({"type": st.sampled_from(["int", "float"]), "enum": st.lists(
+                      st.integers(0, 3), min_size=1, max_size=3, unique=True)}))
+LEAVES = st.one_of(SCALARS, ENUMS, st.fixed_dictionaries({"type": SCALARS, "nullable": st.booleans()}))
+
+
+def structures(optional_fields):
+    extra = {"required": st.booleans()} if optional_fields else {}
+    return st.recursive(LEAVES, lambda inner: st.one_of(
+        st.fixed_dictionaries({"type": st.just("array"), "items": inner}),
+        st.fixed_dictionaries({"type": st.just("object"), "fields": st.lists(st.fixed_dictionaries(
+            {"name": NAMES, "type": inner}, optional=extra), max_size=3,
+            unique_by=lambda field: field["name"])})), max_leaves=6)
+
+
+# An object that does not declare a key says nothing of it, so an optional field the producer does
+# not declare is gradual, as `any` is: soundness is a property of the required fields.
+STRUCTURES = structures(optional_fields=False)
+VALUES = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-2, 2)
+                      | st.sampled_from(["a", "b", "z"]),
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(NAMES, inner, max_size=4),
+                      max_leaves=10)
+
+
+@settings(max_examples=300)
+@given(VALUES, STRUCTURES, STRUCTURES)
+def test_subtyping_is_sound_for_structured_types(value, produced, wanted):
+    if types.matches(value, produced) and types.compatible(produced, wanted):
+        assert types.matches(value, wanted), types.check_value(value, wanted, "value")
+
+
+@given(structures(optional_fields=True))
+def test_a_structured_type_fits_itself_and_survives_compacting(spec):
+    normal = types.parse_type(spec)
+    assert types.compatible(spec, spec)
+    assert types.parse_type(types.compact(normal)) == normal

@@ -221,6 +221,7 @@ class Store:
         self.secrets = SecretStore(database, self._guard, embedded=embedded)
         self.locks = database[LOCKS]
         self.clock_skew_s: float | None = None  # this host's clock minus the server's, once checked
+        self._build_timeout_s: float | None = INDEX_BUILD_TIMEOUT_S  # what ensure_indexes gives a build
         self.writes = 0  # store writes made, for benchmarks and metrics
         self._service_writes = 0  # services registered, replaced or deleted through this Store
         # The embedded store's workflows, as last read, by the id or name they were asked by: every
@@ -266,24 +267,26 @@ class Store:
 
         Each build may take up to `build_timeout_s` (None: as long as it takes), not the operation
         timeout: a build on a large collection takes longer, and the server would abort it."""
-        with pymongo.timeout(build_timeout_s or 0):  # 0: no deadline
-            index = self._create_index
-            index(self.services, [("name", 1)], unique=True)
-            index(self.workflows, [("name", 1)], unique=True)
-            index(self.workflows, [("services", 1)])
-            for name, keys in LIST_INDEXES.items():
-                index(self.events, keys, name=name)
-            index(self.events, [("status", 1), ("lease_expires", 1)])
-            index(self.events, [("workflow_id", 1), ("idempotency_key", 1)], unique=True, name="idempotency",
-                  partialFilterExpression={"idempotency_key": {"$exists": True}})
-            index(self.events, [("waiting.token_hash", 1)], name="callback_token",
-                  partialFilterExpression={"waiting.token_hash": {"$exists": True}})
-            index(self.events, [("spent_tokens", 1)])
-            index(self.events, [("webhook.status", 1), ("webhook.next_at", 1)], name="webhooks",
-                  partialFilterExpression={"webhook.status": "pending"})
-            for name in SUPERSEDED_INDEXES:
-                self._drop_index(self.events, name)
-            self._ensure_ttl(event_ttl_days)
+        if not self.embedded:
+            self.db.client.admin.command("ping")  # under the operation timeout: an absent server fails fast
+        self._build_timeout_s = build_timeout_s
+        index = self._create_index
+        index(self.services, [("name", 1)], unique=True)
+        index(self.workflows, [("name", 1)], unique=True)
+        index(self.workflows, [("services", 1)])
+        for name, keys in LIST_INDEXES.items():
+            index(self.events, keys, name=name)
+        index(self.events, [("status", 1), ("lease_expires", 1)])
+        index(self.events, [("workflow_id", 1), ("idempotency_key", 1)], unique=True, name="idempotency",
+              partialFilterExpression={"idempotency_key": {"$exists": True}})
+        index(self.events, [("waiting.token_hash", 1)], name="callback_token",
+              partialFilterExpression={"waiting.token_hash": {"$exists": True}})
+        index(self.events, [("spent_tokens", 1)])
+        index(self.events, [("webhook.status", 1), ("webhook.next_at", 1)], name="webhooks",
+              partialFilterExpression={"webhook.status": "pending"})
+        for name in SUPERSEDED_INDEXES:
+            self._drop_index(self.events, name)
+        self._ensure_ttl(event_ttl_days)
 
     def _create_index(self, collection, keys: list, **options) -> None:
         """One createIndexes, its refusal named: which index, on which collection, and why."""
@@ -301,9 +304,17 @@ class Store:
             raise store_error(error, f"{doing} cannot be made") from error
 
     def _raw_create_index(self, collection, keys: list, options: dict) -> None:
+        """createIndexes, unless the very index is there already (then nothing is sent: a start costs
+        one listIndexes per index). Only a build gets the build timeout, not the operation one."""
+        for index in collection.list_indexes():
+            if index["name"] == options["name"]:
+                if list(dict(index["key"]).items()) == list(keys) and _identity(index) == _identity(options):
+                    return
+                break
         if self.embedded:
             _refuse_as_mongodb(collection, keys, options)
-        collection.create_index(keys, **options)
+        with pymongo.timeout(self._build_timeout_s or 0):  # 0: no deadline
+            collection.create_index(keys, **options)
 
     @staticmethod
     def _drop_index(collection, name: str) -> None:

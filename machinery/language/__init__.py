@@ -22,12 +22,13 @@ Services: any HTTP endpoint
 
     ``path`` placeholders are RFC 6570 simple expansions of scalar inputs (percent-encoded, ``/``
     included); headers are templates of scalar inputs and ``{secret.NAME}``. Inputs placed nowhere go
-    in the JSON body for POST, PUT and PATCH and in the query string for GET and DELETE. Without
+    in the JSON body for POST, PUT and PATCH (unless ``body`` is given: then it says the whole body)
+    and in the query string for GET and DELETE, which send no body. Without
     ``request`` a service is called as in version 1: POST of its declared inputs as a JSON object.
     An output may say where it comes from: ``"from": "<JMESPath over {status, headers, body}>"``
     (header names lower-case); without it, the reply body's top-level key of the output's name.
-    ``success`` lists the statuses that are normal outcomes (default: every 2xx; 202 means "wait
-    for the callback" unless listed). Everything is checked at registration (each placeholder names
+    ``success`` lists the statuses that are normal outcomes, replacing the default (every 2xx; 202
+    means "wait for the callback" unless listed). Everything is checked at registration (each placeholder names
     a declared scalar input, each secret exists, each expression compiles) and compiled once per
     plan (``runtime.calls``), never per call.
 

@@ -29,6 +29,9 @@ MAX_NODES = 2000
 MAX_ENUM = 500
 MAX_PROBLEMS = 20
 MAX_NAME = 100
+# A JSON Schema's anyOf, allOf and $ref chains may nest this far; a conversion lists this many warnings.
+MAX_LEVELS = 64
+MAX_WARNINGS = 50
 
 TYPE_KEYS = frozenset({"type", "items", "fields", "nullable", "enum", "description"})
 FIELD_KEYS = frozenset({"name", "type", "schema", "required", "nullable", "enum", "description"})
@@ -312,9 +315,14 @@ class _Converter:
         self.document = document
         self.warnings: list[str] = []
         self.nodes = 0
+        self.level = 0
+        self.dropped = 0
 
     def warn(self, path: str, message: str) -> None:
-        self.warnings.append(f"{path}: {message}")
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(f"{path}: {message}")
+        else:
+            self.dropped += 1
 
     def resolve(self, ref: Any) -> tuple[Any, str | None]:
         """A `$ref` inside the document (a JSON pointer, RFC 6901), or why it cannot be followed."""
@@ -335,6 +343,17 @@ class _Converter:
         return target, None
 
     def convert(self, schema: Any, path: str, depth: int, refs: tuple) -> Any:
+        self.level += 1
+        try:
+            return self._convert(schema, path, depth, refs)
+        finally:
+            self.level -= 1
+
+    def _convert(self, schema: Any, path: str, depth: int, refs: tuple) -> Any:
+        if self.level > MAX_LEVELS:
+            # anyOf, allOf and $ref nest without nesting the value: bounded here, not by MAX_DEPTH.
+            self.warn(path, f"schemas nested more than {MAX_LEVELS} levels; became any")
+            return "any"
         self.nodes += 1
         if self.nodes > MAX_NODES:
             self.warn(path, f"more than {MAX_NODES} types; became any")
@@ -375,7 +394,7 @@ class _Converter:
         return _with(spec, nullable=schema.get("nullable") is True)
 
     def is_null(self, schema: Any, refs: tuple = ()) -> bool:
-        if not isinstance(schema, dict):
+        if not isinstance(schema, dict) or len(refs) > MAX_LEVELS:
             return False
         if "$ref" in schema:
             target, problem = self.resolve(schema["$ref"])
@@ -586,6 +605,8 @@ def from_json_schema(schema: Any, document: Any = None, path: str = "schema") ->
     """
     converter = _Converter(schema if document is None else document)
     spec = converter.convert(schema, path, 1, ())
+    if converter.dropped:
+        converter.warnings.append(f"{path}: and {converter.dropped} more warnings")
     return spec, converter.warnings
 
 
@@ -775,6 +796,39 @@ def _compile(node: Mapping[str, Any]) -> Checker:
     return check
 
 
+def _compile_test(node: Mapping[str, Any]) -> Callable[[Any], bool]:
+    """A function saying only whether a value is of a normal type: the fast pass, run before any path is named."""
+    kind, nullable = node["type"], node["nullable"] or node["type"] == "any"
+    test = _PREDICATES[kind]
+    enum, items, fields = node["enum"], node["items"], node["fields"]
+    if enum is None and items is None and fields is None and not node["nullable"]:
+        return test
+    allowed = frozenset(_enum_key(value) for value in enum) if enum is not None else None
+    item_ok = _compile_test(items) if items is not None else None
+    members = [(field["name"], field["required"], _compile_test(field["type"]))
+               for field in fields] if fields is not None else None
+
+    def ok(value: Any) -> bool:
+        if value is None:
+            return nullable
+        if not test(value) or allowed is not None and _enum_key(value) not in allowed:
+            return False
+        if item_ok is not None:
+            for item in value:
+                if not item_ok(item):
+                    return False
+        if members is not None:
+            for name, required, inner in members:
+                if name in value:
+                    if not inner(value[name]):
+                        return False
+                elif required:
+                    return False
+        return True
+
+    return ok
+
+
 def compile_fields(fields: Iterable[Mapping[str, Any]]) -> Callable[[Mapping[str, Any]], dict[str, str]]:
     """Compile a field list once into a function of data returning {path: problem} (empty when it matches).
 
@@ -783,15 +837,16 @@ def compile_fields(fields: Iterable[Mapping[str, Any]]) -> Callable[[Mapping[str
     members = []
     for field in fields:
         normal = field if _is_normal(field.get("type")) and "required" in field else parse_field(field)
-        members.append((normal["name"], normal["required"], _compile(normal["type"]),
+        members.append((normal["name"], normal["required"], _compile_test(normal["type"]), _compile(normal["type"]),
                         f"missing (expected {describe(normal['type'])})"))
 
     def check_data(data: Mapping[str, Any]) -> dict[str, str]:
         problems = _Problems()
         try:
-            for name, required, inner, missing in members:
+            for name, required, ok, inner, missing in members:
                 if name in data:
-                    inner(data[name], name, problems)
+                    if not ok(data[name]):
+                        inner(data[name], name, problems)
                 elif required:
                     problems[name] = missing
         except _Enough:
@@ -801,12 +856,15 @@ def compile_fields(fields: Iterable[Mapping[str, Any]]) -> Callable[[Mapping[str
     return check_data
 
 
+# repr is exact for JSON values (1, 1.0 and True differ) and cheap; a dict in another key order is
+# only another entry.
+_KEY = repr
 _FIELD_CACHE: dict[tuple, Callable[[Mapping[str, Any]], dict[str, str]]] = {}
 
 
 def _field_checker(field: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], dict[str, str]]:
-    key = (field["name"], json.dumps(field.get("type"), sort_keys=True), field.get("required", True),
-           field.get("nullable"), json.dumps(field.get("enum"), sort_keys=True))
+    key = (field["name"], _KEY(field.get("type")), field.get("required", True), field.get("nullable"),
+           _KEY(field.get("enum")))
     checker = _FIELD_CACHE.get(key)
     if checker is None:
         if len(_FIELD_CACHE) >= 4096:

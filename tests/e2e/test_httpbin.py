@@ -208,3 +208,21 @@ def test_a_rest_service_chains_with_the_example_services_async(http, api, chain)
     event = finished(http, api, response.json()["event_id"])
     assert event["status"] == "completed" and event["outputs"] == {"message": "C B/A"}
     assert event["steps"][1]["request"]["url"].endswith("/anything/A%2FB%20C?m=A%2FB%20C")
+
+
+LINES = {"type": "array", "items": {"type": "object", "fields": [{"name": "sku", "type": "string"},
+                                                                 {"name": "qty", "type": "int"}]}}
+
+
+def test_a_nested_typed_output_is_checked_deep_naming_the_path(http, api, httpbin):
+    one_step(http, api, {
+        "name": "lines", "address": httpbin, "inputs": [{"name": "order", "type": "object"}],
+        "outputs": [{"name": "lines", "type": LINES, "from": "body.json.order.lines"}],
+        "request": {"method": "POST", "path": "/anything"},
+    }, inputs=[{"name": "order", "type": "object"}], outputs=[{"name": "lines", "type": LINES}])
+    good = http.post(f"{api}/e/lines", json={"order": {"lines": [{"sku": "a", "qty": 1}]}}, timeout=30)
+    assert good.status_code == 201 and good.json()["outputs"] == {"lines": [{"sku": "a", "qty": 1}]}
+    bad = http.post(f"{api}/e/lines", json={"order": {"lines": [{"sku": "a", "qty": 1}, {"sku": 7, "qty": 1}]}},
+                    timeout=30)
+    assert bad.status_code == 502 and bad.json()["error"]["kind"] == "contract"
+    assert "lines[1].sku: expected string, got int" in bad.json()["error"]["message"]

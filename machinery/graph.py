@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 from xml.sax.saxutils import escape, quoteattr
 
 from machinery.exceptions import InvalidData
+from machinery.language import types
 
 FORMATS = {"svg": "image/svg+xml", "mermaid": "text/plain", "dot": "text/plain"}
 
@@ -17,6 +18,25 @@ _MERMAID_UNSAFE = set('"<>&#|`\\{}[]();')
 
 ARROW = "\u2192"
 DOT_SEP = " \u00b7 "
+TYPE_LIMIT = 40  # a nested type is drawn in its short form, cut here; the UI's tables show it whole
+
+
+def type_text(declared: Mapping[str, Any] | None) -> str:
+    """A declared field's type in its short form (``array<object{sku: string, qty: int}>``)."""
+    if not declared:
+        return "any"
+    try:
+        return types.describe(declared, limit=TYPE_LIMIT)
+    except (ValueError, TypeError, KeyError):
+        return str(declared.get("type", "any"))
+
+
+def call_line(service: Mapping[str, Any]) -> str:
+    """How a step calls its service: ``GET /orders/{order_id}`` with a request, else ``POST <address>``."""
+    request = service.get("request") or {}
+    if request.get("method") or request.get("path"):
+        return f"{request.get('method') or 'POST'} {request.get('path') or '/'}"
+    return f"POST {service.get('address', '')}"
 
 
 @dataclass
@@ -70,7 +90,8 @@ def flow_label(produced_as: str, key: str, consumed_as: str) -> str:
 def model(plan: Mapping[str, Any]) -> tuple[list[Node], list[Edge]]:
     """The boxes and edges of a plan: which box wrote each context key a step (or the end) reads."""
     nodes = [Node("inputs", "inputs", "workflow inputs",
-                  rows=[Row("in", f["name"], f["type"], description=f.get("description")) for f in plan["inputs"]])]
+                  rows=[Row("in", f["name"], type_text(f), description=f.get("description"))
+                        for f in plan["inputs"]])]
     edges: dict[tuple[str, str], Edge] = {}
     writer: dict[str, tuple[str, str]] = {f["name"]: ("inputs", f["name"]) for f in plan["inputs"]}
 
@@ -92,19 +113,20 @@ def model(plan: Mapping[str, Any]) -> tuple[list[Node], list[Edge]]:
         rows = []
         for name, key in step["inputs"].items():
             declared = types_in.get(name, {})
-            rows.append(Row("in", name, declared.get("type", "any"), key if key != name else None,
+            rows.append(Row("in", name, type_text(declared), key if key != name else None,
                             declared.get("description")))
             flow(key, node_id, name)
         for name, key in step["outputs"].items():
             declared = types_out.get(name, {})
-            rows.append(Row("out", name, declared.get("type", "any"), key if key != name else None,
+            rows.append(Row("out", name, type_text(declared), key if key != name else None,
                             declared.get("description")))
         nodes.append(Node(node_id, "step", f"{step['index']}{DOT_SEP}{service['name']}", service=service["name"],
-                          subtitle=service.get("address"), rows=rows))
+                          subtitle=call_line(service), rows=rows))
         for name, key in step["outputs"].items():
             writer[key] = (node_id, name)
     outputs = Node("outputs", "outputs", "workflow outputs",
-                   rows=[Row("out", f["name"], f["type"], description=f.get("description")) for f in plan["outputs"]])
+                   rows=[Row("out", f["name"], type_text(f), description=f.get("description"))
+                         for f in plan["outputs"]])
     for f in plan["outputs"]:
         flow(f["name"], "outputs", f["name"])
     nodes.append(outputs)
@@ -148,7 +170,7 @@ def _mermaid_text(text: Any) -> str:
 
 
 def _mermaid_lines(node: Node) -> str:
-    lines = [_mermaid_text(node.title)]
+    lines = [_mermaid_text(node.title)] + ([_mermaid_text(node.subtitle)] if node.subtitle else [])
     lines += [f"{row.direction} {_mermaid_text(row.text())}" for row in node.rows]
     if not node.rows:
         lines.append("(none)")
@@ -188,7 +210,8 @@ def dot(plan: Mapping[str, Any], name: str | None = None) -> str:
            '    node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="monospace", fontsize=11];',
            '    edge [fontname="monospace", fontsize=10, color="#64748b"];']
     for node in nodes:
-        lines = [_dot_text(node.title)] + [f"{row.direction} {_dot_text(row.text())}" for row in node.rows]
+        lines = [_dot_text(node.title)] + ([_dot_text(node.subtitle)] if node.subtitle else [])
+        lines += [f"{row.direction} {_dot_text(row.text())}" for row in node.rows]
         if not node.rows:
             lines.append("(none)")
         label = "\\l".join(lines) + "\\l"
@@ -322,7 +345,7 @@ def _svg_node(node: Node, x: float, y: float, width: float, height: float,
     radius = 14 if node.kind != "step" else 6
     parts = [f'<g class="node node-{node.kind}" id="node-{node.id}">']
     if node.service is not None:
-        parts.append(f"<title>{_x(node.title + (' at ' + node.subtitle if node.subtitle else ''))}</title>")
+        parts.append(f"<title>{_x(node.title + (': ' + node.subtitle if node.subtitle else ''))}</title>")
     parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{height:.1f}" rx="{radius}" '
                  f'fill="{fill}" stroke="{stroke}" stroke-width="1.5"/>')
     parts.append(f'<rect x="{x + 1:.1f}" y="{y + 1:.1f}" width="{width - 2:.1f}" height="{LINE_H + PAD - 2:.1f}" '

@@ -49,6 +49,9 @@ threads = _SETTINGS["GUNICORN_THREADS"]
 timeout = _SETTINGS["GUNICORN_TIMEOUT"]
 graceful_timeout = _SETTINGS["GUNICORN_GRACEFUL_TIMEOUT"]
 keepalive = 5
+# The spec admits query values of up to 2000 characters (base_url), up to three times that once percent-encoded:
+# the longest request line gunicorn allows, rather than its 4094 default, lets every valid request through.
+limit_request_line = 8190
 # Heartbeat files in memory: a container's disk-backed /tmp can stall them and get workers killed.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 accesslog = None  # the app logs one line a request, with its request id (MACHINERY_ACCESS_LOG)

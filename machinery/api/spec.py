@@ -46,6 +46,7 @@ def document(api, keyed: bool) -> None:
             spec.components.response(name, {"description": reason, "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
     _empty_operations(spec)
+    _free_json_in_requests(spec)
     top_security = spec.options.get("security") or []
     for path, item in spec.to_dict()["paths"].items():
         path_parameters = [p for p in item.get("parameters", []) if p.get("in") == "path"]
@@ -100,3 +101,61 @@ def _json_values(spec) -> None:
     body = callback.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
     if body is not None:
         body.update(values)
+
+
+def _request_schemas(spec) -> tuple[list[dict], set[str]]:
+    """The inline schemas of request bodies, and the names of every component they reach."""
+    paths = spec.to_dict()["paths"]
+    inline = [media["schema"] for item in paths.values() for method in METHODS if method in item
+              for media in item[method].get("requestBody", {}).get("content", {}).values() if "schema" in media]
+    names: set[str] = set()
+    stack: list = list(inline)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+                name = ref.rsplit("/", 1)[1]
+                if name not in names and name in spec.components.schemas:
+                    names.add(name)
+                    stack.append(spec.components.schemas[name])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    names.discard("JsonValue")
+    return inline, names
+
+
+_FREE_KEYS = {"description", "nullable", "default", "title", "example"}
+
+
+def _bound(node: dict) -> None:
+    """Free JSON in a request as the body reader admits it (JsonValue); lengths of objects as property counts."""
+    if node.get("type") == "object":
+        # apispec writes Length on a Dict as minLength/maxLength, which JSON Schema applies to strings only.
+        for length, count in (("minLength", "minProperties"), ("maxLength", "maxProperties")):
+            if length in node:
+                node[count] = node.pop(length)
+        extra = node.get("additionalProperties")
+        if extra is True or extra == {} or (extra is None and "properties" not in node):
+            node["additionalProperties"] = {"$ref": JSON_VALUE}
+    elif not set(node) - _FREE_KEYS:
+        node["allOf"] = [{"$ref": JSON_VALUE}]
+    if node.get("items") == {}:
+        node["items"] = {"$ref": JSON_VALUE}
+    children = list((node.get("properties") or {}).values())
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            children.append(node[key])
+    for key in ("anyOf", "allOf", "oneOf"):
+        children.extend(part for part in node.get(key) or [] if isinstance(part, dict))
+    for child in children:
+        if "$ref" not in child:
+            _bound(child)
+
+
+def _free_json_in_requests(spec) -> None:
+    inline, names = _request_schemas(spec)
+    for schema in [*inline, *(spec.components.schemas[name] for name in sorted(names))]:
+        if "$ref" not in schema:
+            _bound(schema)

@@ -15,6 +15,7 @@ from machinery import __version__, graph, registry
 from machinery.api.errors import STATUS_OF
 from machinery.events import retry_event
 from machinery.exceptions import DataflowError, MachineryError, NotFound
+from machinery.language import types
 from machinery.schemas import STATUSES, json_default
 from machinery.store import ACTIVE
 
@@ -62,6 +63,34 @@ def _error_page(error: MachineryError):
 def pretty(value: Any) -> str:
     """A value as indented JSON, for <pre> blocks (Jinja escapes it)."""
     return json.dumps(value, indent=2, ensure_ascii=False, default=json_default, sort_keys=False)
+
+
+@bp.app_template_filter("type_short")
+def type_short(field: Any) -> str:
+    """A field's type in its short form: ``array<object{sku: string, qty: int}>``."""
+    return graph_type(field, limit=None)
+
+
+def graph_type(field: Any, limit: int | None) -> str:
+    try:
+        return types.describe(field, limit=limit)
+    except (ValueError, TypeError, KeyError):
+        return str(field.get("type", "any")) if isinstance(field, Mapping) else "any"
+
+
+@bp.app_template_filter("type_node")
+def type_node(field: Any) -> dict | None:
+    """A field's type in normal form (its items and fields to unfold), None when it cannot be read."""
+    try:
+        return types.normal_type(field)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+@bp.app_template_filter("call_line")
+def call_line(service: Any) -> str:
+    """How a service is called: ``GET /orders/{order_id}``, or ``POST <address>`` without a request."""
+    return graph.call_line(service or {})
 
 
 @bp.app_template_filter("when")
@@ -131,15 +160,17 @@ def workflow(ref: str):
     else:
         drawing = Markup(graph.svg(plan, item["name"], link=lambda name: url_for("ui.services") + "#service-" + name))
     events, total = store.list_events(1, 10, workflow_id=item["workflow_id"])
-    example = {field["name"]: _example_value(field["type"]) for field in item["inputs"]}
+    example = {field["name"]: _example_value(field) for field in item["inputs"]}
     return render_template("workflow.html", workflow=item, plan=plan, drawing=drawing, problem=problem,
                            events=events, events_total=total,
                            example=json.dumps({"data": example}, ensure_ascii=False))
 
 
-def _example_value(kind: str) -> Any:
-    return {"string": "text", "int": 1, "integer": 1, "float": 1.5, "number": 1.5, "bool": True,
-            "boolean": True, "object": {}, "array": [], "list": []}.get(kind, None)
+def _example_value(field: Mapping[str, Any]) -> Any:
+    try:
+        return types.example(field)
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 @bp.get("/services")

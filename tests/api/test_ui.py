@@ -260,3 +260,73 @@ def test_graph_of_an_unknown_workflow_is_404(client):
 def test_graph_is_in_the_openapi_description(client):
     operation = client.get("/openapi.json").get_json()["paths"]["/workflows/{ref}/graph"]["get"]
     assert "200" in operation["responses"] and "image/svg+xml" in operation["responses"]["200"]["content"]
+
+
+# -- REST services and nested types ---------------------------------------------------------
+
+LINES = {"type": "array", "items": {"type": "object", "fields": [
+    {"name": "sku", "type": "string"}, {"name": "qty", "type": "int"},
+    {"name": "product", "type": {"type": "object", "fields": [{"name": "title", "type": "string"}]},
+     "required": False}]}}
+ORDERS = {"name": "orders", "address": "http://orders.local:5000/",
+          "request": {"method": "GET", "path": "/orders/{order_id}", "query": {"expand": "expand"},
+                      "headers": {"X-Tenant": "{tenant}"}},
+          "success": [200, 404],
+          "inputs": [{"name": "order_id", "type": "string"}, {"name": "expand", "type": "string", "required": False},
+                     {"name": "tenant", "type": "string"}],
+          "outputs": [{"name": "lines", "type": LINES, "from": "body.order.lines"},
+                      {"name": "status", "type": "int", "from": "status"}]}
+ORDERS_FLOW = {"name": "orders-flow", "services": ["orders"],
+               "inputs": [{"name": "order_id", "type": "string"}, {"name": "tenant", "type": "string"}],
+               "outputs": [{"name": "lines", "type": LINES}]}
+
+
+@pytest.fixture
+def rest(client):
+    assert client.post("/services", json=ORDERS).status_code == 201
+    assert client.post("/workflows", json=ORDERS_FLOW).status_code == 201
+    return client
+
+
+def test_workflow_page_shows_each_steps_method_and_path(rest):
+    body = page(rest, "/ui/workflows/orders-flow")
+    assert '<td class="mono small call">GET /orders/{order_id}</td>' in body
+    assert "GET /orders/{order_id}</text>" in body  # in the drawing too
+
+
+def test_nested_types_are_collapsed_with_a_way_to_unfold_them(rest):
+    body = page(rest, "/ui/workflows/orders-flow")
+    summary = ('<details class="type-tree"><summary><span class="type">'
+               "array&lt;object{sku: string, qty: int, product: object{title: string}?}&gt;</span></summary>")
+    assert summary in body
+    assert "<details class=\"type-tree\" open" not in body  # collapsed until asked
+    assert "<span class=\"muted small\">each item, an object of:</span>" in body
+    assert "<code>product</code><span class=\"muted\" title=\"may be absent\">?</span>" in body
+    assert "<code>title</code> <span class=\"type\">string</span>" in body
+
+
+def test_services_page_shows_request_success_statuses_and_where_outputs_come_from(rest):
+    body = page(rest, "/ui/services")
+    assert "<strong>GET /orders/{order_id}</strong>" in body
+    assert "http://orders.local:5000/" in body
+    assert "expand={<span>expand</span>}" in body
+    assert "X-Tenant: {tenant}" in body
+    assert '<span class="chip mono">200</span><span class="chip mono">404</span>' in body
+    assert 'from <code>body.order.lines</code>' in body and 'from <code>status</code>' in body
+
+
+def test_a_service_without_request_is_shown_as_a_post_of_its_address(examples, example_services):
+    body = page(examples, "/ui/services")
+    assert f"<strong>POST {example_services['upper']}</strong>" in body
+    assert "every 2xx (202 waits for the callback)" in body
+
+
+def test_a_hostile_path_and_header_template_are_escaped(client):
+    hostile = {**ORDERS, "name": "evil", "request": {"method": "GET", "path": "/o/{order_id}/<b>x</b>",
+                                                      "headers": {"X-Tenant": "<script>{tenant}</script>"}}}
+    response = client.post("/services", json=hostile)
+    if response.status_code != 201:
+        pytest.skip(f"the registration check refuses this path already: {response.get_json()['message']}")
+    body = page(client, "/ui/services")
+    assert "<b>x</b>" not in body and "<script>{tenant}" not in body
+    assert "&lt;b&gt;x&lt;/b&gt;" in body

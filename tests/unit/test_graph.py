@@ -205,3 +205,62 @@ def test_render_refuses_an_unknown_format():
     with pytest.raises(InvalidData) as caught:
         graph.render(example_plan(), "png")
     assert caught.value.errors == {"format": ["must be one of svg, mermaid, dot"]}
+
+
+# -- REST services and nested types ---------------------------------------------------------
+
+LINES = {"type": "array", "items": {"type": "object", "fields": [
+    {"name": "sku", "type": "string"}, {"name": "qty", "type": "int"},
+    {"name": "note", "type": "string", "required": False}]}}
+
+
+def rest_plan(path: str = "/orders/{order_id}") -> dict:
+    services = {
+        "orders": {"name": "orders", "address": "http://orders.local:5000/",
+                   "request": {"method": "GET", "path": path},
+                   "inputs": [{"name": "order_id", "type": "string"}],
+                   "outputs": [{"name": "lines", "type": LINES, "from": "body.order.lines"}]},
+        "upper": definition("service-upper"),
+    }
+    workflow = {"name": "orders-flow", "services": ["orders", "upper"],
+                "inputs": [{"name": "order_id", "type": "string"}, {"name": "message", "type": "string"}],
+                "outputs": [{"name": "lines", "type": LINES}, {"name": "message", "type": "string"}]}
+    return dataflow.plan(workflow, services)
+
+
+def test_each_step_shows_its_method_and_path_or_a_post_of_its_address():
+    nodes, _ = graph.model(rest_plan())
+    steps = [node for node in nodes if node.kind == "step"]
+    assert steps[0].subtitle == "GET /orders/{order_id}"
+    assert steps[1].subtitle == f"POST {definition('service-upper')['address']}"
+
+
+def test_a_nested_type_is_drawn_in_its_short_form():
+    nodes, _ = graph.model(rest_plan())
+    row = next(row for row in nodes[1].rows if row.name == "lines")
+    assert row.type.startswith("array<object{sku: string")
+    assert len(row.type) <= graph.TYPE_LIMIT
+
+
+def test_svg_of_a_rest_plan_is_well_formed_and_shows_the_call():
+    drawing = graph.svg(rest_plan(), "orders-flow")
+    root = ET.fromstring(drawing)
+    texts = ["".join(element.itertext()) for element in root.iter(f"{SVG_NS}text")]
+    assert "GET /orders/{order_id}" in texts
+    assert any("lines: array<object{sku" in text for text in texts)
+
+
+def test_mermaid_of_a_rest_plan_escapes_braces_and_angles_of_paths_and_types():
+    text = graph.mermaid(rest_plan())
+    node = next(line for line in text.splitlines() if line.strip().startswith("step0["))
+    label = node.split('["', 1)[1].rsplit('"]', 1)[0]
+    assert "GET /orders/#123;order_id#125;" in label
+    assert "array#60;object#123;sku: string" in label
+    assert not set('"<>{}') & set(label.replace("<br/>", ""))
+
+
+def test_dot_of_a_rest_plan_quotes_a_hostile_path():
+    text = graph.dot(rest_plan(path='/o/{order_id}/"x"\\'), "orders-flow")
+    line = next(line for line in text.splitlines() if line.strip().startswith("step0 "))
+    assert 'GET /o/{order_id}/\\"x\\"\\\\' in line
+    assert line.count('"') - line.count('\\"') == 4  # the label's and the fill colour's quotes, nothing else

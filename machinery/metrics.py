@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -121,13 +122,21 @@ def init_app(app) -> None:
     def observe(response):
         started = g.get("metrics_started")
         if started is not None:
-            rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+            rule = route_label(request.url_rule.rule) if request.url_rule is not None else "<unmatched>"
             HTTP_DURATION.labels(request.method, rule, str(response.status_code)).observe(
                 time.perf_counter() - started)
         return response
 
     app.before_request_funcs.setdefault(None, []).insert(0, start)
     app.after_request(observe)
+
+
+_CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^:<>]+)>")
+
+
+def route_label(rule: str) -> str:
+    """A route as its metrics label: `/services/<ref>`, without the URL converter a rule may name."""
+    return _CONVERTER.sub(r"<\1>", rule)
 
 
 def serve_worker_metrics(port: int | None, host: str = "0.0.0.0"):

@@ -188,7 +188,10 @@ class RetrySchema(Schema):
 class ServiceSchema(Schema):
     """A service definition as registered."""
 
-    name = fields.String(required=True, validate=NAME_RULE)
+    # `import` names POST /services/import, so no service may take it.
+    name = fields.String(required=True, validate=[*NAME_RULE, validate.NoneOf(
+        ["import"], error="'import' is reserved (POST /services/import); choose another name")],
+        metadata={"not": {"enum": ["import"]}})
     address = fields.String(required=True, validate=ADDRESS_RULE, metadata={"format": "uri"})
     description = fields.String(load_default=None, validate=validate.Length(max=2000))
     inputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))

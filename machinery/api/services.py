@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import current_app, request
 from flask.views import MethodView
 from marshmallow import ValidationError
+from werkzeug.routing import BaseConverter
 
 from machinery import guard, registry, secrets
 from machinery.api.body import BadBody, Blueprint, is_yaml_mimetype, page, parse_json, parse_yaml, read_body
@@ -16,8 +17,16 @@ from machinery.language import openapi
 from machinery.runtime import calls
 from machinery.schemas import PageArgsSchema, ServiceOutSchema, ServiceSchema, page_of
 
+
+class ServiceRef(BaseConverter):
+    """A service's id or name in a URL: any segment but `import`, which is POST /services/import's alone."""
+
+    regex = r"(?!import$)[^/]+"
+
+
 bp = Blueprint("services", __name__, url_prefix="/services",
                description="Services: HTTP endpoints with typed inputs and outputs")
+bp.record_once(lambda state: state.app.url_map.converters.setdefault("service_ref", ServiceRef))
 alias = Blueprint("services_alias", __name__, url_prefix="/s", description="Alias of POST /services")
 
 
@@ -63,7 +72,7 @@ class ServicesAlias(MethodView):
         return _register(definition)
 
 
-@bp.route("/<ref>")
+@bp.route("/<service_ref:ref>")
 class Service(MethodView):
     @bp.response(200, ServiceOutSchema)
     def get(self, ref):

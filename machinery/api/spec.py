@@ -50,6 +50,9 @@ def document(api, keyed: bool) -> None:
     top_security = spec.options.get("security") or []
     for path, item in spec.to_dict()["paths"].items():
         path_parameters = [p for p in item.get("parameters", []) if p.get("in") == "path"]
+        if path.startswith("/services/{ref}"):
+            for parameter in path_parameters:  # the URL converter (api.services.ServiceRef) says it
+                parameter["schema"] = {"type": "string", "pattern": r"^(?!import$)[^/]+$"}
         for method in METHODS:
             operation = item.get(method)
             if operation is None:

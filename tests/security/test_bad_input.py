@@ -213,3 +213,11 @@ def test_an_event_for_no_workflow_is_404_whatever_its_body(client):
 def test_a_callback_with_an_unknown_token_is_404_whatever_its_body(client):
     response = client.post("/callbacks/abc.def", data="", content_type="application/json")
     assert response.status_code == 404
+
+
+def test_import_is_no_service_name_and_its_url_allows_only_post(client):
+    response = client.post("/services", json=_service(name="import"))
+    assert response.status_code == 422
+    assert "reserved" in response.get_json()["errors"]["name"][0]
+    assert sorted(client.options("/services/import").headers["Allow"].split(", ")) == ["OPTIONS", "POST"]
+    assert client.get("/services/import").status_code == 405

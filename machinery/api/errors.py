@@ -18,13 +18,14 @@ from machinery.exceptions import (
     MachineryError,
     NotFound,
     StoreUnavailable,
+    TooLarge,
 )
 
 LOG = logging.getLogger(__name__)
 
 STATUS_OF = {
     NotFound: 404, Conflict: 409, Gone: 410, InvalidData: 422, DataflowError: 422,
-    StoreUnavailable: 503,
+    TooLarge: 413, StoreUnavailable: 503,
 }
 
 

@@ -34,6 +34,19 @@ def _optional_positive_float(value: str) -> float | None:
     return _positive_float(value) if value.strip() else None
 
 
+MAX_TTL_SECONDS = 2147483647  # the largest expireAfterSeconds MongoDB accepts
+MAX_TTL_DAYS = MAX_TTL_SECONDS // 86400  # 24855
+
+
+def _ttl_days(value: str) -> float | None:
+    """Days for the TTL index, within what MongoDB's expireAfterSeconds takes (0 to 2147483647 s)."""
+    days = _optional_positive_float(value)
+    if days is not None and not days * 86400 < MAX_TTL_SECONDS + 1:  # int(days * 86400) is what is used
+        raise ValueError(f"must be at most {MAX_TTL_DAYS} days: MongoDB's TTL index (expireAfterSeconds) "
+                         f"takes at most {MAX_TTL_SECONDS} seconds")
+    return days
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         value = value.strip().lower()
@@ -125,8 +138,12 @@ SETTINGS: tuple[Setting, ...] = (
             secret=True),
     Setting("WEBHOOK_MAX_ATTEMPTS", 5, _positive_int,
             "Attempts to deliver a completion webhook before giving up."),
-    Setting("EVENT_TTL_DAYS", None, _optional_positive_float,
-            "Finished events older than this many days are removed by a TTL index. Unset: kept forever."),
+    Setting("EVENT_TTL_DAYS", None, _ttl_days,
+            "Finished events older than this many days are removed by a TTL index. Unset: kept forever. At "
+            "most 24855 (MongoDB's `expireAfterSeconds` takes at most 2147483647 seconds)."),
+    Setting("MAX_CLAIMS", 10, _positive_int,
+            "Claims of one event without a step ending (its worker died, failed on it or lost its lease each "
+            "time) after which the next claim fails it with kind `stuck`, naming the last error seen."),
     Setting("LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"),
             "Logging level."),
     Setting("LOG_FORMAT", "text", _choice("text", "json"),

@@ -8,11 +8,13 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from machinery import guard, registry
-from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound
+from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
-from machinery.runtime.executor import check_outputs, close_waiting, hash_token
+from machinery.runtime.executor import check_outputs, close_waiting, hash_token, too_large_error
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
+from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, RecordSize, mib, new_event_bound
+from machinery.store.store import CLAIMS_KEPT
 
 ENVELOPE_KEYS = {"data", "callback_url", "idempotency_key"}
 MAX_KEY_LENGTH = 200
@@ -104,29 +106,92 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
         "outputs": None, "error": None, "callback_url": callback_url, "callback_base": callback_base,
         "trace": {"trace_id": random_hex(128), **(trace or {})},
         "claims": [{"owner": owner, "at": now}] if owner else [],
+        "claim_count": 1 if owner else 0, "claims_without_progress": 1 if owner else 0,
     }
     if key is not None:
         event["idempotency_key"] = key
+    event["size_bound"] = new_event_bound(event)
     return store.insert_event(event)
 
 
-def context_before(event: Mapping[str, Any], index: int) -> dict:
-    """The context as it stood before step `index`, along the event's latest lineage of runs."""
+def context_before(event: Mapping[str, Any], index: int, completed: Mapping[tuple, Mapping] | None = None) -> dict:
+    """The context as it stood before step `index`, along the event's latest lineage of runs.
+
+    A run after the first starts from the context before its `from_step` along the run before it,
+    with its `overrides` (events stored before that held it whole, as `base_context`). `completed`:
+    the event's completed step records by (run, step), when the caller has them (completed_records).
+    """
+    if completed is None:
+        completed = completed_records(event)
     plan_steps = event["plan"]["steps"]
     runs = {entry["run"]: entry for entry in event.get("runs") or []}
     run = event.get("run", 0)
     while run > 0 and runs.get(run, {}).get("from_step", 0) > index:
         run -= 1
     start = runs[run]["from_step"] if run > 0 else 0
-    context = dict(runs[run]["base_context"]) if run > 0 else dict(event["data"])
+    context = _run_base(event, runs, run, completed)
     for step in range(start, index):
-        record = next((r for r in reversed(event.get("steps") or [])
-                       if r["step"] == step and r.get("run", 0) == run and r["status"] == "completed"), None)
+        record = completed.get((run, step))
         if record is None:
             # This run never got that far: an earlier run holds the step.
-            return context_before({**event, "run": run - 1}, index) if run > 0 else context
+            return context_before({**event, "run": run - 1}, index, completed) if run > 0 else context
         dataflow.apply_outputs(plan_steps[step], record.get("outputs") or {}, context)
     return context
+
+
+def _run_base(event: Mapping[str, Any], runs: Mapping[int, Mapping], run: int, completed: Mapping) -> dict:
+    """The context run `run` started from."""
+    if run == 0:
+        return dict(event["data"])
+    entry = runs[run]
+    if "base_context" in entry:
+        return dict(entry["base_context"])
+    base = context_before({**event, "run": run - 1}, entry["from_step"], completed)
+    base.update(entry.get("overrides") or {})
+    return base
+
+
+def completed_records(event: Mapping[str, Any]) -> dict[tuple, Mapping]:
+    """The event's completed step records by (run, step), the latest of each."""
+    return {(record.get("run", 0), record["step"]): record for record in event.get("steps") or []
+            if record.get("status") == "completed"}
+
+
+def for_display(event: Mapping[str, Any]) -> dict:
+    """An event as the API, the UI and the completion webhook show it. Step records store no copy of
+    the inputs sent (they are the plan's inputs read from the context before the step): each is put
+    back here, with the context if it was dropped and the claim count. Records that hold their inputs
+    (stored before) are shown as they are; a record whose inputs cannot be rebuilt is shown without."""
+    steps = event.get("steps") or []
+    waiting = event.get("waiting")
+    shown = dict(event)
+    if "claim_count" not in shown and "claims" in shown:
+        shown["claim_count"] = len(shown["claims"] or [])
+    missing = [record for record in steps if "inputs" not in record]
+    if waiting and "inputs" not in waiting:
+        missing.append(waiting)
+    if not missing and "context" in event:
+        return shown
+    try:
+        completed = completed_records(event)
+        plan_steps = event["plan"]["steps"]
+        found: dict[tuple, dict] = {}
+
+        def inputs(record):
+            key = (record.get("run", 0), record["step"])
+            if key not in found:
+                context = context_before({**event, "run": key[0]}, key[1], completed)
+                found[key] = dataflow.step_inputs(plan_steps[key[1]], context)
+            return found[key]
+
+        shown["steps"] = [record if "inputs" in record else {**record, "inputs": inputs(record)} for record in steps]
+        if waiting and "inputs" not in waiting:
+            shown["waiting"] = {**waiting, "inputs": inputs(waiting)}
+        if "context" not in event:
+            shown["context"] = context_before(event, event.get("next_step", 0), completed)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        pass  # a record this version cannot read (a plan in another shape): shown as stored
+    return shown
 
 
 def context_types(plan: Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -179,15 +244,20 @@ def retry_event(store: Store, event_id: str, from_step: int | None = None,
         base.update(overrides)
     run = event.get("run", 0) + 1
     now = utcnow()
-    push: dict[str, Any] = {"runs": {"run": run, "from_step": from_step, "at": now, "base_context": base,
-                                     "overrides": overrides, "previous_status": status}}
+    # The run records the values changed only: context_before rebuilds the rest from the run before.
+    entry = {"run": run, "from_step": from_step, "at": now, "overrides": overrides, "previous_status": status}
+    fields = {**held_by(owner, lease_s, now), "next_step": from_step, "context": base, "run": run,
+              "outputs": None, "error": None, "finished_at": None, "updated_at": now, "webhook": None,
+              "claims_without_progress": 1 if owner else 0}
+    update: dict[str, Any] = {"$set": fields, "$push": {"runs": entry}}
+    size = RecordSize(event).after(update, base)
+    if size > EVENT_LIMIT_BYTES:
+        raise TooLarge(f"event {event_id} cannot be replayed: its record would take about {mib(size)}, past "
+                       f"{LIMIT}", errors={"context": [f"the record would take about {mib(size)}"]})
     if owner:
-        push["claims"] = {"owner": owner, "at": now}
-    updated = store.update_event(event_id, {
-        "$set": {**held_by(owner, lease_s, now), "next_step": from_step, "context": base, "run": run,
-                 "outputs": None, "error": None, "finished_at": None, "updated_at": now, "webhook": None},
-        "$push": push,
-    }, expect={"status": status, "run": event.get("run", 0)})
+        update["$push"]["claims"] = {"$each": [{"owner": owner, "at": now}], "$slice": -CLAIMS_KEPT}
+        update["$inc"] = {"claim_count": 1}
+    updated = store.update_event(event_id, update, expect={"status": status, "run": event.get("run", 0)})
     if not updated:
         raise Conflict(f"event {event_id} changed while it was being retried; try again")
     return store.get_event(event_id)
@@ -218,11 +288,12 @@ def complete_callback(store: Store, token: str, body: Any) -> dict:
                           errors=problems)
     record = close_waiting(waiting, status="completed", outputs=outputs)
     now = record["finished_at"]
-    context = dict(event["context"])
-    dataflow.apply_outputs(step, outputs, context)
+    changes: dict[str, Any] = {}
+    dataflow.apply_outputs(step, outputs, changes)
+    context = {**event["context"], **changes}
     index = waiting["step"] + 1
     fields: dict[str, Any] = {"context": context, "next_step": index, "updated_at": now,
-                              "lease_owner": None, "lease_expires": EPOCH}
+                              "lease_owner": None, "lease_expires": EPOCH, "claims_without_progress": 0}
     if index == len(event["plan"]["steps"]):
         fields.update(status="completed", outputs=dataflow.workflow_outputs(event["plan"], context),
                       finished_at=now)
@@ -230,11 +301,42 @@ def complete_callback(store: Store, token: str, body: Any) -> dict:
             fields["webhook"] = pending_webhook()
     else:
         fields["status"] = "pending"
-    if not store.update_event(event["event_id"], {
-        "$set": fields, "$unset": {"waiting": ""}, "$push": {"steps": record, "spent_tokens": token_hash},
-    }, expect={"status": "waiting", "waiting.token_hash": token_hash}):
+    update = {"$set": fields, "$unset": {"waiting": ""}, "$push": {"steps": record, "spent_tokens": token_hash}}
+    expect = {"status": "waiting", "waiting.token_hash": token_hash}
+    size = RecordSize(event).after(update, changes)
+    try:
+        if size > EVENT_LIMIT_BYTES:
+            raise TooLarge(f"about {mib(size)}")
+        updated = store.update_event(event["event_id"], update, expect=expect)
+    except TooLarge as refused:
+        _fail_callback_too_large(store, event, record, expect, token_hash, size, refused)
+        raise TooLarge(f"the callback's outputs do not fit in the event's record: {LIMIT}; the event failed "
+                       "(kind too_large) and this callback is spent") from None
+    if not updated:
         raise Gone("this callback was already used, or its deadline passed")
     return store.get_event(event["event_id"])
+
+
+def _fail_callback_too_large(store: Store, event: Mapping[str, Any], record: Mapping[str, Any],
+                             expect: Mapping[str, Any], token_hash: str, size: int, refused: TooLarge) -> None:
+    """Fail an event whose waiting step's callback brought outputs its record has no room for."""
+    index = record["step"]
+    error = too_large_error(index, record.get("service"), grown=size if size > EVENT_LIMIT_BYTES else None,
+                            refused=None if size > EVENT_LIMIT_BYTES else refused)
+    failed = {key: value for key, value in record.items() if key != "outputs"}
+    failed.update(status="failed", error={"kind": "too_large", "message": error["message"]}, outputs_dropped=True)
+    now = utcnow()
+    fields = {"status": "failed", "error": error, "next_step": index, "updated_at": now, "finished_at": now,
+              "lease_owner": None, "lease_expires": EPOCH, "claims_without_progress": 0,
+              "size_bound": size}  # over what it is, without the outputs: measured again at the next write
+    if event.get("callback_url"):
+        fields["webhook"] = pending_webhook()
+    try:
+        store.update_event(event["event_id"], {"$set": fields, "$unset": {"waiting": ""},
+                                               "$push": {"steps": failed, "spent_tokens": token_hash}},
+                           expect=expect)
+    except TooLarge:
+        store.fail_too_large(event["event_id"], error, expect=expect)
 
 
 def _await_parking(store: Store, token: str, token_hash: str) -> dict:

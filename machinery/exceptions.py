@@ -42,6 +42,10 @@ class StoreUnavailable(MachineryError):
     """The store does not answer."""
 
 
+class TooLarge(MachineryError):
+    """A write would take a document past MongoDB's 16 MiB limit: permanent, trying again fails again."""
+
+
 class ServiceCallError(MachineryError):
     """A call to a service failed; `retryable` says whether another attempt may succeed."""
 

@@ -343,6 +343,8 @@ class StepSchema(Schema):
     inputs = fields.Dict()
     outputs = fields.Dict()
     error = fields.Dict()
+    outputs_dropped = fields.Boolean(metadata={"description": "the outputs were received but not stored: they "
+                                                              "did not fit in the record (error kind too_large)"})
     attempt_log = fields.List(fields.Dict())
     span_id = fields.String()
     request = fields.Dict(metadata={"description": "what was sent: method, url, the service's own headers "
@@ -409,7 +411,10 @@ class EventSchema(EventAckSchema):
     next_step = fields.Integer()
     run = fields.Integer()
     runs = fields.List(fields.Dict())
-    claims = fields.List(fields.Dict())
+    claims = fields.List(fields.Dict(), metadata={"description": "the last 20 claims: who held it, when"})
+    claim_count = fields.Integer(metadata={"description": "how many times it was claimed in all"})
+    last_error = fields.Dict(allow_none=True, metadata={
+        "description": "the last error a run of it raised, if any (what kind stuck names)"})
     callback_url = fields.String(allow_none=True)
     webhook = fields.Nested(WebhookSchema, allow_none=True)
     idempotency_key = fields.String(allow_none=True)

@@ -19,13 +19,14 @@ from machinery.exceptions import (
     NotFound,
     StoreRefused,
     StoreUnavailable,
+    TooLarge,
 )
 
 LOG = logging.getLogger(__name__)
 
 STATUS_OF = {
     NotFound: 404, Conflict: 409, Gone: 410, InvalidData: 422, DataflowError: 422,
-    StoreUnavailable: 503, StoreRefused: 503,
+    TooLarge: 413, StoreUnavailable: 503, StoreRefused: 503,
 }
 
 

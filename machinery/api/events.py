@@ -169,7 +169,7 @@ class Event(MethodView):
     @bp.response(200, EventSchema)
     def get(self, event_id):
         """Read an event's whole record: plan, context, every step"""
-        return _runtime().store.get_event(event_id)
+        return events.for_display(_runtime().store.get_event(event_id))
 
 
 @bp.route("/<event_id>/retry")

@@ -13,7 +13,7 @@ from markupsafe import Markup
 
 from machinery import __version__, graph, registry
 from machinery.api.errors import STATUS_OF
-from machinery.events import retry_event
+from machinery.events import for_display, retry_event
 from machinery.exceptions import DataflowError, MachineryError, NotFound
 from machinery.language import types
 from machinery.schemas import STATUSES, json_default
@@ -219,6 +219,7 @@ def event(event_id: str):
 
 
 def _event_page(item: dict, message: str | None = None, code: int = 200):
+    item = for_display(item)
     return render_template("event.html", event=item, timeline=timeline(item), active=item["status"] in ACTIVE,
                            message=message), code
 

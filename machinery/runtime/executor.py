@@ -14,12 +14,13 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Mapping
 
 from machinery import guard, secrets
-from machinery.exceptions import ServiceCallError
+from machinery.exceptions import MachineryError, ServiceCallError, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
 from machinery.runtime import calls
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
+from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, MAX_DOCUMENT_BYTES, RecordSize, element_size, mib
 
 LOG = logging.getLogger(__name__)
 
@@ -278,14 +279,26 @@ class Executor:
         """Run an event held by `owner` from its next step until it completes, waits or fails.
 
         Every step's result is saved as the step ends (one write per step, the last one also
-        finishing the event). Returns the event's final state as far as this run saw it.
+        finishing the event). Returns the event's final state as far as this run saw it. A run that
+        raises has its error noted in the event (`last_error`), for the claim that gives up on it.
         """
-        plan, steps = event["plan"], event["plan"]["steps"]
+        try:
+            return self._run(event, owner)
+        except Exception as error:
+            self._note_error(event, owner, error)
+            raise
+
+    def _run(self, event: dict, owner: str) -> dict:
+        steps = event["plan"]["steps"]
         context = dict(event.get("context") or {})
         index = event.get("next_step", 0)
         run = event.get("run", 0)
+        size = RecordSize(event)
+        max_claims = self.config.get("MAX_CLAIMS", 10)
+        if event.get("claims_without_progress", 0) > max_claims:
+            return self._stuck(event, owner, size, max_claims)
         if event.get("waiting"):
-            return self._expire_waiting(event, owner)
+            return self._expire_waiting(event, owner, size)
         while index < len(steps):
             step = steps[index]
             span_id = new_span_id()
@@ -298,15 +311,17 @@ class Executor:
                 token = new_callback_token(event["event_id"])
                 callback_url = f"{base.rstrip('/')}/callbacks/{token}"
             outcome = self.run_step(event, step, inputs, run, span_id, callback_url)
+            # The inputs sent are not stored: the plan and the context before the step give them back
+            # (events.for_display), and storing them would copy the context into every step.
             record = {
                 "step": index, "service": step["service"]["name"], "status": outcome.status, "run": run,
-                "attempts": outcome.attempts, "started_at": started_at, "inputs": inputs,
+                "attempts": outcome.attempts, "started_at": started_at,
                 "span_id": span_id, "attempt_log": outcome.attempt_log,
             }
             if outcome.request is not None:
                 record["request"] = outcome.request
             if outcome.status == "waiting":
-                return self._wait(event, owner, record, context, index, token)
+                return self._wait(event, owner, record, context, index, token, size)
             finished_at = utcnow()
             record.update(finished_at=finished_at, duration_ms=_ms(started))
             self.observer.step_finished(record["service"], outcome.status, time.monotonic() - started)
@@ -316,29 +331,45 @@ class Executor:
             if outcome.status == "failed":
                 record["error"] = outcome.error
                 error = {**outcome.error, "step": index, "service": record["service"]}
-                return self._finish(event, owner, record, context, index, "failed", error=error)
+                return self._finish(event, owner, record, context, index, "failed", size, error=error)
             record["outputs"] = outcome.outputs
-            dataflow.apply_outputs(step, outcome.outputs, context)
+            changes: dict[str, Any] = {}
+            dataflow.apply_outputs(step, outcome.outputs, changes)
+            if index + 1 == len(steps):
+                return self._finish(event, owner, record, context, index + 1, "completed", size, changes=changes)
+            after = {**context, **changes}
+            update = {"$push": {"steps": record}, "$set": {
+                "context": after, "next_step": index + 1, "updated_at": finished_at, "claims_without_progress": 0}}
+            grown = size.after(update, changes, record_bound(record))
+            if grown > EVENT_LIMIT_BYTES:
+                return self._too_large(event, owner, record, context, index, size, grown=grown)
+            try:
+                held = self.store.update_event(event["event_id"], update, owner=owner)
+            except TooLarge as refused:
+                return self._too_large(event, owner, record, context, index, size, refused=refused)
+            size.commit(update)
+            context = after
             index += 1
-            if index == len(steps):
-                return self._finish(event, owner, record, context, index, "completed",
-                                    outputs=dataflow.workflow_outputs(plan, context))
-            if not self.store.update_event(event["event_id"], {
-                "$push": {"steps": record},
-                "$set": {"context": context, "next_step": index, "updated_at": finished_at},
-            }, owner=owner):
+            if not held:
                 LOG.warning("event %s: lease lost at step %d; another worker resumes it", event["event_id"], index,
                             extra=log_fields(event, index, record["service"]))
                 return {**event, "status": "running", "context": context, "next_step": index}
         # A plan with no step left (a replay past the end) completes at once.
-        return self._finish(event, owner, None, context, index, "completed",
-                            outputs=dataflow.workflow_outputs(plan, context))
+        return self._finish(event, owner, None, context, index, "completed", size)
 
-    def _finish(self, event, owner, record, context, index, status, outputs=None, error=None) -> dict:
+    def _finish(self, event, owner, record, context, index, status, size, outputs=None, error=None,
+                changes=None, last_resort=False) -> dict:
+        """End the event with one write (the step record, if any, pushed with it). `changes`: what the
+        last step adds to `context`; the workflow's outputs are read from the context they make."""
         now = utcnow()
+        changes = changes or {}
+        final = {**context, **changes} if changes else context
+        if status == "completed":
+            outputs = dataflow.workflow_outputs(event["plan"], final)
         update: dict[str, Any] = {"$set": {
-            "status": status, "context": context, "next_step": index, "outputs": outputs, "error": error,
+            "status": status, "context": final, "next_step": index, "outputs": outputs, "error": error,
             "updated_at": now, "finished_at": now, "lease_owner": None, "lease_expires": EPOCH,
+            "claims_without_progress": 0,
         }}
         if event.get("callback_url"):
             update["$set"]["webhook"] = pending_webhook()
@@ -346,7 +377,19 @@ class Executor:
             update["$push"] = {"steps": record}
         if event.get("waiting"):
             update["$unset"] = {"waiting": ""}
-        if not self.store.update_event(event["event_id"], update, owner=owner):
+        grown = size.after(update, changes, record_bound(record) if record is not None else None)
+        if grown > EVENT_LIMIT_BYTES and not last_resort:
+            return self._too_large(event, owner, record, context, record["step"] if record else index, size,
+                                   grown=grown)
+        try:
+            held = self.store.update_event(event["event_id"], update, owner=owner)
+        except TooLarge as refused:
+            if not last_resort:
+                return self._too_large(event, owner, record, context, record["step"] if record else index, size,
+                                       refused=refused)
+            # Even the failure does not fit: fail it with writes that make the record smaller.
+            held = self.store.fail_too_large(event["event_id"], error, owner=owner)
+        if not held:
             LOG.warning("event %s: lease lost before it could finish", event["event_id"],
                         extra=log_fields(event, index))
             return {**event, "status": "running"}
@@ -355,33 +398,120 @@ class Executor:
         # the events it runs; a line per event here cost 4 % of a loaded API process.
         LOG.debug("event %s %s", event["event_id"], status,
                   extra={**log_fields(event, index, record["service"] if record else None), "status": status})
-        return {**event, "status": status, "context": context, "next_step": index, "outputs": outputs,
+        return {**event, "status": status, "context": final, "next_step": index, "outputs": outputs,
                 "error": error, "finished_at": now, "steps": [*event.get("steps", []), *([record] if record else [])]}
 
-    def _wait(self, event, owner, record, context, index, token) -> dict:
+    def _too_large(self, event, owner, record, context, index, size, grown=None, refused=None) -> dict:
+        """The event's record would pass MongoDB's 16 MiB limit: fail the event for good at step `index`,
+        with a write that leaves out what did not fit (the step's outputs), so that no claim calls the
+        step's service again."""
+        service = event["plan"]["steps"][index]["service"]["name"] if index < len(event["plan"]["steps"]) else None
+        error = too_large_error(index, service, grown=grown, refused=refused)
+        if record is not None:
+            record = {key: value for key, value in record.items() if key != "outputs"}
+            record.update(status="failed", error={"kind": "too_large", "message": error["message"]},
+                          outputs_dropped=True)
+        LOG.error("event %s: %s", event["event_id"], error["message"], extra=log_fields(event, index, service))
+        return self._finish(event, owner, record, context, index, "failed", size, error=error, last_resort=True)
+
+    def _stuck(self, event, owner, size, max_claims) -> dict:
+        """Claimed more than MACHINERY_MAX_CLAIMS times without a step ending: fail it, naming the last error."""
+        index = event.get("next_step", 0)
+        steps = event["plan"]["steps"]
+        service = steps[index]["service"]["name"] if index < len(steps) else None
+        last = (event.get("last_error") or {}).get("message")
+        message = (f"claimed {event['claims_without_progress'] - 1} times without a step ending "
+                   f"(MACHINERY_MAX_CLAIMS={max_claims}); last error: "
+                   + (last or "none recorded (the process that held it stopped, or lost its lease, each time)"))
+        error = {"kind": "stuck", "step": index, "service": service, "message": message}
+        LOG.error("event %s: %s", event["event_id"], message, extra=log_fields(event, index, service))
+        return self._finish(event, owner, None, dict(event.get("context") or {}), index, "failed", size,
+                            error=error)
+
+    def _note_error(self, event, owner, error: Exception) -> None:
+        """Record what made a run of the event raise, for the claim that gives up on it (kind `stuck`)."""
+        message = error.message if isinstance(error, MachineryError) else str(error)
+        text = f"{type(error).__name__}: {message}"[:500]
+        try:
+            self.store.update_event(event["event_id"], {"$set": {"last_error": {"at": utcnow(), "message": text}}},
+                                    owner=owner)
+        except Exception as failed:  # the store may be what failed
+            LOG.warning("event %s: could not record its error (%s): %s", event.get("event_id"),
+                        type(failed).__name__, text)
+
+    def _wait(self, event, owner, record, context, index, token, size) -> dict:
         """A service answered 202: park the event until its callback comes or the deadline passes."""
         service = event["plan"]["steps"][index]["service"]
         timeout = float(service.get("callback_timeout_s") or self.config.get("CALLBACK_TIMEOUT_S", 3600.0))
         expires = utcnow() + timedelta(seconds=timeout)
         waiting = {**record, "token_hash": hash_token(token) if token else None, "expires": expires}
-        if not self.store.update_event(event["event_id"], {"$set": {
+        update = {"$set": {
             "status": "waiting", "waiting": waiting, "context": context, "next_step": index,
-            "updated_at": utcnow(), "lease_owner": None, "lease_expires": expires,
-        }}, owner=owner):
+            "updated_at": utcnow(), "lease_owner": None, "lease_expires": expires, "claims_without_progress": 0,
+        }}
+        grown = size.after(update, {})
+        if grown > EVENT_LIMIT_BYTES:
+            return self._too_large(event, owner, record, context, index, size, grown=grown)
+        try:
+            held = self.store.update_event(event["event_id"], update, owner=owner)
+        except TooLarge as refused:
+            return self._too_large(event, owner, record, context, index, size, refused=refused)
+        if not held:
             LOG.warning("event %s: lease lost while parking it", event["event_id"],
                         extra=log_fields(event, index, record["service"]))
             return {**event, "status": "running"}
         return {**event, "status": "waiting", "waiting": waiting, "context": context, "next_step": index}
 
-    def _expire_waiting(self, event, owner) -> dict:
+    def _expire_waiting(self, event, owner, size) -> dict:
         """Claimed while waiting: the callback deadline passed, so the step fails."""
         waiting = close_waiting(event["waiting"], status="failed",
                                 error={"kind": "callback_timeout",
                                        "message": "the service's callback did not come before its deadline"})
         index = waiting["step"]
         error = {**waiting["error"], "step": index, "service": waiting["service"]}
-        return self._finish(event, owner, waiting, dict(event.get("context") or {}), index, "failed",
+        return self._finish(event, owner, waiting, dict(event.get("context") or {}), index, "failed", size,
                             error=error)
+
+
+# What a step record takes besides its outputs, error and attempt log (step, service name of at most
+# 100 characters, status, run, attempts, two dates, duration, span id, and their names), and what one
+# attempt_log entry takes besides its error message: generous upper bounds, so that counting a record
+# costs no encoding of it.
+RECORD_FIXED_BYTES = 512
+ATTEMPT_FIXED_BYTES = 192
+
+
+def record_bound(record: Mapping[str, Any]) -> int:
+    """An upper bound of a step record's BSON size, as the executor writes it."""
+    size = RECORD_FIXED_BYTES
+    for key in ("outputs", "error"):
+        if key in record:
+            size += element_size(key, record[key])
+    for entry in record.get("attempt_log") or ():
+        size += ATTEMPT_FIXED_BYTES
+        if entry.get("error"):
+            size += 4 * len(entry["error"])  # UTF-8 takes at most 4 bytes a character
+    unknown = set(record) - _RECORD_KEYS
+    if unknown:  # a key this bound does not know of (another version's record): measured
+        size += sum(element_size(key, record[key]) for key in unknown)
+    return size
+
+
+_RECORD_KEYS = {"step", "service", "status", "run", "attempts", "started_at", "finished_at", "duration_ms",
+                "span_id", "attempt_log", "outputs", "error", "outputs_dropped"}
+
+
+def too_large_error(index: int | None, service: str | None, grown: int | None = None,
+                    refused: Exception | None = None) -> dict:
+    """The error of an event failed because its record would pass MongoDB's document limit."""
+    where = f"step {index}" + (f" ({service})" if service else "")
+    if refused is not None:
+        why = f"MongoDB refused to store the result of {where}: {refused}"
+    else:
+        why = f"the result of {where} would take the event's record to about {mib(grown)}, past {LIMIT}"
+    return {"kind": "too_large", "step": index, "service": service, "limit_bytes": MAX_DOCUMENT_BYTES,
+            "message": f"{why}. What did not fit was not stored, and the event failed for good: running it "
+                       "again would fail the same way"}
 
 
 def log_fields(event: Mapping[str, Any], step: int | None = None, service: str | None = None) -> dict:

@@ -15,7 +15,8 @@ from datetime import timedelta
 from typing import Any, Callable, Mapping
 
 from machinery import guard
-from machinery.exceptions import StoreUnavailable
+from machinery.events import for_display
+from machinery.exceptions import StoreUnavailable, TooLarge
 from machinery.runtime.executor import Executor, backoff_delay, log_fields
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.schemas import event_schema, to_json
@@ -82,7 +83,7 @@ def sign(body: bytes, secret: str) -> str:
 def deliver_webhook(store: Store, event: Mapping[str, Any], config: Mapping[str, Any], owner: str,
                     connections: Callable[[], Pool] = thread_pool) -> str:
     """POST an ended event's record to its callback_url once; record the attempt; return the webhook status."""
-    body = to_json(event_schema.dump(event))
+    body = to_json(event_schema.dump(for_display(event)))
     headers = {"Content-Type": "application/json", "X-Machinery-Event": event["event_id"]}
     if config.get("WEBHOOK_SECRET"):
         headers["X-Machinery-Signature"] = sign(body, config["WEBHOOK_SECRET"])
@@ -113,10 +114,20 @@ def deliver_webhook(store: Store, event: Mapping[str, Any], config: Mapping[str,
     else:
         status = "pending"
         next_at = utcnow() + timedelta(seconds=backoff_delay(entry["attempt"], WEBHOOK_BACKOFF_S))
-    store.update_event(event["event_id"], {
-        "$set": {"webhook.status": status, "webhook.next_at": next_at, "webhook.owner": None},
-        "$push": {"webhook.attempts": entry},
-    }, expect={"webhook.owner": owner})
+    try:
+        store.update_event(event["event_id"], {
+            "$set": {"webhook.status": status, "webhook.next_at": next_at, "webhook.owner": None},
+            "$push": {"webhook.attempts": entry},
+        }, expect={"webhook.owner": owner})
+    except TooLarge:
+        # No room left in the record to note the attempt: end the webhook with a write that makes it
+        # smaller, rather than leave it to be delivered again and again.
+        status = "delivered" if ok else "failed"
+        LOG.error("event %s: its record has no room left to note a webhook attempt; webhook %s",
+                  event["event_id"], status, extra=log_fields(event))
+        store.update_event(event["event_id"], {"$set": {
+            "webhook.status": status, "webhook.next_at": None, "webhook.owner": None}},
+            expect={"webhook.owner": owner})
     return status
 
 

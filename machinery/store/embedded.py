@@ -13,13 +13,18 @@ is left to mongomock's scan. Only `store.py` uses this module, and only for `mon
 
 from __future__ import annotations
 
+import copy
 import functools
 import heapq
 import itertools
 from datetime import datetime
 from typing import Any, Iterable
 
+import bson
 from bson import ObjectId
+from pymongo.errors import DocumentTooLarge, OperationFailure, WriteError
+
+from machinery.store.limits import COMMAND_OVERHEAD_BYTES, INSERT_TOO_LARGE, MAX_DOCUMENT_BYTES, UPDATE_TOO_LARGE
 
 _IN_PLACE_OPERATORS = {"$set", "$unset", "$push", "$inc"}
 
@@ -37,6 +42,20 @@ _DATE, _OBJECT_ID = 45, 35
 _AS_IS = frozenset({str, int, float, bool, type(None), bytes, ObjectId})  # what mongomock's patch leaves as is
 _MISSING = object()
 _UNORDERED = object()
+_ID_BYTES = 17  # an ObjectId `_id` in a document
+_SLACK_BYTES = 16  # what a field may take in the document beyond what it takes in the update
+
+
+def _refuse_insert(size: int) -> None:
+    """Refuse a document past MongoDB's size limit as pymongo and MongoDB 7 do: pymongo before sending
+    an insert command past the limit plus its command overhead (DocumentTooLarge); MongoDB for a
+    document past the limit in a command that is not (a write error, code 2)."""
+    if size > MAX_DOCUMENT_BYTES + COMMAND_OVERHEAD_BYTES:
+        raise DocumentTooLarge(f"BSON document too large ({size} bytes) - the connected server supports BSON "
+                               f"document sizes up to {MAX_DOCUMENT_BYTES + COMMAND_OVERHEAD_BYTES} bytes.")
+    if size > MAX_DOCUMENT_BYTES:
+        message = f"{INSERT_TOO_LARGE}. size in bytes: {size}, max size: {MAX_DOCUMENT_BYTES}"
+        raise WriteError(message, 2, {"index": 0, "code": 2, "errmsg": message})
 
 
 def _patched(value: Any) -> Any:
@@ -74,35 +93,52 @@ def _plain_field_names(document: dict) -> bool:
 
 
 def _plain_update(update: dict) -> bool:
-    """Whether an update only sets, unsets or pushes onto top-level fields (no dots, no `$`
-    modifiers): the shape of every step's write, which _apply_plain applies."""
+    """Whether an update only sets, unsets, increments (by whole numbers) or pushes onto top-level
+    fields (no dots; of the `$push` modifiers only `$each` with a negative `$slice`, as a claim
+    pushes): the shape of every step's and every claim's write, which _apply_plain applies."""
     for operator, fields in update.items():
-        if operator not in ("$set", "$unset", "$push") or type(fields) is not dict:
+        if operator not in ("$set", "$unset", "$push", "$inc") or type(fields) is not dict:
             return False
         for name, value in fields.items():
             if type(name) is not str or name in ("", "_id") or "." in name or name.startswith("$") or "\0" in name:
                 return False
-            if operator == "$push" and type(value) is dict and "$each" in value:
+            if operator == "$inc" and type(value) is not int:
+                return False
+            if operator == "$push" and type(value) is dict and any(key.startswith("$") for key in value) and not (
+                    set(value) == {"$each", "$slice"} and type(value["$each"]) is list
+                    and type(value["$slice"]) is int and value["$slice"] < 0):
                 return False
     return True
 
 
-def _apply_plain(document: dict, update: dict, encode) -> None:
+def _plain_fits(document: dict, update: dict) -> bool:
+    """Whether a _plain_update's pushes and increments find the types they need in the document."""
+    return (all(type(document.get(name, [])) is list for name in update.get("$push", ()))
+            and all(type(document.get(name, 0)) is int for name in update.get("$inc", ())))
+
+
+def _apply_plain(document: dict, update: dict) -> None:
     """Apply a _plain_update to a stored document in place, as mongomock's update does (its
-    `_set_updater`, `_unset_updater` and `$push`), without testing its version and encoding each
-    field on its own: the values to set are checked as BSON at once, before anything changes. The
-    update is already a copy (_patched), so its lists need no copy of their own."""
-    if "$set" in update:
-        encode(update["$set"], check_keys=False)
+    `_set_updater`, `_unset_updater`, `$inc` and `$push`), without testing its version and encoding
+    each field on its own: the update is checked as BSON at once, before anything changes (_update).
+    The update is already a copy (_patched), so its lists need no copy of their own."""
     for operator, fields in update.items():
         if operator == "$set":
             document.update(fields)
         elif operator == "$unset":
             for name in fields:
                 document.pop(name, None)
+        elif operator == "$inc":
+            for name, amount in fields.items():
+                document[name] = document.get(name, 0) + amount
         else:
             for name, value in fields.items():
-                document.setdefault(name, []).append(value)
+                items = document.setdefault(name, [])
+                if type(value) is dict and "$each" in value:
+                    items.extend(value["$each"])
+                    del items[:value["$slice"]]
+                else:
+                    items.append(value)
 
 
 def _unique_fields(collection) -> set[str]:
@@ -454,14 +490,17 @@ def _embedded_classes() -> tuple[type, type]:
         def __setitem__(self, key, document):
             super().__setitem__(key, document)
             self.secondary.put(key, document)
+            self.sizes.pop(key, None)
 
         def __delitem__(self, key):
             super().__delitem__(key)
             self.secondary.drop(key)
+            self.sizes.pop(key, None)
 
         def drop(self):
             super().drop()
             self.secondary = _Indexes(self._documents)
+            self.sizes = {}
 
         def create_index(self, index_name, index_dict):
             super().create_index(index_name, index_dict)
@@ -593,14 +632,18 @@ def _embedded_classes() -> tuple[type, type]:
 
         def _insert(self, data, session=None, ordered=True):
             # mongomock's insert of one document, without the version test it makes on every call
-            # and with the cheaper copy of _patched.
+            # and with the cheaper copy of _patched; refused past MongoDB's size limit, as pymongo
+            # and MongoDB refuse it (mongomock stores any size).
             if session or type(data) is not dict or check_keys or bson_encoder is None:
+                if type(data) is dict:
+                    _refuse_insert(len(bson.encode(data, check_keys=False)) + (0 if "_id" in data else _ID_BYTES))
                 return super()._insert(data, session, ordered)
             if not all(isinstance(key, str) for key in data):
                 raise ValueError("Document keys must be strings")
             if not _plain_field_names(data) or any(key.startswith("$") for key in data):
                 collection_module._validate_data_fields(data)
-            bson_encoder.encode(data, check_keys=False)
+            size = len(bson_encoder.encode(data, check_keys=False)) + (0 if "_id" in data else _ID_BYTES)
+            _refuse_insert(size)
             if "_id" not in data:
                 data["_id"] = collection_module.ObjectId()
             key = data["_id"]
@@ -615,6 +658,8 @@ def _embedded_classes() -> tuple[type, type]:
             except collection_module.DuplicateKeyError:
                 del self._store[key]
                 raise
+            if type(self._store) is IndexedDocuments:
+                self._store.sizes[key] = size
             return data["_id"]
 
         def _ensure_uniques(self, new_data):
@@ -642,16 +687,69 @@ def _embedded_classes() -> tuple[type, type]:
             document = _patched(document)
             existing = next(self._iter_documents(spec), None)
             if existing is not None:
+                # Measured as pymongo encodes a command: the document it leaves must stay within
+                # MongoDB's size limit. A value BSON cannot hold leaves it to mongomock's own checks.
                 try:
-                    if _plain_update(document) and all(
-                            type(existing.get(name, [])) is list for name in document.get("$push", ())):
-                        _apply_plain(existing, document, bson_encoder.encode)
-                    else:
-                        self._apply_update_document(existing, spec, document, False)
+                    written = len(bson_encoder.encode(document, check_keys=False))
+                except (bson.errors.InvalidDocument, TypeError, ValueError, OverflowError):
+                    written = None
+                    getattr(self._store, "sizes", {}).pop(existing["_id"], None)
+                if written is not None and written > MAX_DOCUMENT_BYTES + COMMAND_OVERHEAD_BYTES:
+                    raise DocumentTooLarge("update command document too large")  # as pymongo, before sending
+                try:
+                    if written is None or self._sized_update(existing, document, written) is None:
+                        if _plain_update(document) and _plain_fits(existing, document):
+                            if written is None:  # what mongomock's $set checks
+                                bson_encoder.encode(document.get("$set", {}), check_keys=False)
+                            _apply_plain(existing, document)
+                        else:
+                            self._apply_update_document(existing, spec, document, False)
                 finally:
                     self._reindex([oid])
             matched = int(existing is not None)
             return {"n": matched, "nModified": matched, "ok": 1, "upserted": None, "updatedExisting": bool(matched)}
+
+        def _sized_update(self, existing, document, written):
+            """Keep an upper bound of each document's BSON size (exact at insert, then grown by the size
+            of each update: a field set or pushed takes at most what it takes in the update, give or
+            take a few bytes of names); when the bound passes MongoDB's limit, measure exactly, and
+            refuse an update whose result is too large as MongoDB does (code 17419), leaving the
+            document as it was. None when the update is left to the caller to apply."""
+            store = self._store
+            sizes = store.sizes if type(store) is IndexedDocuments else None
+            if sizes is None:
+                return None
+            key = existing["_id"]
+            slack = _SLACK_BYTES * sum(len(fields) for fields in document.values() if type(fields) is dict)
+            known = sizes.get(key)
+            if known is not None and known + written + slack <= MAX_DOCUMENT_BYTES:
+                sizes[key] = known + written + slack
+                return None
+            exact = len(bson_encoder.encode(existing, check_keys=False))
+            if exact + written + slack <= MAX_DOCUMENT_BYTES:
+                sizes[key] = exact + written + slack
+                return None
+            before = copy.deepcopy(existing)
+            self._apply_update_document(existing, {"_id": key}, document, False)
+            after = len(bson_encoder.encode(existing, check_keys=False))
+            if after > MAX_DOCUMENT_BYTES:
+                existing.clear()
+                existing.update(before)
+                sizes[key] = exact
+                raise WriteError(UPDATE_TOO_LARGE, 17419, {"index": 0, "code": 17419, "errmsg": UPDATE_TOO_LARGE})
+            sizes[key] = after
+            return after
+
+        def _find_and_modify(self, *args, **kwargs):
+            # MongoDB answers a findAndModify whose result is too large with a command error, which
+            # pymongo raises as OperationFailure (an update's is a WriteError).
+            try:
+                return super()._find_and_modify(*args, **kwargs)
+            except WriteError as error:
+                if error.code != 17419:
+                    raise
+                raise OperationFailure(UPDATE_TOO_LARGE, 17419, {
+                    "ok": 0.0, "errmsg": UPDATE_TOO_LARGE, "code": 17419, "codeName": "Location17419"}) from None
 
         def _general_update(self, *args, **options):
             """mongomock's update, then every document it went through re-indexed (it changes them in
@@ -662,6 +760,9 @@ def _embedded_classes() -> tuple[type, type]:
             finally:
                 self._writing = None
                 self._reindex(touched)
+                sizes = getattr(self._store, "sizes", None)
+                for oid in touched if sizes is not None else ():
+                    sizes.pop(oid, None)  # measured again when next needed
 
         def _reindex(self, ids):
             indexes, store = self._indexes(), self._store
@@ -687,7 +788,8 @@ def _expected_internals(collection) -> bool:
     cursor = collection.find() if type(collection) is Collection else None
     return (type(collection) is Collection
             and all(hasattr(collection, name) for name in (
-                "_iter_documents", "_ensure_uniques", "_update", "_apply_update_document", "_copy_only_fields"))
+                "_iter_documents", "_ensure_uniques", "_update", "_apply_update_document", "_copy_only_fields",
+                "_find_and_modify"))
             and all(hasattr(cursor, name) for name in (
                 "_compute_results", "_factory", "_spec", "_sort", "_projection", "_skip", "_limit"))
             and all(hasattr(helpers, name) for name in (
@@ -717,6 +819,7 @@ def embedded_events(collection):
     store = collection._store
     if type(store) is not indexed_documents:
         store.secondary = _Indexes(store._documents, _expiring(store._ttl_indexes))
+        store.sizes = {}  # an upper bound of each document's BSON size, by key, where known
         store.__class__ = indexed_documents
     collection.__class__ = id_lookups
     return collection

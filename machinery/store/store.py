@@ -22,6 +22,7 @@ from bson.errors import InvalidId
 from pymongo import ReturnDocument
 from pymongo.errors import (
     ConnectionFailure,
+    DocumentTooLarge,
     DuplicateKeyError,
     ExecutionTimeout,
     OperationFailure,
@@ -29,8 +30,17 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
-from machinery.exceptions import Conflict, InvalidData, MachineryError, NotFound, StoreRefused, StoreUnavailable
+from machinery.exceptions import (
+    Conflict,
+    InvalidData,
+    MachineryError,
+    NotFound,
+    StoreRefused,
+    StoreUnavailable,
+    TooLarge,
+)
 from machinery.store.embedded import embedded_events
+from machinery.store.limits import LIMIT, MAX_DOCUMENT_BYTES, is_too_large
 from machinery.store.secrets import SecretStore
 
 LOG = logging.getLogger(__name__)
@@ -39,6 +49,8 @@ SERVICES, WORKFLOWS, EVENTS, LOCKS = "services", "workflows", "events", "locks"
 FINISHED = ("completed", "failed")
 ACTIVE = ("pending", "running", "waiting")
 EPOCH = datetime(1970, 1, 1)
+CLAIMS_KEPT = 20  # an event keeps its last claims (who held it, when) and counts them all
+UNCLAIMABLE_TRIES = 5  # events at the size limit a claim fails, and skips, before it gives up for now
 
 
 def pending_webhook() -> dict:
@@ -150,9 +162,11 @@ def _serialised(method):
         with self._guard:
             try:
                 return method(self, *args, **kwargs)
-            except (DuplicateKeyError, NotFound, Conflict):
+            except (DuplicateKeyError, NotFound, Conflict, TooLarge):
                 raise
-            except PyMongoError as error:
+            except (PyMongoError, DocumentTooLarge) as error:
+                if is_too_large(error):
+                    raise TooLarge(f"MongoDB refused a write past {LIMIT}: {error}") from error
                 raise store_error(error) from error
     return wrapper
 
@@ -567,6 +581,12 @@ class Store:
             if first is None:  # the clash was on something else
                 raise
             return _out(first, "event_id"), False
+        except (OperationFailure, DocumentTooLarge) as error:
+            if not is_too_large(error):
+                raise
+            raise TooLarge(f"the event is too large to store: its record would pass {LIMIT} (the data is kept "
+                           "twice, as sent and as the context the steps read)",
+                           errors={"data": ["too large to store: keep it well under 8 MiB"]}) from error
         self.writes += 1
         # The caller's own event, not a copy read back: only its top-level dates need a time zone.
         inserted = {key: _aware(value) if isinstance(value, datetime) else value for key, value in document.items()}
@@ -657,36 +677,119 @@ class Store:
     def claim_event(self, owner: str, lease_s: float, event_id: str | None = None) -> dict | None:
         """Atomically take one event to work on: pending, a running one whose lease expired,
         or a waiting one whose callback deadline passed (so its step can be failed); only the
-        event `event_id` when it is given (and only if it is claimable)."""
+        event `event_id` when it is given (and only if it is claimable).
+
+        The claim is recorded (the last CLAIMS_KEPT in `claims`, all counted in `claim_count`) and
+        counted in `claims_without_progress`, which every step that ends sets back to 0. An event
+        so near MongoDB's size limit that even that record does not fit is failed (`too_large`)
+        and the claim goes on to the next one, so that it never stops every claim at itself."""
+        for _ in range(UNCLAIMABLE_TRIES):
+            now = utcnow()
+            query: dict[str, Any] = {"status": {"$in": list(ACTIVE)}, "lease_expires": {"$lte": now}}
+            if event_id is not None:
+                query["_id"] = ObjectId(event_id)
+            try:
+                document = self.events.find_one_and_update(
+                    query,
+                    {"$set": {"status": "running", "lease_owner": owner,
+                              "lease_expires": now + timedelta(seconds=lease_s)},
+                     "$push": {"claims": {"$each": [{"owner": owner, "at": now}], "$slice": -CLAIMS_KEPT}},
+                     "$inc": {"claim_count": 1, "claims_without_progress": 1}},
+                    sort=[("lease_expires", 1)],
+                    return_document=ReturnDocument.AFTER,
+                )
+            except (OperationFailure, DocumentTooLarge) as error:
+                if not is_too_large(error):
+                    raise
+                self._fail_unclaimable(query, error)
+                continue
+            if document is not None:
+                self.writes += 1
+            return _out(document, "event_id")
+        return None
+
+    def _fail_unclaimable(self, query: Mapping[str, Any], error: Exception) -> None:
+        """Fail the event a claim could not write to because of its size (the one it would take)."""
+        found = self.events.find_one(query, {"_id": 1, "next_step": 1}, sort=[("lease_expires", 1)])
+        if found is None:
+            return
+        LOG.error("event %s: even a claim would take its record past %s; failing it", found["_id"], LIMIT)
+        self._fail_too_large(found["_id"], {
+            "kind": "too_large", "step": found.get("next_step"), "limit_bytes": MAX_DOCUMENT_BYTES,
+            "message": f"the event's record is at {LIMIT}: not even a claim fits in it any more, so the "
+                       f"event failed for good (MongoDB: {error})"}, query)
+
+    @_serialised
+    def fail_too_large(self, event_id: str, error: Mapping[str, Any], owner: str | None = None,
+                       expect: Mapping[str, Any] | None = None) -> bool:
+        """Fail an event whose record is at MongoDB's size limit, with writes that make it smaller:
+        the error set and the context (rebuilt from the steps when it is read) dropped; failing
+        that, only the status and the lease. False when the event is not held by `owner` or does
+        not match `expect`."""
+        query: dict[str, Any] = {"_id": ObjectId(event_id), **(expect or {})}
+        if owner is not None:
+            query["lease_owner"] = owner
+        return self._fail_too_large(query["_id"], error, query)
+
+    def _fail_too_large(self, oid: ObjectId, error: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
+        query = {**query, "_id": oid}
         now = utcnow()
-        query: dict[str, Any] = {"status": {"$in": list(ACTIVE)}, "lease_expires": {"$lte": now}}
-        if event_id is not None:
-            query["_id"] = ObjectId(event_id)
-        document = self.events.find_one_and_update(
-            query,
-            {"$set": {"status": "running", "lease_owner": owner,
-                      "lease_expires": now + timedelta(seconds=lease_s)},
-             "$push": {"claims": {"owner": owner, "at": now}}},
-            sort=[("lease_expires", 1)],
-            return_document=ReturnDocument.AFTER,
-        )
-        if document is not None:
+        callback = self.events.find_one(query, {"callback_url": 1})
+        if callback is None:
+            return False
+        fields = {"status": "failed", "error": dict(error), "lease_owner": None, "lease_expires": EPOCH,
+                  "finished_at": now, "updated_at": now, "context_dropped": True}
+        if callback.get("callback_url"):
+            fields["webhook"] = pending_webhook()
+        for update in ({"$set": fields, "$unset": {"context": "", "waiting": ""}},
+                       {"$set": {"status": "failed", "lease_owner": None},
+                        "$unset": {"context": "", "waiting": "", "error": "", "outputs": ""}}):
+            try:
+                result = self.events.update_one(query, update)
+            except (OperationFailure, DocumentTooLarge) as refused:
+                if not is_too_large(refused):
+                    raise
+                continue
             self.writes += 1
-        return _out(document, "event_id")
+            return result.matched_count == 1
+        LOG.error("event %s: could not be failed, not even with a write that makes it smaller", oid)
+        return False
 
     @_serialised
     def claim_webhook(self, owner: str, lease_s: float) -> dict | None:
-        """Atomically take one ended event whose completion webhook is due."""
-        now = utcnow()
-        document = self.events.find_one_and_update(
-            {"webhook.status": "pending", "webhook.next_at": {"$lte": now}},
-            {"$set": {"webhook.owner": owner, "webhook.next_at": now + timedelta(seconds=lease_s)}},
-            sort=[("webhook.next_at", 1)],
-            return_document=ReturnDocument.AFTER,
-        )
-        if document is not None:
-            self.writes += 1
-        return _out(document, "event_id")
+        """Atomically take one ended event whose completion webhook is due. An event whose record
+        has no room left for the claim has its webhook failed, and the claim goes on to the next."""
+        for _ in range(UNCLAIMABLE_TRIES):
+            now = utcnow()
+            query = {"webhook.status": "pending", "webhook.next_at": {"$lte": now}}
+            try:
+                document = self.events.find_one_and_update(
+                    query,
+                    {"$set": {"webhook.owner": owner, "webhook.next_at": now + timedelta(seconds=lease_s)}},
+                    sort=[("webhook.next_at", 1)],
+                    return_document=ReturnDocument.AFTER,
+                )
+            except (OperationFailure, DocumentTooLarge) as error:
+                if not is_too_large(error):
+                    raise
+                self._end_webhook_too_large(query)
+                continue
+            if document is not None:
+                self.writes += 1
+            return _out(document, "event_id")
+        return None
+
+    def _end_webhook_too_large(self, query: Mapping[str, Any]) -> bool:
+        """Give up the webhook of an event (the first `query` finds) whose record has no room left to
+        note a delivery: set failed with a write that makes the record smaller."""
+        found = self.events.find_one(query, {"_id": 1}, sort=[("webhook.next_at", 1)])
+        if found is None:
+            return False
+        LOG.error("event %s: its record is at %s; its completion webhook is given up", found["_id"], LIMIT)
+        result = self.events.update_one({**query, "_id": found["_id"]}, {"$set": {
+            "webhook.status": "failed", "webhook.next_at": None, "webhook.owner": None}})
+        self.writes += 1
+        return result.matched_count == 1
 
     @_serialised
     def renew_leases(self, owner: str, event_ids: Iterable[str], lease_s: float) -> int:

@@ -245,3 +245,16 @@ def webhook_receiver() -> Flask:
         return "", app.config["status"]
 
     return app
+
+
+def echo_service() -> Flask:
+    """POST /echo answers the body it is sent, as it is; `calls` counts the calls by X-Machinery-Event."""
+    app = Flask("echo")
+    app.config.update(calls=Counter())
+
+    @app.post("/echo")
+    def echo():
+        app.config["calls"][request.headers.get("X-Machinery-Event")] += 1
+        return request.get_data(), 200, {"Content-Type": "application/json"}
+
+    return app

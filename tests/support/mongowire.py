@@ -12,6 +12,7 @@ Run alone: python -m tests.support.mongowire PORT
 
 from __future__ import annotations
 
+import functools
 import socketserver
 import struct
 import sys
@@ -25,6 +26,8 @@ from bson.codec_options import CodecOptions
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
+from machinery.store.limits import INSERT_TOO_LARGE, MAX_DOCUMENT_BYTES, UPDATE_TOO_LARGE
+
 OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
 CODE_NAMES = {2: "BadValue", 8: "UnknownError", 11000: "DuplicateKey", 26: "NamespaceNotFound",
               27: "IndexNotFound", 59: "CommandNotFound", 67: "CannotCreateIndex", 72: "InvalidOptions",
@@ -34,6 +37,32 @@ MAX_EXPIRE_AFTER_S = 2**31 - 1
 HANDSHAKE = frozenset({"hello", "ismaster", "isMaster", "ping", "buildinfo", "buildInfo", "endSessions"})
 CODEC = CodecOptions(tz_aware=False)
 HEADER = struct.Struct("<iiii")
+
+
+def _size(document) -> int:
+    return len(bson.encode(document, codec_options=CODEC))
+
+
+class TooLargeAfterUpdate(Exception):
+    """An update whose result MongoDB would refuse (code 17419); the document is left as it was."""
+
+
+def _updated_within_limit(collection, query, apply, many=False, sort=None):
+    """Run `apply()` (an update of the documents `query` finds) as MongoDB would: a document it would
+    take past 16 MiB is left as it was and the update refused (TooLargeAfterUpdate). mongomock
+    stores any size, so each document is kept before and measured after."""
+    before = list(collection.find(query, sort=sort)) if many else [collection.find_one(query, sort=sort)]
+    before = [document for document in before if document is not None]
+    result = apply()
+    too_large = False
+    for document in before:
+        after = collection.find_one({"_id": document["_id"]})
+        if after is not None and _size(after) > MAX_DOCUMENT_BYTES:
+            collection.replace_one({"_id": document["_id"]}, document)
+            too_large = True
+    if too_large:
+        raise TooLargeAfterUpdate(UPDATE_TOO_LARGE)
+    return result
 
 
 class WireStore:
@@ -127,6 +156,13 @@ class WireStore:
         documents = command.get("documents") or sequences.get("documents", [])
         errors, n = [], 0
         for index, document in enumerate(documents):
+            size = _size(document)
+            if size > MAX_DOCUMENT_BYTES:  # MongoDB's words and code (2, BadValue)
+                errors.append({"index": index, "code": 2, "errmsg": f"{INSERT_TOO_LARGE}. size in bytes: "
+                                                                    f"{size}, max size: {MAX_DOCUMENT_BYTES}"})
+                if command.get("ordered", True):
+                    break
+                continue
             try:
                 collection.insert_one(document)
                 n += 1
@@ -143,9 +179,13 @@ class WireStore:
         for index, spec in enumerate(command.get("updates") or sequences.get("updates", [])):
             method = collection.update_many if spec.get("multi") else collection.update_one
             try:
-                result = method(spec["q"], spec["u"], upsert=spec.get("upsert", False))
+                apply = functools.partial(method, spec["q"], spec["u"], upsert=spec.get("upsert", False))
+                result = _updated_within_limit(collection, spec["q"], apply, many=bool(spec.get("multi")))
             except DuplicateKeyError as error:
                 errors.append({"index": index, "code": 11000, "errmsg": str(error)})
+                continue
+            except TooLargeAfterUpdate as error:
+                errors.append({"index": index, "code": 17419, "errmsg": str(error)})
                 continue
             n += result.matched_count
             modified += result.modified_count
@@ -176,11 +216,13 @@ class WireStore:
             return {"lastErrorObject": {"n": int(value is not None)}, "value": value}
         existed = collection.find_one(query, {"_id": 1}, sort=sort) is not None
         try:
-            value = collection.find_one_and_update(
+            value = _updated_within_limit(collection, query, lambda: collection.find_one_and_update(
                 query, command["update"], projection=projection, sort=sort, upsert=command.get("upsert", False),
-                return_document=ReturnDocument.AFTER if command.get("new") else ReturnDocument.BEFORE)
+                return_document=ReturnDocument.AFTER if command.get("new") else ReturnDocument.BEFORE), sort=sort)
         except DuplicateKeyError as error:
             raise OperationFailure(str(error), code=11000) from None
+        except TooLargeAfterUpdate as error:
+            raise OperationFailure(str(error), code=17419) from None
         last = {"n": int(existed or command.get("upsert", False)), "updatedExisting": existed}
         return {"lastErrorObject": last, "value": value}
 

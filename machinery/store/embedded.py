@@ -720,7 +720,7 @@ def _embedded_classes() -> tuple[type, type]:
             if sizes is None:
                 return None
             key = existing["_id"]
-            slack = _SLACK_BYTES * sum(len(fields) for fields in document.values() if type(fields) is dict)
+            slack = _SLACK_BYTES * sum(map(len, document.values()))
             known = sizes.get(key)
             if known is not None and known + written + slack <= MAX_DOCUMENT_BYTES:
                 sizes[key] = known + written + slack

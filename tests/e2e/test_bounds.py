@@ -177,3 +177,27 @@ def test_a_new_event_too_large_to_store_is_413_naming_the_limit(config, echo):
     assert store.events.count_documents({}) == 0
     assert sum(echo[1].values()) == 0
     app.extensions["machinery"].close(grace_s=1)
+
+
+def test_a_callback_whose_outputs_do_not_fit_fails_its_event_with_413(client, store, echo, faulty):
+    # GIVEN an event 14 echo steps of a 0.9 MiB message long, its last step waiting for a callback
+    address, calls = echo
+    echo_chain(client, address, 1)
+    assert client.post("/services", json={"name": "later", "address": f"{faulty[0]}/async", "inputs": TEXT,
+                                          "outputs": TEXT}).status_code == 201
+    assert client.post("/workflows", json={"name": "then-later", "services": ["echo"] * 14 + ["later"],
+                                           "inputs": TEXT, "outputs": TEXT}).status_code == 201
+    reply = client.post("/e/then-later", json={"message": MESSAGE})
+    assert reply.status_code == 202 and reply.get_json()["status"] == "waiting", reply.get_json()
+    event_id = reply.get_json()["event_id"]
+    callback = faulty[1].config["callbacks"][-1]
+    # WHEN the service calls back with outputs the record has no room for
+    answer = client.post(callback[callback.index("/callbacks/"):], json={"message": MESSAGE.upper()})
+    # THEN the callback is 413 naming the limit, and the event failed for good at that step
+    assert answer.status_code == 413 and "16 MiB" in answer.get_json()["message"]
+    event = store.get_event(event_id)
+    assert event["status"] == "failed" and event["error"]["kind"] == "too_large" and event["error"]["step"] == 14
+    assert "waiting" not in event and event["steps"][-1]["outputs_dropped"]
+    assert stored_size(store, event_id) < MAX_DOCUMENT_BYTES
+    # AND the spent callback cannot be used again
+    assert client.post(callback[callback.index("/callbacks/"):], json={"message": "x"}).status_code == 410

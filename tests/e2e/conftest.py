@@ -36,6 +36,16 @@ def http():
         yield session
 
 
+@pytest.fixture(scope="module")
+def httpbin():
+    """httpbin (from PyPI), a real third-party HTTP API, served on 127.0.0.1 for the module."""
+    from httpbin import app
+
+    server = ServerThread(app).start()
+    yield server.url.rstrip("/")
+    server.stop()
+
+
 @pytest.fixture
 def faulty():
     app = faulty_service()

@@ -5,20 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from machinery.serving import ServerThread
 from tests.e2e.conftest import register_examples_over_http
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def httpbin():
-    from httpbin import app
-
-    server = ServerThread(app).start()
-    yield server.url.rstrip("/")
-    server.stop()
 
 
 @pytest.fixture

@@ -8,22 +8,12 @@ import logging
 
 import pytest
 
-from machinery.serving import ServerThread
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.e2e
 
 STORED = "stored-secret-Zq9xW2"
 FROM_ENV = "env-secret-Kp4vT7"
-
-
-@pytest.fixture(scope="module")
-def httpbin():
-    from httpbin import app
-
-    server = ServerThread(app).start()
-    yield server.url.rstrip("/")
-    server.stop()
 
 
 @pytest.fixture

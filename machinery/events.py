@@ -66,11 +66,13 @@ def check_data(workflow: Mapping[str, Any], data: Any) -> None:
 def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: str | None = None,
               owner: str | None = None, lease_s: float = 30.0, callback_base: str | None = None,
               trace: Mapping[str, str] | None = None, allowed_hosts: Any = None,
-              workflow: Mapping[str, Any] | None = None) -> tuple[dict, bool]:
+              workflow: Mapping[str, Any] | None = None,
+              parent: Mapping[str, Any] | None = None) -> tuple[dict, bool]:
     """Check an event against its workflow and store it before anything runs.
 
     A `callback_url` whose host `allowed_hosts` (MACHINERY_ALLOWED_HOSTS) does not admit is refused.
-    `workflow` may be given when the caller already read it by `workflow_ref`.
+    `workflow` may be given when the caller already read it by `workflow_ref`. `parent`: the
+    {event_id, instance, run} of the tree event whose `workflow` step this event is.
 
     With an `owner` the event is stored running and held by that owner (a sync event, run at once);
     without, it is stored pending for any worker. Returns (event, created): an idempotency key
@@ -108,6 +110,10 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
         "claims": [{"owner": owner, "at": now}] if owner else [],
         "claim_count": 1 if owner else 0, "claims_without_progress": 1 if owner else 0,
     }
+    if plan.get("version") == 2:
+        event["progress"] = {}
+    if parent is not None:
+        event["parent"] = dict(parent)
     if key is not None:
         event["idempotency_key"] = key
     event["size_bound"] = new_event_bound(event)

@@ -877,12 +877,16 @@ class Store:
         return result.matched_count == 1
 
     @_serialised
-    def step_runs_of(self, event_id: str, runs: Iterable[int] | None = None) -> list[dict]:
-        """An event's step records (of the runs given), oldest run first."""
+    def step_runs_of(self, event_id: str, runs: Iterable[int] | None = None, *, top_only: bool = False,
+                     limit: int = 0) -> list[dict]:
+        """An event's step records (of the runs given; outside any map item with `top_only`), oldest
+        run first, at most `limit` (0: all)."""
         query: dict[str, Any] = {"event_id": event_id}
         if runs is not None:
             query["run"] = {"$in": list(runs)}
-        return list(self.step_runs.find(query, {"_id": 0}).sort([("run", 1), ("started_at", 1)]))
+        if top_only:
+            query["item"] = None
+        return list(self.step_runs.find(query, {"_id": 0}).sort([("run", 1), ("started_at", 1)]).limit(limit))
 
     @_serialised
     def page_step_runs(self, event_id: str, *, node: str | None = None, item: int | None = None,

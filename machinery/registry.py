@@ -5,19 +5,60 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from machinery import secrets
-from machinery.exceptions import Conflict, DataflowError, InvalidData
-from machinery.language import dataflow
+from machinery.exceptions import Conflict, DataflowError, InvalidData, NotFound
+from machinery.language import dataflow, plan
 from machinery.runtime import calls
 from machinery.store import Store
 
 
 def plan_workflow(store: Store, workflow: Mapping[str, Any],
-                  replacing: Mapping[str, Any] | None = None) -> dict:
-    """Resolve a workflow against the registry (with one service definition swapped in, if given)."""
-    services = store.find_services(workflow["services"])
-    if replacing is not None:
+                  replacing: Mapping[str, Any] | None = None,
+                  replacing_workflow: Mapping[str, Any] | None = None) -> dict:
+    """Resolve a workflow against the registry (with one service or child workflow definition swapped
+    in, if given): a step tree (``steps``) by plan.plan_tree, a chain by dataflow.plan."""
+    if "steps" not in workflow:
+        services = store.find_services(workflow["services"])
+        if replacing is not None:
+            services[replacing["name"]] = dict(replacing)
+        return dataflow.plan(workflow, services)
+    names, children = plan.called(workflow["steps"])
+    services = store.find_services(names)
+    if replacing is not None and replacing["name"] in names:
         services[replacing["name"]] = dict(replacing)
-    return dataflow.plan(workflow, services)
+    workflows = _children(store, workflow, children, replacing_workflow)
+    return plan.plan_tree(workflow, services, workflows)
+
+
+def _children(store: Store, workflow: Mapping[str, Any], names: list[str],
+              replacing: Mapping[str, Any] | None) -> dict[str, dict]:
+    """The registered workflows a tree runs, and theirs in turn (to find a cycle), by name; a name
+    not registered is left out, and the check names the step that runs it."""
+    found: dict[str, dict] = {}
+    pending = list(names)
+    while pending and len(found) < plan.MAX_CHILDREN:
+        name = pending.pop(0)
+        if name in found or name == workflow.get("name"):
+            continue
+        if replacing is not None and name == replacing["name"]:
+            child = dict(replacing)
+        else:
+            try:
+                child = store.get_workflow(name)
+            except NotFound:
+                continue
+        if child.get("name") != name:
+            continue  # a workflow id that happens to look like a name: children are named
+        found[name] = child
+        pending.extend(child.get("workflows") or ())
+    return found
+
+
+def derived(definition: Mapping[str, Any]) -> dict:
+    """A step tree as stored: the definition plus the services it calls and the workflows it runs."""
+    if "steps" not in definition:
+        return dict(definition)
+    names, children = plan.called(definition["steps"])
+    return {**definition, "services": names, "workflows": children}
 
 
 _PLANS: dict[tuple, dict] = {}
@@ -32,7 +73,8 @@ def event_plan(store: Store, workflow: Mapping[str, Any]) -> dict:
     cached (plan_workflow raises). Events copy the plan when they are stored.
     """
     key = (workflow["workflow_id"], workflow.get("version"), workflow.get("updated_at"),
-           store.services_revision(workflow["services"]))
+           store.services_revision(workflow["services"]),
+           tuple(_child_revision(store, name) for name in workflow.get("workflows") or ()))
     plan = _PLANS.get(key)
     if plan is None:
         plan = plan_workflow(store, workflow)
@@ -40,6 +82,14 @@ def event_plan(store: Store, workflow: Mapping[str, Any]) -> dict:
             _PLANS.clear()
         _PLANS[key] = plan
     return plan
+
+
+def _child_revision(store: Store, name: str) -> tuple:
+    try:
+        child = store.get_workflow(name)
+    except NotFound:
+        return (name, None)
+    return (name, child.get("workflow_id"), child.get("version"), str(child.get("updated_at")))
 
 
 def register_service(store: Store, definition: Mapping[str, Any]) -> tuple[dict, bool]:
@@ -86,6 +136,42 @@ def replace_service(store: Store, ref: str, definition: Mapping[str, Any]) -> di
 def register_workflow(store: Store, definition: Mapping[str, Any]) -> tuple[dict, bool]:
     """Check a workflow's data flow against the registry, then register it (a new version by name),
     holding the registry lock, so that no service it names is deleted or changed in between."""
+    definition = derived(definition)
     with store.registry_lock():
         plan_workflow(store, definition)
+        _check_parents(store, definition)
         return store.put_workflow(definition)
+
+
+def check_workflow(store: Store, definition: Mapping[str, Any]) -> dict:
+    """Plan a definition as registering it would, registering nothing: the plan (DataflowError if not)."""
+    return plan_workflow(store, derived(definition))
+
+
+def _workflows_running(store: Store, name: str) -> list[dict]:
+    """The registered step trees that run the workflow of that name as a child."""
+    parents, page, size = [], 1, 200
+    while True:
+        items, total = store.list_workflows(page, size)
+        parents.extend(item for item in items if name in (item.get("workflows") or ()))
+        if page * size >= total or not items:
+            return parents
+        page += 1
+
+
+def _check_parents(store: Store, definition: Mapping[str, Any]) -> None:
+    """Refuse a new version whose inputs or outputs break a registered workflow that runs it."""
+    broken = {}
+    for parent in _workflows_running(store, definition["name"]):
+        if parent["name"] == definition["name"]:
+            continue
+        try:
+            plan_workflow(store, parent, replacing_workflow=definition)
+        except DataflowError as error:
+            broken[parent["name"]] = error.errors
+    if broken:
+        raise Conflict(
+            f"replacing workflow {definition['name']!r} would break workflow"
+            f"{'s' if len(broken) > 1 else ''} {', '.join(broken)}, which run{'' if len(broken) > 1 else 's'} it",
+            errors={"workflows": broken},
+        )

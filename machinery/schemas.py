@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -255,13 +256,46 @@ class OperationList(fields.List):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+MAX_STEPS_TEXT = 512 * 1024
+STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$(?!\n)"
+
+
+class StepsField(fields.Field):
+    """A step tree (version 2): a list of step objects, checked in depth by the plan (language.plan);
+    here only bounded in size."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, list):
+            raise ValidationError("must be a list of steps (objects with an id and one kind: call, if, "
+                                  "switch, parallel, map, workflow, sleep)")
+        if not value:
+            raise ValidationError("must hold at least one step")
+        if len(value) > 500:
+            raise ValidationError("at most 500 steps")
+        try:
+            size = len(json.dumps(value, separators=(",", ":")))
+        except (TypeError, ValueError, RecursionError):
+            raise ValidationError("must be JSON: a list of step objects") from None
+        if size > MAX_STEPS_TEXT:
+            raise ValidationError(f"at most {MAX_STEPS_TEXT} bytes of JSON, got {size}")
+        for index, step in enumerate(value):
+            if not isinstance(step, dict):
+                raise ValidationError(f"steps[{index}] must be an object with an id and one kind")
+        return value
+
+
 class WorkflowSchema(Schema):
-    """A workflow definition as registered."""
+    """A workflow definition as registered: a chain (`services`, version 1) or a tree (`steps`, version 2)."""
 
     name = fields.String(required=True, validate=NAME_RULE)
     description = fields.String(load_default=None, validate=validate.Length(max=2000))
-    services = fields.List(fields.String(validate=NAME_RULE), required=True,
-                           validate=validate.Length(min=1, max=100))
+    services = fields.List(fields.String(validate=NAME_RULE), validate=validate.Length(min=1, max=100), metadata={
+        "description": "version 1: the services called in order (give this or steps). For a workflow with "
+                       "steps, read-only: the services its steps call"})
+    steps = StepsField(metadata={
+        "type": "array", "maxItems": 500, "items": {"type": "object", "additionalProperties": True},
+        "description": "version 2: a tree of steps (call, if, switch, parallel, map, workflow, sleep), each "
+                       "with an id; give this or services"})
     inputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
     outputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
     operations = OperationList(fields.Nested(OperationSchema), load_default=list,
@@ -277,6 +311,16 @@ class WorkflowSchema(Schema):
     def _unique_fields(self, data, **_):
         _unique_names(data.get("inputs") or [], "inputs")
         _unique_names(data.get("outputs") or [], "outputs")
+
+    @validates_schema
+    def _one_form(self, data, **_):
+        if "steps" in data and "services" in data:
+            raise ValidationError("give either services (a chain) or steps (a tree), not both", "steps")
+        if "steps" not in data and "services" not in data:
+            raise ValidationError("a workflow needs services (a chain) or steps (a tree)", "services")
+        if "steps" in data and data.get("operations"):
+            raise ValidationError("operations rename a chain's steps; a tree says in and out on each step",
+                                  "operations")
 
     warnings = fields.List(fields.String(), metadata={
         "description": "read-only: where a schema said more than the type model can (it became any)"})
@@ -296,6 +340,8 @@ class ServiceOutSchema(ServiceSchema):
 
 class WorkflowOutSchema(WorkflowSchema):
     workflow_id = fields.String(required=True)
+    workflows = fields.List(fields.String(), dump_only=True, metadata={
+        "description": "read-only: the workflows a tree's steps run as children"})
     ingest_auth = fields.Function(auth.ingest_methods, dump_only=True, metadata={
         "type": "array", "items": {"type": "string", "enum": ["token", "hmac"]},
         "description": "which ingestion secrets the workflow has (token, hmac); never the secrets"})
@@ -404,11 +450,32 @@ class EventBodySchema(Schema):
                                                           "first event"})
 
 
+class StepRefField(fields.Field):
+    """A step named by its index (a chain, version 1) or by its id (a tree, version 2)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value <= MAX_STEP_INDEX:
+                raise ValidationError(f"a step index is from 0 to {MAX_STEP_INDEX}")
+            return value
+        if isinstance(value, str):
+            if not re.match(STEP_ID_PATTERN, value):
+                raise ValidationError("a step id is 1 to 64 letters, digits, '_' or '-', starting with a "
+                                      "letter or '_'")
+            return value
+        raise ValidationError("must be a step index (an integer) or a step id (a string)")
+
+
 class ReplaySchema(Schema):
     """Resume or replay an event."""
 
-    from_step = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_STEP_INDEX),
-                               metadata={"description": "replay from this step (0-based); default: the failed step"})
+    from_step = StepRefField(metadata={
+        "oneOf": [{"type": "integer", "minimum": 0, "maximum": MAX_STEP_INDEX},
+                  {"type": "string", "pattern": STEP_ID_PATTERN, "minLength": 1, "maxLength": 64}],
+        "description": "replay from this step: its index (0-based) in a chain, or a step id (a chain's step "
+                       "i is step-i); default: the failed step"})
+    item = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_STEP_INDEX), metadata={
+        "description": "with a step inside a map: replay that item only (0-based)"})
     context = fields.Dict(keys=fields.String(), metadata={"description": "values to change in the context "
                                                                          "before that step"})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app
 from flask.views import MethodView
+from marshmallow import Schema, fields
 
 from machinery import registry
 from machinery.api.body import Blueprint, page
@@ -48,6 +49,27 @@ class WorkflowsAlias(MethodView):
     def post(self, definition):
         """Register a workflow (alias of POST /workflows)"""
         return _register(definition)
+
+
+class CheckedSchema(Schema):
+    """What POST /workflows/check answers for a definition that checks."""
+
+    ok = fields.Boolean(required=True)
+    plan = fields.Dict(required=True, metadata={
+        "description": "the plan events of this definition would snapshot: a chain's steps, or a tree's "
+                       "nodes (version 2)"})
+    warnings = fields.List(fields.String(), required=True, metadata={
+        "description": "where a schema said more than the type model can (it became any)"})
+
+
+@bp.route("/check")
+class WorkflowCheck(MethodView):
+    @bp.arguments(WorkflowSchema)
+    @bp.response(200, CheckedSchema, description="The definition checks; nothing is registered")
+    def post(self, definition):
+        """Check a workflow definition as registering it would, registering nothing"""
+        plan = registry.check_workflow(_store(), definition)
+        return {"ok": True, "plan": plan, "warnings": list(definition.get("warnings") or [])}
 
 
 @bp.route("/<ref>")

@@ -1,0 +1,634 @@
+"""Plan a step tree: check every path of a version 2 workflow and produce the plan its events snapshot.
+
+``plan_tree(workflow, services, workflows)`` walks the tree with the type of each context key, as
+``dataflow.plan`` walks a chain, and returns the plan in the format of ``machinery.language``; every
+problem is a dict ``{"step", "path", "problem", "available"?}`` in the ``errors`` of a DataflowError.
+``normalise(v1)`` writes a version 1 workflow as the call steps it stands for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Any, Iterable, Mapping
+
+from machinery.exceptions import DataflowError
+from machinery.language import dataflow, types
+from machinery.language.expressions import Expression, ExpressionError, boolean, compile_expression, infer, join
+
+ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$(?!\n)")
+KEY_PATTERN = re.compile(r"^(?!\$)[^.\x00-\x1f\x7f]{1,100}$(?!\n)")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+KINDS = ("call", "if", "switch", "parallel", "map", "workflow", "sleep")
+# What each kind may hold beside its own key, its id and a description.
+_KEYS = {"call": {"in", "out"}, "if": {"then", "else"}, "switch": set(), "parallel": set(),
+         "map": {"as", "max_concurrency", "steps", "collect"}, "workflow": {"in", "out"}, "sleep": set()}
+MAX_DEPTH = 16
+MAX_STEPS = 500
+MAX_BRANCHES = 64
+MAX_CONCURRENCY = 256
+DEFAULT_CONCURRENCY = 8
+MAX_SLEEP = 365 * 24 * 3600
+MAX_PROBLEMS = 50
+MAX_CHILDREN = 100
+CHILD_FIELDS = ("workflow_id", "name", "version", "inputs", "outputs")
+
+
+def key_expression(key: str) -> str:
+    """The expression that reads one context key: the bare key, or quoted when it is not an identifier."""
+    return key if _IDENTIFIER.match(key) else json.dumps(key)
+
+
+def normalise(workflow: Mapping[str, Any]) -> list[dict]:
+    """A version 1 workflow as call steps ``step-0``...: its renames become ``in`` and ``out``."""
+    problems: list[dict] = []
+    renames = dataflow._operations_for(workflow, problems)
+    if problems:
+        raise DataflowError(f"data flow does not check: {problems[0]['where']}: {problems[0]['problem']}",
+                            errors=problems)
+    steps = []
+    for index, name in enumerate(workflow["services"]):
+        step: dict[str, Any] = {"id": f"step-{index}", "call": name}
+        if renames[index]["inputs"]:
+            step["in"] = {field: key_expression(key) for field, key in renames[index]["inputs"].items()}
+        if renames[index]["outputs"]:
+            step["out"] = dict(renames[index]["outputs"])
+        steps.append(step)
+    return steps
+
+
+def called(steps: Any) -> tuple[list[str], list[str]]:
+    """The service names and child workflow names a tree names, each once, in order of first use."""
+    services: dict[str, None] = {}
+    workflows: dict[str, None] = {}
+    stack, seen = [steps], 0
+    order: list[Any] = []
+    while stack and seen < 10 * MAX_STEPS:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            order.append(item)
+            if isinstance(item.get("call"), str):
+                services.setdefault(item["call"])
+            if isinstance(item.get("workflow"), str):
+                workflows.setdefault(item["workflow"])
+            nested = []
+            for key in ("then", "else", "steps", "default"):
+                nested.append(item.get(key))
+            if isinstance(item.get("switch"), dict):
+                cases = item["switch"].get("cases")
+                if isinstance(cases, list):
+                    nested.extend(case.get("steps") for case in cases if isinstance(case, dict))
+                nested.append(item["switch"].get("default"))
+            if isinstance(item.get("parallel"), dict):
+                nested.extend(item["parallel"].values())
+            stack.extend(reversed([steps_ for steps_ in nested if isinstance(steps_, list)]))
+    return list(services), list(workflows)
+
+
+def _available(context: Mapping[str, dict]) -> dict[str, str]:
+    return {key: types.describe({"type": slot["type"], "required": slot["required"]})
+            for key, slot in context.items()}
+
+
+def _slot(field: Mapping[str, Any]) -> dict:
+    return dataflow._slot(field)
+
+
+def _write(context: dict[str, dict], key: str, slot: dict) -> None:
+    previous = context.get(key)
+    dataflow._write(context, key, {"type": slot["type"], "required": slot["required"]})
+    why = slot.get("why") if not slot["required"] else None
+    if not context[key]["required"]:
+        why = why or (previous or {}).get("why")
+    if why:
+        context[key]["why"] = why
+    else:
+        context[key].pop("why", None)
+
+
+def _roots(node: Any, out: set[str]) -> None:
+    """The context keys an expression reads at its root (not inside a projection or a function's expref)."""
+    if not isinstance(node, dict):
+        return
+    kind = node.get("type")
+    if kind == "field":
+        out.add(node["value"])
+    elif kind in ("subexpression", "index_expression", "projection", "filter_projection",
+                  "value_projection", "pipe"):
+        _roots(node["children"][0], out)
+    elif kind in ("flatten", "not_expression", "and_expression", "or_expression", "comparator",
+                  "multi_select_list", "function_expression"):
+        for child in node["children"]:
+            _roots(child, out)
+    elif kind == "multi_select_dict":
+        for pair in node["children"]:
+            _roots(pair["children"][0], out)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def fingerprint(plan: Mapping[str, Any]) -> str:
+    """The sha256 of the plan's canonical JSON, without its own fingerprint."""
+    rest = {key: value for key, value in plan.items() if key != "fingerprint"}
+    return hashlib.sha256(_canonical(rest).encode()).hexdigest()
+
+
+class _Checker:
+    def __init__(self, workflow: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]],
+                 workflows: Mapping[str, Mapping[str, Any]]):
+        self.workflow = workflow
+        self.services = services
+        self.workflows = workflows
+        self.problems: list[dict] = []
+        self.ids: set[str] = set()
+        self.count = 0
+        self.used_services: dict[str, dict] = {}
+        self.used_workflows: dict[str, dict] = {}
+        self.too_many = False
+
+    # -- reporting ---------------------------------------------------------------------------------
+
+    def problem(self, step: str, path: str, text: str, context: Mapping[str, dict] | None = None, **extra) -> None:
+        if len(self.problems) >= MAX_PROBLEMS:
+            return
+        entry: dict[str, Any] = {"step": step, "path": path, "problem": text}
+        if context is not None:
+            entry["available"] = _available(context)
+        entry.update(extra)
+        self.problems.append(entry)
+
+    def expression(self, step: str, path: str, text: Any,
+                   context: Mapping[str, dict]) -> tuple[Expression | None, dict]:
+        """Compile and type an expression; its problems are reported at `path`."""
+        try:
+            compiled = compile_expression(text)
+        except ExpressionError as error:
+            self.problem(step, path, str(error), context)
+            return None, types.parse_type("any")
+        result, problems = infer(compiled, context)
+        for text_ in problems:
+            self.problem(step, path, f"{compiled.text}: {text_}" if not text_.startswith(compiled.text) else text_,
+                         context)
+        return compiled, result
+
+    # -- the walk ----------------------------------------------------------------------------------
+
+    def steps(self, steps: Any, context: dict[str, dict], path: str, depth: int,
+              owner: str) -> tuple[list[dict], set[str]]:
+        """Check a list of steps from a context (changed in place); the nodes and the keys written."""
+        written: set[str] = set()
+        if not isinstance(steps, list):
+            self.problem(owner, path, f"must be a list of steps, got {types.json_type(steps)}")
+            return [], written
+        if depth > MAX_DEPTH:
+            self.problem(owner, path, f"steps nest deeper than {MAX_DEPTH} levels")
+            return [], written
+        nodes = []
+        for index, step in enumerate(steps):
+            node = self.step(step, context, f"{path}[{index}]", depth, written)
+            if node is not None:
+                nodes.append(node)
+        return nodes, written
+
+    def step(self, step: Any, context: dict[str, dict], where: str, depth: int, written: set[str]) -> dict | None:
+        self.count += 1
+        if self.count > MAX_STEPS:
+            if not self.too_many:
+                self.too_many = True
+                self.problem("workflow", "steps", f"more than {MAX_STEPS} steps in all")
+            return None
+        if not isinstance(step, dict):
+            self.problem(where, where, f"a step is an object with an id and one kind ({', '.join(KINDS)}), "
+                                       f"got {types.json_type(step)}")
+            return None
+        ident = step.get("id")
+        if not isinstance(ident, str) or not ID_PATTERN.match(ident):
+            self.problem(where, f"{where}.id", "a step's id is 1 to 64 letters, digits, '_' or '-', starting "
+                                               f"with a letter or '_'; got {json.dumps(ident, default=str)[:80]}")
+            return None
+        if ident in self.ids:
+            self.problem(ident, f"{ident}.id", f"id {ident!r} is used by another step; ids are unique "
+                                               "in the whole workflow")
+            return None
+        self.ids.add(ident)
+        kinds = [kind for kind in KINDS if kind in step]
+        if len(kinds) != 1:
+            text = (f"has two kinds: {', '.join(kinds)}; a step is one of them" if kinds else
+                    f"has no kind: a step holds one of {', '.join(KINDS)}")
+            unknown = sorted(str(key) for key in step if key not in ("id", "description"))
+            if not kinds and unknown:
+                text += f" (unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown[:5])})"
+            self.problem(ident, ident, f"step {ident!r} {text}")
+            return None
+        kind = kinds[0]
+        extra = sorted(str(key) for key in set(step) - {"id", "description", kind} - _KEYS[kind])
+        if extra:
+            self.problem(ident, f"{ident}.{extra[0]}", f"a {kind} step does not take "
+                         f"{', '.join(repr(key) for key in extra)}; it takes "
+                         f"{', '.join(sorted(_KEYS[kind] | {'id', 'description', kind}))}")
+            return None
+        return getattr(self, "_" + kind)(ident, step, context, depth, written)
+
+    # -- calls -------------------------------------------------------------------------------------
+
+    def _call(self, ident, step, context, depth, written):
+        name = step["call"]
+        if not isinstance(name, str) or name not in self.services:
+            self.problem(ident, f"{ident}.call", f"service {name!r} is not registered"
+                         if isinstance(name, str) else "must be the name of a registered service")
+            return None
+        service = self.services[name]
+        self.used_services[name] = {key: dataflow._without_schemas(key, service[key])
+                                    for key in dataflow.SERVICE_FIELDS if service.get(key) is not None}
+        ins, outs = self._io(ident, step, service["inputs"], service["outputs"], context, written,
+                             f"service {name!r}")
+        return {"id": ident, "kind": "call", "service": name, "in": ins, "out": outs}
+
+    def _workflow(self, ident, step, context, depth, written):
+        name = step["workflow"]
+        if not isinstance(name, str) or not name:
+            self.problem(ident, f"{ident}.workflow", "must be the name of a registered workflow")
+            return None
+        if name == self.workflow.get("name"):
+            self.problem(ident, f"{ident}.workflow", f"workflow {name!r} runs itself: a cycle")
+            return None
+        child = self.workflows.get(name)
+        if child is None:
+            self.problem(ident, f"{ident}.workflow", f"workflow {name!r} is not registered")
+            return None
+        cycle = _cycle(self.workflow.get("name"), name, self.workflows)
+        if cycle:
+            self.problem(ident, f"{ident}.workflow", "a cycle through child workflows: " + " -> ".join(cycle))
+            return None
+        self.used_workflows[name] = {key: child.get(key) for key in CHILD_FIELDS if child.get(key) is not None}
+        self.used_workflows[name]["inputs"] = [dataflow._without_schema(f) for f in child["inputs"]]
+        self.used_workflows[name]["outputs"] = [dataflow._without_schema(f) for f in child["outputs"]]
+        ins, outs = self._io(ident, step, child["inputs"], child["outputs"], context, written,
+                             f"workflow {name!r}")
+        return {"id": ident, "kind": "workflow", "workflow": name, "in": ins, "out": outs}
+
+    def _io(self, ident, step, inputs, outputs, context, written, what):
+        given_in = step.get("in")
+        given_out = step.get("out")
+        if given_in is None:
+            given_in = {}
+        if given_out is None:
+            given_out = {}
+        ins: dict[str, str] = {}
+        outs: dict[str, str] = {}
+        if not isinstance(given_in, dict):
+            self.problem(ident, f"{ident}.in", "must map inputs to expressions")
+            given_in = {}
+        if not isinstance(given_out, dict):
+            self.problem(ident, f"{ident}.out", "must map outputs to context keys")
+            given_out = {}
+        declared_in = {field["name"]: field for field in inputs}
+        declared_out = {field["name"]: field for field in outputs}
+        for unknown in sorted(set(given_in) - set(declared_in)):
+            self.problem(ident, f"{ident}.in.{unknown}", f"{what} has no input {unknown!r}; its inputs: "
+                         f"{', '.join(declared_in) or 'none'}")
+        for unknown in sorted(set(given_out) - set(declared_out)):
+            self.problem(ident, f"{ident}.out.{unknown}", f"{what} has no output {unknown!r}; its outputs: "
+                         f"{', '.join(declared_out) or 'none'}")
+        for name, field in declared_in.items():
+            path = f"{ident}.in.{name}"
+            wanted = _slot(field)
+            shown = types.describe(wanted["type"])
+            if name in given_in:
+                text = given_in[name]
+                source = f"{text!r}" if isinstance(text, str) else "the expression"
+            else:
+                if name not in context:
+                    if wanted["required"]:
+                        self.problem(ident, path, f"input {name!r} ({shown}) reads context key {name!r}, which "
+                                     "is not available; map it in \"in\"", context)
+                    continue
+                text = key_expression(name)
+                source = f"context key {name!r}"
+            compiled, result = self.expression(ident, path, text, context)
+            if compiled is None:
+                continue
+            ins[name] = compiled.text
+            self._fits(ident, path, compiled, result, wanted, context, f"input {name!r}", source)
+        for name, field in declared_out.items():
+            key = given_out.get(name, name)
+            path = f"{ident}.out.{name}"
+            if not isinstance(key, str) or not KEY_PATTERN.match(key):
+                self.problem(ident, path, "must be a context key: 1 to 100 characters, not starting with '$', "
+                                          "without '.' or control characters")
+                continue
+            outs[name] = key
+            _write(context, key, _slot(field))
+            written.add(key)
+        return ins, outs
+
+    def _fits(self, ident, path, compiled, result, wanted, context, what, source):
+        """Whether an expression's result may feed a field; the problem names the path."""
+        shown = types.describe(wanted["type"])
+        if result["type"] == "any":
+            return
+        target = wanted["type"]
+        lenient = {**target, "nullable": True} if not wanted["required"] else target
+        misfits = types.incompatibilities(result, lenient)
+        roots: set[str] = set()
+        _roots(compiled.parsed, roots)
+        absent = [key for key in sorted(roots) if key in context and not context[key]["required"]]
+        if misfits and all(text.startswith("may be null") for text in misfits) and absent:
+            reasons = "; ".join(context[key].get("why") or f"{key} may be absent (an optional input or output "
+                                "fills it)" for key in absent)
+            self.problem(ident, path, f"{what} is required but {source} may be absent: {reasons}", context)
+            return
+        if misfits:
+            self.problem(ident, path, f"{what} expects {shown} but {source} is {types.describe(result)}"
+                         + dataflow._where(misfits), context)
+
+    # -- control -----------------------------------------------------------------------------------
+
+    def _condition(self, ident, path, text, context):
+        compiled, result = self.expression(ident, path, text, context)
+        if compiled is not None and not boolean(result):
+            self.problem(ident, path, f"{compiled.text!r} is {types.describe(result)}, not bool: a condition "
+                         "is a comparison or another expression of type bool", context)
+        return compiled
+
+    def _join(self, ident, outer: dict, branches: list[tuple[str, dict]]) -> dict:
+        """The context after branches of which exactly one runs."""
+        keys: dict[str, None] = {}
+        for _, branch in branches:
+            keys.update(dict.fromkeys(branch))
+        result: dict[str, dict] = {}
+        for key in keys:
+            having = [(label, branch[key]) for label, branch in branches if key in branch]
+            lacking = [label for label, branch in branches if key not in branch]
+            kind = having[0][1]["type"]
+            for _, slot in having[1:]:
+                kind = join(kind, slot["type"])
+            required = not lacking and all(slot["required"] for _, slot in having)
+            slot: dict[str, Any] = {"type": kind, "required": required}
+            if lacking:
+                setters = [label for label, _ in having]
+                slot["why"] = (f"{key} is set only on branch{'es' if len(setters) > 1 else ''} "
+                               f"{', '.join(setters)} of step {ident}; {', '.join(lacking)} "
+                               f"do{'es' if len(lacking) == 1 else ''} not set it")
+            elif not required:
+                whys = [slot_.get("why") for _, slot_ in having if slot_.get("why")]
+                if whys:
+                    slot["why"] = whys[0]
+            result[key] = slot
+        return result
+
+    def _if(self, ident, step, context, depth, written):
+        compiled = self._condition(ident, f"{ident}.if", step["if"], context)
+        outer = dict(context)
+        then_context, else_context = dict(outer), dict(outer)
+        then, then_written = self.steps(step.get("then", []), then_context, f"{ident}.then", depth + 1, ident)
+        else_, else_written = self.steps(step.get("else") or [], else_context, f"{ident}.else", depth + 1, ident)
+        joined = self._join(ident, outer, [("then", then_context), ("else", else_context)])
+        context.clear()
+        context.update(joined)
+        written.update(then_written, else_written)
+        if "then" not in step:
+            self.problem(ident, f"{ident}.then", "an if step needs \"then\": the steps to run when it holds")
+        if compiled is None:
+            return None
+        return {"id": ident, "kind": "if", "if": compiled.text, "then": then, "else": else_}
+
+    def _switch(self, ident, step, context, depth, written):
+        spec = step["switch"]
+        if not isinstance(spec, dict) or not isinstance(spec.get("cases"), list) or not spec["cases"]:
+            self.problem(ident, f"{ident}.switch", "must be {\"cases\": [{\"when\": <expr>, \"steps\": [...]}, "
+                                                   "...], \"default\": [...]} with at least one case")
+            return None
+        extra = sorted(str(key) for key in set(spec) - {"cases", "default"})
+        if extra:
+            self.problem(ident, f"{ident}.switch.{extra[0]}", "a switch holds \"cases\" and \"default\"")
+        if len(spec["cases"]) > MAX_BRANCHES:
+            self.problem(ident, f"{ident}.switch.cases", f"more than {MAX_BRANCHES} cases")
+            return None
+        outer = dict(context)
+        branches, cases, ok = [], [], True
+        for number, case in enumerate(spec["cases"]):
+            path = f"{ident}.cases[{number}]"
+            if not isinstance(case, dict) or "when" not in case or set(case) - {"when", "steps"}:
+                self.problem(ident, path, "a case is {\"when\": <expr>, \"steps\": [...]}")
+                ok = False
+                continue
+            compiled = self._condition(ident, f"{path}.when", case["when"], outer)
+            branch = dict(outer)
+            nodes, branch_written = self.steps(case.get("steps", []), branch, f"{path}.steps", depth + 1, ident)
+            written.update(branch_written)
+            branches.append((f"cases[{number}]", branch))
+            if compiled is None:
+                ok = False
+            else:
+                cases.append({"when": compiled.text, "steps": nodes})
+        branch = dict(outer)
+        default, default_written = self.steps(spec.get("default") or [], branch, f"{ident}.default",
+                                              depth + 1, ident)
+        written.update(default_written)
+        branches.append(("default", branch))
+        context.clear()
+        context.update(self._join(ident, outer, branches))
+        if not ok:
+            return None
+        return {"id": ident, "kind": "switch", "cases": cases, "default": default}
+
+    def _parallel(self, ident, step, context, depth, written):
+        spec = step["parallel"]
+        if not isinstance(spec, dict) or not spec:
+            self.problem(ident, f"{ident}.parallel", "must map branch names to lists of steps")
+            return None
+        if len(spec) > MAX_BRANCHES:
+            self.problem(ident, f"{ident}.parallel", f"more than {MAX_BRANCHES} branches")
+            return None
+        outer = dict(context)
+        writers: dict[str, str] = {}
+        nodes = []
+        for name, steps in spec.items():
+            if not isinstance(name, str) or not ID_PATTERN.match(name):
+                self.problem(ident, f"{ident}.parallel", f"branch name {name!r}: 1 to 64 letters, digits, "
+                                                         "'_' or '-', starting with a letter or '_'")
+                continue
+            branch = dict(outer)
+            branch_nodes, branch_written = self.steps(steps, branch, f"{ident}.{name}", depth + 1, ident)
+            for key in sorted(branch_written):
+                if key in writers:
+                    self.problem(ident, f"{ident}.{name}", f"branches {writers[key]} and {name} of step "
+                                 f"{ident} both write {key!r}; parallel branches write different keys", outer)
+                    continue
+                writers[key] = name
+                context[key] = branch[key]
+            written.update(branch_written)
+            nodes.append({"name": name, "steps": branch_nodes})
+        return {"id": ident, "kind": "parallel", "branches": nodes}
+
+    def _map(self, ident, step, context, depth, written):
+        compiled, source = self.expression(ident, f"{ident}.map", step["map"], context)
+        if compiled is not None and source["type"] not in ("array", "any"):
+            self.problem(ident, f"{ident}.map", f"{compiled.text!r} is {types.describe(source)}, not an array: "
+                         "a map runs its steps once per item of an array", context)
+        item = (source["items"] if source["type"] == "array" and source["items"] is not None
+                else types.parse_type("any"))
+        alias = step.get("as", "item")
+        if not isinstance(alias, str) or not KEY_PATTERN.match(alias):
+            self.problem(ident, f"{ident}.as", "must be a context key: 1 to 100 characters, not starting "
+                                               "with '$', without '.' or control characters")
+            alias = "item"
+        limit = step.get("max_concurrency", DEFAULT_CONCURRENCY)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CONCURRENCY:
+            self.problem(ident, f"{ident}.max_concurrency", f"must be a whole number from 1 to "
+                         f"{MAX_CONCURRENCY}, got {json.dumps(limit, default=str)[:40]}")
+            limit = DEFAULT_CONCURRENCY
+        body = dict(context)
+        body[alias] = {"type": item, "required": True}
+        nodes, _ = self.steps(step.get("steps"), body, f"{ident}.steps", depth + 1, ident)
+        if "steps" not in step:
+            self.problem(ident, f"{ident}.steps", "a map needs \"steps\": what runs for each item")
+        collect = step.get("collect") or {}
+        gathered: dict[str, str] = {}
+        if not isinstance(collect, dict):
+            self.problem(ident, f"{ident}.collect", "must map outer keys to expressions over the item's context")
+            collect = {}
+        for key, text in collect.items():
+            path = f"{ident}.collect.{key}"
+            if not KEY_PATTERN.match(key):
+                self.problem(ident, path, "must be a context key: 1 to 100 characters, not starting with '$', "
+                                          "without '.' or control characters")
+                continue
+            inner, result = self.expression(ident, path, text, body)
+            if inner is None:
+                continue
+            gathered[key] = inner.text
+            _write(context, key, {"type": {"type": "array", "nullable": False, "enum": None,
+                                           "items": result, "fields": None}, "required": True})
+            written.add(key)
+        if compiled is None:
+            return None
+        return {"id": ident, "kind": "map", "map": compiled.text, "as": alias, "max_concurrency": limit,
+                "steps": nodes, "collect": gathered}
+
+    def _sleep(self, ident, step, context, depth, written):
+        spec = step["sleep"]
+        if not isinstance(spec, dict) or len(spec) != 1 or not set(spec) <= {"seconds", "until"}:
+            self.problem(ident, f"{ident}.sleep", "must be {\"seconds\": <number>} or {\"until\": <expr>}")
+            return None
+        if "seconds" in spec:
+            seconds = spec["seconds"]
+            if (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds)
+                    or not 0 < seconds <= MAX_SLEEP):
+                self.problem(ident, f"{ident}.sleep.seconds", f"must be a number of seconds above 0 and at most "
+                             f"{MAX_SLEEP} (a year), got {json.dumps(seconds, default=str)[:40]}")
+                return None
+            return {"id": ident, "kind": "sleep", "seconds": seconds}
+        compiled, result = self.expression(ident, f"{ident}.sleep.until", spec["until"], context)
+        if compiled is None:
+            return None
+        if result["type"] not in ("string", "any"):
+            self.problem(ident, f"{ident}.sleep.until", f"{compiled.text!r} is {types.describe(result)}, not a "
+                         "string: until is an ISO 8601 date and time", context)
+        return {"id": ident, "kind": "sleep", "until": compiled.text}
+
+    # -- the end -----------------------------------------------------------------------------------
+
+    def end(self, context: dict[str, dict]) -> None:
+        for field in self.workflow["outputs"]:
+            name = field["name"]
+            path = f"end.outputs.{name}"
+            wanted = _slot(field)
+            shown = types.describe(wanted["type"])
+            slot = context.get(name)
+            if slot is None:
+                if wanted["required"]:
+                    self.problem("end", path, f"workflow output {name!r} ({shown}) is never produced", context)
+                continue
+            misfits = types.incompatibilities(slot["type"], wanted["type"])
+            if misfits:
+                self.problem("end", path, f"workflow output {name!r} expects {shown} but the context holds "
+                             f"{types.describe(slot['type'])}" + dataflow._where(misfits), context)
+            elif wanted["required"] and not slot["required"]:
+                why = slot.get("why") or "an optional input or output fills it"
+                self.problem("end", path, f"workflow output {name!r} is required but may be absent: {why}",
+                             context)
+
+
+def _cycle(root: str | None, child: str, workflows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The chain root -> child -> ... -> root when the child runs the root again, else []."""
+    if root is None:
+        return []
+    stack: list[tuple[str, list[str]]] = [(child, [root, child])]
+    seen: set[str] = set()
+    while stack:
+        name, chain = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        definition = workflows.get(name) or {}
+        children = definition.get("workflows")
+        if children is None and isinstance(definition.get("steps"), list):
+            children = called(definition["steps"])[1]
+        for grandchild in children or ():
+            if grandchild == root:
+                return [*chain, root]
+            stack.append((grandchild, [*chain, grandchild]))
+    return []
+
+
+def _count(nodes: Iterable[dict]) -> int:
+    total = 0
+    for node in nodes:
+        total += 1
+        kind = node["kind"]
+        if kind == "if":
+            total += _count(node["then"]) + _count(node["else"])
+        elif kind == "switch":
+            total += sum(_count(case["steps"]) for case in node["cases"]) + _count(node["default"])
+        elif kind == "parallel":
+            total += sum(_count(branch["steps"]) for branch in node["branches"])
+        elif kind == "map":
+            total += _count(node["steps"])
+    return total
+
+
+def plan_tree(workflow: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]],
+              workflows: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Check a version 2 workflow against the registered services and child workflows; return its plan.
+
+    Raises DataflowError whose `errors` are {"step", "path", "problem", "available"?} dicts, every
+    problem of the tree (up to MAX_PROBLEMS).
+    """
+    checker = _Checker(workflow, services, workflows or {})
+    context: dict[str, dict] = {field["name"]: _slot(field) for field in workflow["inputs"]}
+    tree, _ = checker.steps(workflow.get("steps"), context, "steps", 1, "workflow")
+    checker.end(context)
+    if checker.problems:
+        first = checker.problems[0]
+        more = f" (and {len(checker.problems) - 1} more)" if len(checker.problems) > 1 else ""
+        raise DataflowError(f"the steps do not check: {first['path']}: {first['problem']}{more}",
+                            errors=checker.problems)
+    plan: dict[str, Any] = {
+        "version": 2,
+        "inputs": [dataflow._without_schema(field) for field in workflow["inputs"]],
+        "outputs": [dataflow._without_schema(field) for field in workflow["outputs"]],
+        "services": checker.used_services,
+        "workflows": checker.used_workflows,
+        "node_count": _count(tree),
+        "tree": tree,
+    }
+    plan["fingerprint"] = fingerprint(plan)
+    return plan
+
+
+def final_context(workflow: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]],
+                  workflows: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict]:
+    """The types of the context keys at the end of a tree (what the check knows), for tests and tools."""
+    checker = _Checker(workflow, services, workflows or {})
+    context: dict[str, dict] = {field["name"]: _slot(field) for field in workflow["inputs"]}
+    checker.steps(workflow.get("steps"), context, "steps", 1, "workflow")
+    return {key: {"type": slot["type"], "required": slot["required"]} for key, slot in context.items()}

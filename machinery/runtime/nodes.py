@@ -11,6 +11,7 @@ import time
 from typing import Any, Mapping
 
 from machinery.language import types
+from machinery.language.expressions import ExpressionError
 from machinery.runtime.executor import close_waiting, hash_token, new_callback_token, new_span_id
 from machinery.runtime.tree import FAIL, OK, STOP, WAIT, Scope, TreeRun, after_seconds, parse_until
 from machinery.store import utcnow
@@ -22,7 +23,11 @@ def block(walk: TreeRun, steps: list, context: dict, scope: Scope) -> str:
     for node in steps:
         if walk.stopped.is_set():
             return STOP
-        result = KINDS[node["kind"]](walk, node, context, scope)
+        try:
+            result = KINDS[node["kind"]](walk, node, context, scope)
+        except ExpressionError as error:  # a value the expression cannot take (compared with another type)
+            result = walk.fail({"kind": "expression", "message": f"step {node['id']!r}: {error}",
+                                "step": node["id"], "instance": scope.name(node["id"])})
         if result != OK:
             return result
     return OK

@@ -15,9 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping
 
-import jmespath
-
 from machinery.language import dataflow
+from machinery.language.expressions import compile_expression
 from machinery.store import EPOCH, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ def expressions(plan: Mapping[str, Any]) -> Callable[[str], Any]:
     def compiled(source: str) -> Any:
         expression = table.get(source)
         if expression is None:
-            expression = table[source] = jmespath.compile(source)
+            expression = table[source] = compile_expression(source)
         return expression
     return compiled
 

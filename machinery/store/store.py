@@ -862,7 +862,7 @@ class Store:
                                             {"_id": 0})
             if first is None:
                 raise
-            return first, False
+            return _aware(first), False
         self.writes += 1
         document.pop("_id", None)
         return document, True
@@ -886,7 +886,8 @@ class Store:
             query["run"] = {"$in": list(runs)}
         if top_only:
             query["item"] = None
-        return list(self.step_runs.find(query, {"_id": 0}).sort([("run", 1), ("started_at", 1)]).limit(limit))
+        return [_aware(document) for document in
+                self.step_runs.find(query, {"_id": 0}).sort([("run", 1), ("started_at", 1)]).limit(limit)]
 
     @_serialised
     def page_step_runs(self, event_id: str, *, node: str | None = None, item: int | None = None,
@@ -902,12 +903,12 @@ class Store:
         total = self.step_runs.count_documents(query)
         cursor = (self.step_runs.find(query, {"_id": 0}).sort([("run", 1), ("started_at", 1), ("instance", 1)])
                   .skip((page - 1) * page_size).limit(page_size))
-        return list(cursor), total
+        return [_aware(document) for document in cursor], total
 
     @_serialised
     def find_step_run_by_token(self, token_hash: str) -> dict | None:
         """The step record holding a callback token (waiting, or already completed by it)."""
-        return self.step_runs.find_one({"token_hash": token_hash}, {"_id": 0})
+        return _aware(self.step_runs.find_one({"token_hash": token_hash}, {"_id": 0}))
 
     @_serialised
     def pending_events_by_status(self) -> dict[str, int]:

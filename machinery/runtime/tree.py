@@ -169,7 +169,7 @@ class TreeRun:
 
     def wait(self, deadline: datetime | None, record: Mapping[str, Any] | None = None) -> str:
         with self.lock:
-            self.deadlines.append(deadline or FAR_FUTURE)
+            self.deadlines.append(deadline.replace(tzinfo=None) if deadline else FAR_FUTURE)  # all UTC
             if record is not None:
                 self.watched.append(record)
         return WAIT

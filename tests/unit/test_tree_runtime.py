@@ -304,7 +304,8 @@ def test_a_sleep_parks_until_its_time_and_then_completes(store):
     event, executor = run(store, services, plan(steps, outputs=[{"name": "m", "type": "int"}]), {"n": 2})
     assert event["status"] == "waiting" and services.calls == []
     record = store.step_runs_of(event["event_id"])[0]
-    assert record["status"] == "waiting" and record["until"].replace(tzinfo=None) == event["lease_expires"].replace(tzinfo=None)
+    assert record["status"] == "waiting"
+    assert record["until"].replace(tzinfo=None) == event["lease_expires"].replace(tzinfo=None)
     assert store.claim_event(OWNER, 30) is None  # not due yet
     store.update_step_run(event["event_id"], 0, "nap", {"$set": {"until": utcnow() - timedelta(seconds=1)}})
     store.update_event(event["event_id"], {"$set": {"lease_expires": EPOCH}})

@@ -144,6 +144,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_CLAIMS", 10, _positive_int,
             "Claims of one event without a step ending (its worker died, failed on it or lost its lease each "
             "time) after which the next claim fails it with kind `stuck`, naming the last error seen."),
+    Setting("MAX_CALLS", 64, _positive_int,
+            "Service calls one process has in flight at once, over all the branches and map items of the "
+            "step trees it runs."),
     Setting("LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"),
             "Logging level."),
     Setting("LOG_FORMAT", "text", _choice("text", "json"),

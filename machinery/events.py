@@ -11,6 +11,7 @@ from machinery import guard, registry
 from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
+from machinery.runtime import tree
 from machinery.runtime.executor import check_outputs, close_waiting, hash_token, too_large_error
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, RecordSize, mib, new_event_bound
@@ -66,11 +67,13 @@ def check_data(workflow: Mapping[str, Any], data: Any) -> None:
 def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: str | None = None,
               owner: str | None = None, lease_s: float = 30.0, callback_base: str | None = None,
               trace: Mapping[str, str] | None = None, allowed_hosts: Any = None,
-              workflow: Mapping[str, Any] | None = None) -> tuple[dict, bool]:
+              workflow: Mapping[str, Any] | None = None,
+              parent: Mapping[str, Any] | None = None) -> tuple[dict, bool]:
     """Check an event against its workflow and store it before anything runs.
 
     A `callback_url` whose host `allowed_hosts` (MACHINERY_ALLOWED_HOSTS) does not admit is refused.
-    `workflow` may be given when the caller already read it by `workflow_ref`.
+    `workflow` may be given when the caller already read it by `workflow_ref`. `parent`: the
+    {event_id, instance, run} of the tree event whose `workflow` step this event is.
 
     With an `owner` the event is stored running and held by that owner (a sync event, run at once);
     without, it is stored pending for any worker. Returns (event, created): an idempotency key
@@ -108,6 +111,10 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
         "claims": [{"owner": owner, "at": now}] if owner else [],
         "claim_count": 1 if owner else 0, "claims_without_progress": 1 if owner else 0,
     }
+    if plan.get("version") == 2:
+        event["progress"] = {}
+    if parent is not None:
+        event["parent"] = dict(parent)
     if key is not None:
         event["idempotency_key"] = key
     event["size_bound"] = new_event_bound(event)
@@ -157,11 +164,13 @@ def completed_records(event: Mapping[str, Any]) -> dict[tuple, Mapping]:
             if record.get("status") == "completed"}
 
 
-def for_display(event: Mapping[str, Any]) -> dict:
+def for_display(event: Mapping[str, Any], store: Store | None = None) -> dict:
     """An event as the API, the UI and the completion webhook show it. Step records store no copy of
     the inputs sent (they are the plan's inputs read from the context before the step): each is put
     back here, with the context if it was dropped and the claim count. Records that hold their inputs
     (stored before) are shown as they are; a record whose inputs cannot be rebuilt is shown without."""
+    if (event.get("plan") or {}).get("version") == 2:
+        return _tree_display(event, store)
     steps = event.get("steps") or []
     waiting = event.get("waiting")
     shown = dict(event)
@@ -191,6 +200,26 @@ def for_display(event: Mapping[str, Any]) -> dict:
             shown["context"] = context_before(event, event.get("next_step", 0), completed)
     except (KeyError, IndexError, TypeError, AttributeError):
         pass  # a record this version cannot read (a plan in another shape): shown as stored
+    return shown
+
+
+DISPLAYED_RECORDS = 500
+
+
+def _tree_display(event: Mapping[str, Any], store: Store | None) -> dict:
+    """A tree event as shown: its progress, and as `steps` the records of its latest run lineage outside
+    any map item (the first DISPLAYED_RECORDS; GET /events/<id>/steps pages them all), when the
+    store is given."""
+    shown = dict(event)
+    shown.setdefault("progress", {})
+    if "claim_count" not in shown and "claims" in shown:
+        shown["claim_count"] = len(shown["claims"] or [])
+    if store is not None and event.get("event_id"):
+        latest: dict[str, dict] = {}
+        for record in store.step_runs_of(event["event_id"], tree.run_lineage(event), top_only=True,
+                                         limit=DISPLAYED_RECORDS):
+            latest[record["instance"]] = record
+        shown["steps"] = list(latest.values())
     return shown
 
 
@@ -274,6 +303,9 @@ def complete_callback(store: Store, token: str, body: Any) -> dict:
     if spent:
         raise Gone("this callback was already used")
     if event is None:
+        record = _tree_record(store, token, token_hash)
+        if record is not None:
+            return _complete_tree_callback(store, record, token_hash, body)
         event = _await_parking(store, token, token_hash)
     waiting = event["waiting"]
     if waiting["expires"].replace(tzinfo=None) < utcnow():
@@ -314,7 +346,60 @@ def complete_callback(store: Store, token: str, body: Any) -> dict:
                        "(kind too_large) and this callback is spent") from None
     if not updated:
         raise Gone("this callback was already used, or its deadline passed")
+    if fields["status"] == "completed":
+        tree.wake_parent(store, event)
     return store.get_event(event["event_id"])
+
+
+def _tree_record(store: Store, token: str, token_hash: str) -> dict | None:
+    """The step record of a tree event holding this callback token; None for a version 1 event. A
+    callback may beat the write of its record: it waits briefly while the event it names runs."""
+    record = store.find_step_run_by_token(token_hash)
+    if record is not None:
+        return record
+    event_id = token.split(".", 1)[0]
+    deadline = time.monotonic() + EARLY_CALLBACK_WAIT_S
+    while True:
+        try:
+            event = store.get_event(event_id)
+        except NotFound:
+            raise NotFound("unknown callback token") from None
+        if (event.get("plan") or {}).get("version") != 2:
+            return None
+        record = store.find_step_run_by_token(token_hash)
+        if record is not None:
+            return record
+        if event["status"] != "running" or time.monotonic() > deadline:
+            raise NotFound("unknown callback token")
+        time.sleep(0.02)
+
+
+def _complete_tree_callback(store: Store, record: Mapping[str, Any], token_hash: str, body: Any) -> dict:
+    """Complete a tree event's waiting call record with the outputs its service POSTed, then wake the event."""
+    if record["status"] != "waiting":
+        raise Gone("this callback was already used, or its deadline passed")
+    if record["expires"].replace(tzinfo=None) < utcnow():
+        raise Gone("the deadline of this callback has passed")
+    event = store.get_event(record["event_id"])
+    service = event["plan"]["services"][record["service"]]
+    if not isinstance(body, dict):
+        raise InvalidData(f"callback body must be a JSON object of outputs, got {types.json_type(body)}")
+    outputs, problems = check_outputs(service, body)
+    if problems:
+        listed = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+        raise InvalidData(f"callback does not match the declared outputs of {service['name']!r}: {listed}",
+                          errors=problems)
+    closed = close_waiting(record, status="completed", outputs=outputs)
+    fields = {key: closed[key] for key in ("status", "outputs", "finished_at", "duration_ms") if key in closed}
+    try:
+        updated = store.update_step_run(record["event_id"], record["run"], record["instance"], {"$set": fields},
+                                        expect={"status": "waiting", "token_hash": token_hash})
+    except TooLarge:
+        raise TooLarge(f"the callback's outputs do not fit in a step record: {LIMIT}") from None
+    if not updated:
+        raise Gone("this callback was already used, or its deadline passed")
+    tree.wake(store, record["event_id"])
+    return store.get_event(record["event_id"])
 
 
 def _fail_callback_too_large(store: Store, event: Mapping[str, Any], record: Mapping[str, Any],

@@ -14,7 +14,9 @@ from marshmallow import (
     Schema,
     ValidationError,
     fields,
+    post_dump,
     post_load,
+    pre_dump,
     validate,
     validates,
     validates_schema,
@@ -395,6 +397,45 @@ class StepSchema(Schema):
     span_id = fields.String()
     request = fields.Dict(metadata={"description": "what was sent: method, url, the service's own headers "
                                                    "(those built from a secret as ***)"})
+    # A tree event's records (step_runs) say which instance of which node they are.
+    instance = fields.String(metadata={"description": "a tree event's instance: the node's path, e.g. "
+                                                      "reserve[3]/hold (item 3 of map reserve)"})
+    node = fields.String(metadata={"description": "the id of the tree node it is an instance of"})
+    kind = fields.String(metadata={"description": "call, sleep or workflow"})
+    items = fields.List(fields.Integer(), metadata={"description": "the indices of the enclosing map items"})
+    item = fields.Integer(allow_none=True, metadata={"description": "the innermost map item, or null"})
+    expires = fields.DateTime(metadata={"description": "a call waiting for its callback: the deadline"})
+    until = fields.DateTime(metadata={"description": "a sleep: when it ends"})
+    workflow = fields.String(metadata={"description": "a child workflow step: the workflow it started"})
+    child_event_id = fields.String(metadata={"description": "a child workflow step: the child event"})
+
+    @pre_dump
+    def _items_of_dict(self, record, **kwargs):
+        # A dict without "items" would answer its own .items method: say it is absent instead.
+        if isinstance(record, dict) and "items" not in record:
+            return {**record, "items": None}
+        return record
+
+    @post_dump
+    def _no_items(self, data, **kwargs):
+        if data.get("items") is None:
+            data.pop("items", None)
+        return data
+
+
+class StepRunSchema(StepSchema):
+    """One record of a tree event's steps (GET /events/<id>/steps)."""
+
+    event_id = fields.String()
+
+
+class StepRunArgsSchema(PageArgsSchema):
+    node = fields.String(validate=validate.Length(min=1, max=64), metadata={"description": "a node id"})
+    item = fields.Integer(validate=validate.Range(min=0), metadata={"description": "a map item's index"})
+    status = fields.String(validate=validate.OneOf(["completed", "failed", "waiting"]))
+
+
+StepRunPageSchema = page_of(StepRunSchema)
 
 
 class WaitingSchema(StepSchema):
@@ -475,6 +516,11 @@ class EventSchema(EventAckSchema):
     plan = fields.Dict()
     steps = fields.List(fields.Nested(StepSchema))
     waiting = fields.Nested(WaitingSchema, allow_none=True)
+    progress = fields.Dict(metadata={"description": "a tree event: per node id, {n, done, failed, running, "
+                                                    "waiting} instances and, for if and switch, the branches "
+                                                    "taken ({branch: count})"})
+    parent = fields.Dict(allow_none=True, metadata={"description": "a child workflow's event: the "
+                                                                   "{event_id, instance, run} that started it"})
     next_step = fields.Integer()
     run = fields.Integer()
     runs = fields.List(fields.Dict())

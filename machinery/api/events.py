@@ -21,6 +21,8 @@ from machinery.schemas import (
     EventSchema,
     EventSummarySchema,
     ReplaySchema,
+    StepRunArgsSchema,
+    StepRunPageSchema,
 )
 
 ingest = Blueprint("ingest", __name__, url_prefix="/e", description="Send an event to a workflow")
@@ -169,7 +171,29 @@ class Event(MethodView):
     @bp.response(200, EventSchema)
     def get(self, event_id):
         """Read an event's whole record: plan, context, every step"""
-        return events.for_display(_runtime().store.get_event(event_id))
+        store = _runtime().store
+        return events.for_display(store.get_event(event_id), store)
+
+
+@bp.route("/<event_id>/steps")
+class Steps(MethodView):
+    @bp.arguments(StepRunArgsSchema(), location="query")
+    @bp.response(200, StepRunPageSchema)
+    def get(self, args, event_id):
+        """Page an event's step records: a tree event's by node, map item and status; a version 1 event's steps"""
+        store = _runtime().store
+        event = store.get_event(event_id)
+        size, number = args["page_size"], args["page"]
+        if (event.get("plan") or {}).get("version") == 2:
+            items, total = store.page_step_runs(event_id, node=args.get("node"), item=args.get("item"),
+                                                status=args.get("status"), page=number, page_size=size)
+            return page(items, total, args)
+        steps = events.for_display(event).get("steps") or []
+        if args.get("status"):
+            steps = [step for step in steps if step.get("status") == args["status"]]
+        if args.get("node"):
+            steps = [step for step in steps if f"step-{step.get('step')}" == args["node"]]
+        return page(steps[(number - 1) * size:number * size], len(steps), args)
 
 
 @bp.route("/<event_id>/retry")
@@ -214,6 +238,6 @@ class Callback(MethodView):
                 raise NotFound("unknown callback token") from None
             raise
         event = events.complete_callback(runtime.store, token, body)
-        if event["status"] == "pending":
+        if event["status"] in ("pending", "waiting"):  # a tree event waiting on other things is woken too
             runtime.queued(event["event_id"])
         return event

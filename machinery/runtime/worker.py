@@ -83,7 +83,7 @@ def sign(body: bytes, secret: str) -> str:
 def deliver_webhook(store: Store, event: Mapping[str, Any], config: Mapping[str, Any], owner: str,
                     connections: Callable[[], Pool] = thread_pool) -> str:
     """POST an ended event's record to its callback_url once; record the attempt; return the webhook status."""
-    body = to_json(event_schema.dump(for_display(event)))
+    body = to_json(event_schema.dump(for_display(event, store)))
     headers = {"Content-Type": "application/json", "X-Machinery-Event": event["event_id"]}
     if config.get("WEBHOOK_SECRET"):
         headers["X-Machinery-Signature"] = sign(body, config["WEBHOOK_SECRET"])

@@ -45,7 +45,7 @@ from machinery.store.secrets import SecretStore
 
 LOG = logging.getLogger(__name__)
 
-SERVICES, WORKFLOWS, EVENTS, LOCKS = "services", "workflows", "events", "locks"
+SERVICES, WORKFLOWS, EVENTS, LOCKS, STEP_RUNS = "services", "workflows", "events", "locks", "step_runs"
 FINISHED = ("completed", "failed")
 ACTIVE = ("pending", "running", "waiting")
 EPOCH = datetime(1970, 1, 1)
@@ -234,6 +234,7 @@ class Store:
         self.events = embedded_events(database[EVENTS]) if embedded else database[EVENTS]
         self.secrets = SecretStore(database, self._guard, embedded=embedded)
         self.locks = database[LOCKS]
+        self.step_runs = database[STEP_RUNS]
         self.clock_skew_s: float | None = None  # this host's clock minus the server's, once checked
         self._build_timeout_s: float | None = INDEX_BUILD_TIMEOUT_S  # what ensure_indexes gives a build
         self.writes = 0  # store writes made, for benchmarks and metrics
@@ -300,7 +301,12 @@ class Store:
               partialFilterExpression={"webhook.status": "pending"})
         for name in SUPERSEDED_INDEXES:
             self._drop_index(self.events, name)
+        index(self.step_runs, [("event_id", 1), ("run", 1), ("instance", 1)], unique=True, name="step_run")
+        index(self.step_runs, [("event_id", 1), ("node", 1), ("item", 1)], name="step_runs_by_node")
+        index(self.step_runs, [("token_hash", 1)], name="step_run_token",
+              partialFilterExpression={"token_hash": {"$exists": True}})
         self._ensure_ttl(event_ttl_days)
+        self._ensure_step_runs_ttl(event_ttl_days)
 
     def _create_index(self, collection, keys: list, **options) -> None:
         """One createIndexes, its refusal named: which index, on which collection, and why."""
@@ -340,6 +346,28 @@ class Store:
         except OperationFailure as error:
             if error.code != INDEX_NOT_FOUND:
                 raise
+
+    def _ensure_step_runs_ttl(self, days: float | None) -> None:
+        """The step records' TTL: on ack_date (the event's), with the events' expiry."""
+        if days is None:
+            self._drop_index(self.step_runs, RETENTION_INDEX)
+            return
+        seconds = int(days * 86400)
+        existing = {index["name"]: index for index in self.step_runs.list_indexes()}.get(RETENTION_INDEX)
+        if existing is not None and existing.get("expireAfterSeconds") == seconds:
+            return
+        try:
+            if existing is None:
+                self._raw_create_index(self.step_runs, [("ack_date", 1)],
+                                       {"name": RETENTION_INDEX, "expireAfterSeconds": seconds})
+            elif self.embedded:
+                self.step_runs.drop_index(RETENTION_INDEX)
+                self.step_runs.create_index([("ack_date", 1)], name=RETENTION_INDEX, expireAfterSeconds=seconds)
+            else:
+                self.db.command("collMod", STEP_RUNS, index={"name": RETENTION_INDEX, "expireAfterSeconds": seconds})
+        except OperationFailure as error:
+            if error.code not in (85, 86):  # another process made it meanwhile
+                raise store_error(error, f"index {RETENTION_INDEX!r} on step_runs cannot be made") from error
 
     def _ensure_ttl(self, days: float | None) -> None:
         """The retention TTL index on finished_at, its expiry changed in place (collMod), never rebuilt:
@@ -819,6 +847,68 @@ class Store:
             return _out(document, "event_id"), False
         spent = self.events.find_one({"spent_tokens": token_hash}, {"_id": 1})
         return None, spent is not None
+
+    # -- step records of tree events ---------------------------------------------------------
+
+    @_serialised
+    def insert_step_run(self, record: Mapping[str, Any]) -> tuple[dict, bool]:
+        """Insert one step record; one already there for its (event_id, run, instance) is returned
+        instead, with created=False."""
+        document = dict(record)
+        try:
+            self.step_runs.insert_one(document)
+        except DuplicateKeyError:
+            first = self.step_runs.find_one({key: record[key] for key in ("event_id", "run", "instance")},
+                                            {"_id": 0})
+            if first is None:
+                raise
+            return _aware(first), False
+        self.writes += 1
+        document.pop("_id", None)
+        return document, True
+
+    @_serialised
+    def update_step_run(self, event_id: str, run: int, instance: str, update: Mapping[str, Any],
+                        expect: Mapping[str, Any] | None = None) -> bool:
+        """One atomic update of a step record, if it matches `expect`; False when it does not."""
+        query = {"event_id": event_id, "run": run, "instance": instance, **(expect or {})}
+        result = self.step_runs.update_one(query, update)
+        self.writes += 1
+        return result.matched_count == 1
+
+    @_serialised
+    def step_runs_of(self, event_id: str, runs: Iterable[int] | None = None, *, top_only: bool = False,
+                     limit: int = 0) -> list[dict]:
+        """An event's step records (of the runs given; outside any map item with `top_only`), oldest
+        run first, at most `limit` (0: all)."""
+        query: dict[str, Any] = {"event_id": event_id}
+        if runs is not None:
+            query["run"] = {"$in": list(runs)}
+        if top_only:
+            query["item"] = None
+        return [_aware(document) for document in
+                self.step_runs.find(query, {"_id": 0}).sort([("run", 1), ("started_at", 1)]).limit(limit)]
+
+    @_serialised
+    def page_step_runs(self, event_id: str, *, node: str | None = None, item: int | None = None,
+                       status: str | None = None, page: int = 1, page_size: int = 50) -> tuple[list[dict], int]:
+        """A page of an event's step records, in the order they started, and their total."""
+        query: dict[str, Any] = {"event_id": event_id}
+        if node is not None:
+            query["node"] = node
+        if item is not None:
+            query["item"] = item
+        if status is not None:
+            query["status"] = status
+        total = self.step_runs.count_documents(query)
+        cursor = (self.step_runs.find(query, {"_id": 0}).sort([("run", 1), ("started_at", 1), ("instance", 1)])
+                  .skip((page - 1) * page_size).limit(page_size))
+        return [_aware(document) for document in cursor], total
+
+    @_serialised
+    def find_step_run_by_token(self, token_hash: str) -> dict | None:
+        """The step record holding a callback token (waiting, or already completed by it)."""
+        return _aware(self.step_runs.find_one({"token_hash": token_hash}, {"_id": 0}))
 
     @_serialised
     def pending_events_by_status(self) -> dict[str, int]:

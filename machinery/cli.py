@@ -31,7 +31,7 @@ def api_headers() -> dict:
     return {"Authorization": f"Bearer {key}"} if key else {}
 EXAMPLE_SERVICES = {  # service name -> module in examples/services
     "upper": "upper", "reverse": "reverse", "space-counter": "space_counter", "slow-upper": "slow_upper",
-    "orders": "orders",
+    "orders": "orders", "words": "words",
 }
 ORDERS_SECRET = "orders_token"  # the secret the `orders` example's definition names in its Authorization header
 
@@ -49,7 +49,7 @@ def kind_of(definition: Any) -> str | None:
         return None
     if "address" in definition:
         return "service"
-    if "services" in definition:
+    if "services" in definition or "steps" in definition:  # version 1, or a tree of steps
         return "workflow"
     return None
 

@@ -33,6 +33,8 @@ EXAMPLE_SERVICES = {  # service name -> module in examples/services
     "upper": "upper", "reverse": "reverse", "space-counter": "space_counter", "slow-upper": "slow_upper",
     "orders": "orders", "words": "words",
 }
+# Services the `orders` example app also serves (its other REST endpoints), each with a definition of its own.
+ORDERS_API_SERVICES = ("fraud-check", "reserve", "notify")
 ORDERS_SECRET = "orders_token"  # the secret the `orders` example's definition names in its Authorization header
 
 
@@ -338,6 +340,7 @@ def cmd_demo(args) -> int:
     try:
         wait_for(f"{api}/healthcheck", process=process)
         addresses = {name: server.url for name, server in servers.items()}
+        addresses.update({name: servers["orders"].url for name in ORDERS_API_SERVICES})
         for name, server in servers.items():
             print(f"example service {name:<13} {server.url}")
         register_orders_secret(api, token)
@@ -350,8 +353,10 @@ def cmd_demo(args) -> int:
         print(json.dumps(record, indent=2))
         print(f"\noutputs: {json.dumps(record['outputs'])}")
         orders = run_orders_example(api)
+        trees = run_tree_examples(api)
         if args.once:
-            return 0 if record["status"] == "completed" and orders["status"] == "completed" else 1
+            return 0 if record["status"] == "completed" and orders["status"] == "completed" and all(
+                tree["status"] == "completed" for tree in trees) else 1
         print(DEMO_HELP.format(api=api, orders=servers["orders"].url.rstrip("/")))
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         process.wait()
@@ -403,6 +408,28 @@ def run_orders_example(api: str) -> dict:
     return record
 
 
+TREE_EXAMPLES = (  # (workflow, event body): the examples with branches, maps and parallel steps
+    ("word-shapes", {"message": "upper and reverse every word at once"}),
+    ("order-fulfil", "event-order-big.yaml"),
+)
+
+
+def run_tree_examples(api: str) -> list[dict]:
+    """Send the examples written as a tree of steps, printing what came back."""
+    records = []
+    for workflow, body in TREE_EXAMPLES:
+        if isinstance(body, str):
+            body = read_documents(EXAMPLES / "definitions" / body)[0]
+        answer = requests.post(f"{api}/e/{workflow}", json=body, timeout=60, headers=api_headers())
+        record = answer.json()
+        print(f"\nPOST /e/{workflow} -> {answer.status_code} {record.get('status')}")
+        print(f"outputs: {json.dumps(record.get('outputs'))}")
+        if record.get("error"):
+            print(f"error: {json.dumps(record['error'])}")
+        records.append(record)
+    return records
+
+
 DEMO_HELP = """
 Machinery is serving on {api} with the examples registered (embedded store). Try:
 
@@ -413,6 +440,10 @@ Machinery is serving on {api} with the examples registered (embedded store). Try
   curl -s -X POST {api}/e/shout-async -H 'Content-Type: application/json' -d '{{"message": "called back"}}'
   curl -s -X POST {api}/e/order-note -H 'Content-Type: application/yaml' \\
        --data-binary @examples/definitions/event-order.yaml
+  curl -s -X POST {api}/e/word-shapes -H 'Content-Type: application/json' -d '{{"message": "a map of parallel steps"}}'
+  curl -s -X POST {api}/e/order-fulfil -H 'Content-Type: application/yaml' \\
+       --data-binary @examples/definitions/event-order-big.yaml
+  curl -s {api}/events/<event_id>/steps?node=hold      # the map's step records, a page at a time
   .venv/bin/machinery import-openapi examples/openapi/orders.yaml --base-url {orders} --dry-run
   curl -s '{api}/events?workflow=process-text'
   curl -s {api}/workflows/process-text

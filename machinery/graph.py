@@ -1,4 +1,5 @@
-"""Draw a workflow's resolved plan as SVG, Mermaid or Graphviz DOT: a box per step, edges labelled with context keys."""
+"""Draw a workflow's resolved plan as SVG, Mermaid or Graphviz DOT: a box per step, edges labelled with context
+keys. A tree plan (version 2) is drawn by `graph_tree`."""
 
 from __future__ import annotations
 
@@ -179,6 +180,9 @@ def _mermaid_lines(node: Node) -> str:
 
 def mermaid(plan: Mapping[str, Any]) -> str:
     """The plan as a Mermaid flowchart, top to bottom."""
+    if plan.get("version") == 2:
+        from machinery import graph_tree
+        return graph_tree.mermaid(plan)
     nodes, edges = model(plan)
     out = ["flowchart TD"]
     for node in nodes:
@@ -205,6 +209,9 @@ def _dot_text(text: Any) -> str:
 
 def dot(plan: Mapping[str, Any], name: str | None = None) -> str:
     """The plan as a Graphviz digraph, top to bottom."""
+    if plan.get("version") == 2:
+        from machinery import graph_tree
+        return graph_tree.dot(plan, name)
     nodes, edges = model(plan)
     out = [f'digraph "{_dot_text(name or "workflow")}" {{', "    rankdir=TB;",
            '    node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="monospace", fontsize=11];',
@@ -265,6 +272,12 @@ def _node_lines(node: Node) -> list[str]:
 
 def svg(plan: Mapping[str, Any], name: str | None = None, link: Callable[[str], str] | None = None) -> str:
     """The plan as a standalone SVG document, top to bottom; `link(service)` makes each step box a link."""
+    if plan.get("version") == 2:
+        from machinery import graph_tree
+
+        def tree_link(kind: str, target: str) -> str:
+            return link(target) if kind == "call" else f"/ui/workflows/{target}"
+        return graph_tree.svg(plan, name, link=tree_link if link else None)
     nodes, edges = model(plan)
     index = {node.id: position for position, node in enumerate(nodes)}
     box_w = max(220.0, max(_width(line) for node in nodes for line in _node_lines(node)) + 2 * PAD)

@@ -96,11 +96,15 @@ def _plain(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-@functools.lru_cache(maxsize=4096)
 def compile_expression(text: str) -> Expression:
     """Compile an expression once; raise ExpressionError naming the column of a syntax error."""
     if not isinstance(text, str):
         raise ExpressionError(f"an expression is a string of JMESPath, got {types.json_type(text)}")
+    return _compile(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(text: str) -> Expression:
     if not text.strip():
         raise ExpressionError("an expression may not be empty")
     if len(text) > MAX_SOURCE:
@@ -138,8 +142,8 @@ def _check_functions(text: str, node: Any, depth: int) -> None:
         variadic = bool(signature and signature[-1].get("variadic"))
         if (count < len(signature)) if variadic else (count != len(signature)):
             wanted = f"at least {len(signature)}" if variadic else str(len(signature))
-            raise ExpressionError(f"{text!r}: {name}() takes {wanted} argument"
-                                  f"{'' if wanted == '1' else 's'}, got {count}")
+            plural = "" if len(signature) == 1 else "s"
+            raise ExpressionError(f"{text!r}: {name}() takes {wanted} argument{plural}, got {count}")
     for child in node.get("children") or ():
         _check_functions(text, child, depth + 1)
 
@@ -176,7 +180,8 @@ def _literal(value: Any) -> dict:
     if isinstance(value, float):
         return FLOAT
     if isinstance(value, str):
-        return STRING
+        # A literal is exactly its value: 'mail' fits an input that takes only "mail" or "sms".
+        return {**STRING, "enum": [value]}
     if isinstance(value, list):
         items = None
         for item in value[:50]:

@@ -26,3 +26,8 @@ def test_the_demo_runs_the_rest_example_and_never_shows_its_token():
     assert "POST /e/order-note -> 201 completed" in done.stdout
     assert '"message": "PLEASE LEAVE IT AT THE BACK DOOR", "total": 288.0' in done.stdout
     assert TOKEN not in done.stdout and TOKEN not in done.stderr
+    # The examples written as a tree of steps: a map of parallel steps, and the order sentence over REST.
+    assert "POST /e/word-shapes -> 201 completed" in done.stdout
+    assert '"mirrored": ["reppu", "dna", "esrever"' in done.stdout
+    assert "POST /e/order-fulfil -> 201 completed" in done.stdout
+    assert '"total": 878.0, "reservations": ["R-' in done.stdout and '"verdict": "clear"' in done.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import timedelta
 from typing import Any, Mapping
@@ -11,7 +12,7 @@ from machinery import guard, registry
 from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
-from machinery.runtime import tree
+from machinery.runtime import replay, tree
 from machinery.runtime.executor import check_outputs, close_waiting, hash_token, too_large_error
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, RecordSize, mib, new_event_bound
@@ -233,15 +234,28 @@ def context_types(plan: Mapping[str, Any], index: int) -> dict[str, Any]:
     return available
 
 
-def retry_event(store: Store, event_id: str, from_step: int | None = None,
+def retry_event(store: Store, event_id: str, from_step: int | str | None = None,
                 context: Mapping[str, Any] | None = None, owner: str | None = None,
-                lease_s: float = 30.0) -> dict:
+                lease_s: float = 30.0, item: int | None = None) -> dict:
     """Resume a failed event from its failed step, or replay it from an earlier step with edited values.
 
     The event is set pending for a worker, or running and held by `owner` for the caller to run at
-    once; it stays pinned to the plan it started with, and every earlier step record stays.
+    once; it stays pinned to the plan it started with, and every earlier step record stays. A version
+    1 step may be named by its id (``step-2``); a tree event's by its step id, and a map's by `item`.
     """
     event = store.get_event(event_id)
+    if event["plan"].get("version") == 2:
+        return _retry_tree(store, event, from_step, item, context, owner, lease_s)
+    if item is not None:
+        raise InvalidData("item names an item of a map step: this event's workflow has none",
+                          errors={"item": ["this event's plan has no map"]})
+    if isinstance(from_step, str):
+        position = re.fullmatch(r"step-(\d{1,4})", from_step)
+        if position is None:
+            raise InvalidData(f"from_step {from_step!r} is not a step of this event: its steps are step-0 to "
+                              f"step-{len(event['plan']['steps']) - 1}, or their positions",
+                              errors={"from_step": [f"not a step id: {from_step!r}"]})
+        from_step = int(position.group(1))
     status, steps = event["status"], event["plan"]["steps"]
     if from_step is None and not context:
         if status != "failed":
@@ -288,6 +302,52 @@ def retry_event(store: Store, event_id: str, from_step: int | None = None,
         update["$inc"] = {"claim_count": 1}
     updated = store.update_event(event_id, update, expect={"status": status, "run": event.get("run", 0)})
     if not updated:
+        raise Conflict(f"event {event_id} changed while it was being retried; try again")
+    return store.get_event(event_id)
+
+
+def _retry_tree(store: Store, event: Mapping[str, Any], from_step: Any, item: int | None,
+                context: Mapping[str, Any] | None, owner: str | None, lease_s: float) -> dict:
+    """A new run of a tree event: a retry reruns what did not complete (completed records serve it);
+    a replay also redoes `from_step` (or one map `item`) and what follows it. Edited values replace
+    the workflow's inputs the run starts from, checked against their declared types."""
+    event_id, status = event["event_id"], event["status"]
+    if from_step is None and item is None and not context:
+        if status != "failed":
+            raise Conflict(f"event {event_id} is {status}; only a failed event can be retried "
+                           "(send from_step to replay a finished event)")
+    elif status not in ("failed", "completed"):
+        raise Conflict(f"event {event_id} is {status}; only a finished event can be replayed")
+    if item is not None and from_step is None:
+        raise InvalidData("item needs from_step: the map whose item to replay",
+                          errors={"from_step": ["required with item"]})
+    if from_step is not None and not isinstance(from_step, str):
+        raise InvalidData("from_step of a tree event is a step id", errors={"from_step": ["not a step id"]})
+    redo = replay.redo_prefixes(event["plan"], from_step, item) if from_step is not None else []
+    overrides = dict(context or {})
+    guard.check_storable(overrides, "context")
+    inputs = {field["name"]: types.parse_field(field)["type"] for field in event["plan"]["inputs"]}
+    problems = {}
+    for key, value in overrides.items():
+        if key not in inputs:
+            problems[key] = f"not an input of the workflow; its inputs: {', '.join(sorted(inputs)) or 'none'}"
+        else:
+            problems.update(types.check_value(value, inputs[key], key))
+    if problems:
+        listed = "; ".join(f"{key}: {problem}" for key, problem in problems.items())
+        raise InvalidData(f"context does not match the workflow's inputs: {listed}", errors=problems)
+    run = event.get("run", 0) + 1
+    now = utcnow()
+    entry = {"run": run, "from_step": from_step, "item": item, "overrides": overrides, "redo": redo, "at": now,
+             "previous_status": status}
+    fields = {**held_by(owner, lease_s, now), "run": run, "context": {**(event.get("context") or {}), **overrides},
+              "outputs": None, "error": None, "finished_at": None, "updated_at": now, "webhook": None,
+              "claims_without_progress": 1 if owner else 0}
+    update: dict[str, Any] = {"$set": fields, "$push": {"runs": entry}}
+    if owner:
+        update["$push"]["claims"] = {"$each": [{"owner": owner, "at": now}], "$slice": -CLAIMS_KEPT}
+        update["$inc"] = {"claim_count": 1}
+    if not store.update_event(event_id, update, expect={"status": status, "run": event.get("run", 0)}):
         raise Conflict(f"event {event_id} changed while it was being retried; try again")
     return store.get_event(event_id)
 

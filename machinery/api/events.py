@@ -211,7 +211,7 @@ class Retry(MethodView):
         run_async = is_async()
         event = events.retry_event(runtime.store, event_id, args.get("from_step"), args.get("context"),
                                    owner=None if run_async else runtime.api_owner(),
-                                   lease_s=runtime.config["LEASE_S"])
+                                   lease_s=runtime.config["LEASE_S"], item=args.get("item"))
         if run_async:
             runtime.queued(event["event_id"])
             return event, 202, _location(event)

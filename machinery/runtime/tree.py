@@ -112,20 +112,30 @@ class TreeRun:
         the run redoes), anything of this run. One query, none for a new event."""
         if self.run == 0 and self.event.get("claim_count", 0) <= 1 and not self.event.get("progress"):
             return {}
-        redo = self.redone()
+        redone = self.redone()
         found: dict[str, dict] = {}
         for record in self.store.step_runs_of(self.event_id, run_lineage(self.event)):
             if record["run"] == self.run:
                 found[record["instance"]] = record
-            elif record["status"] == "completed" and not redo(record["instance"]):
-                found[record["instance"]] = record
+            elif record["status"] == "completed" and not redone(record["instance"], record["run"]):
+                kept = found.get(record["instance"])
+                if kept is None or kept["run"] < record["run"]:
+                    found[record["instance"]] = record
         return found
 
-    def redone(self) -> Callable[[str], bool]:
-        """Whether an instance's earlier records are set aside by the current run (a retry or replay)."""
-        entry = next((entry for entry in self.event.get("runs") or [] if entry.get("run") == self.run), None)
-        prefixes = (entry or {}).get("redo") or []
-        return lambda instance: any(instance == p or instance.startswith(p) for p in prefixes)
+    def redone(self) -> Callable[[str, int], bool]:
+        """Whether a record of run `run` is set aside: a later retry or replay, up to this run, redoes
+        its instance (so a replay's redo holds for the retries after it too)."""
+        later = [(entry["run"], entry.get("redo") or []) for entry in self.event.get("runs") or []
+                 if entry.get("redo") and entry.get("run", 0) <= self.run]
+
+        def covers(prefix: str, instance: str) -> bool:
+            return instance == prefix or (prefix[-1] in "/[" and instance.startswith(prefix))
+
+        def redone(instance: str, run: int) -> bool:
+            return any(number > run and any(covers(prefix, instance) for prefix in prefixes)
+                       for number, prefixes in later)
+        return redone
 
     def record(self, instance: str) -> dict | None:
         return self.records.get(instance)

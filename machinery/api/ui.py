@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from markupsafe import Markup
 
-from machinery import __version__, graph, registry
+from machinery import __version__, graph, graph_tree, registry
 from machinery.api.errors import STATUS_OF
 from machinery.events import for_display, retry_event
 from machinery.exceptions import DataflowError, MachineryError, NotFound
@@ -218,10 +218,22 @@ def event(event_id: str):
     return _event_page(_runtime().store.get_event(event_id))
 
 
+FAILED_SHOWN = 50
+
+
 def _event_page(item: dict, message: str | None = None, code: int = 200):
-    item = for_display(item)
+    store = _runtime().store
+    item = for_display(item, store)
+    tree, failed, failed_total = None, [], 0
+    if item.get("plan", {}).get("version") == 2:
+        # A tree event: its tree with each step's progress and the branches taken, and its failed
+        # step records (map items among them), each linked to its record.
+        tree = Markup(graph_tree.svg(item["plan"], item.get("workflow_name"), progress=item.get("progress"),
+                                     link=lambda kind, name: url_for("ui.services") + "#service-" + name
+                                     if kind == "call" else url_for("ui.workflow", ref=name)))
+        failed, failed_total = store.page_step_runs(item["event_id"], status="failed", page_size=FAILED_SHOWN)
     return render_template("event.html", event=item, timeline=timeline(item), active=item["status"] in ACTIVE,
-                           message=message), code
+                           message=message, tree=tree, failed=failed, failed_total=failed_total), code
 
 
 @bp.post("/events/<event_id>/retry")

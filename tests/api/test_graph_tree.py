@@ -45,3 +45,25 @@ def test_the_workflow_page_draws_the_tree_and_a_linear_workflow_as_before(regist
     assert "workflow-graph tree" in text and "each: \u00d7 words (\u2264 4)" in text and 'data-branch="loud"' in text
     linear = registered.get("/ui/workflows/process-text").get_data(as_text=True)
     assert "workflow-graph" in linear and "workflow-graph tree" not in linear
+
+
+def test_the_event_page_of_a_tree_event_draws_its_progress_and_lists_failed_items(registered, store):
+    """A tree event stored in the shape the runtime writes (its progress summary and a failed map item)."""
+    from machinery.events import new_event
+
+    event, _ = new_event(store, "order-fulfil", {"order_id": "A-1003"})
+    progress = {"order": {"n": 1, "done": 1}, "big": {"n": 1, "done": 1, "taken": {"then": 1}},
+                "reserve": {"n": 3, "done": 2, "failed": 1}, "hold": {"n": 3, "done": 2, "failed": 1}}
+    store.update_event(event["event_id"], {"$set": {"status": "failed", "progress": progress, "error": {
+        "kind": "http_status", "message": "replied 409", "step": "hold", "instance": "reserve[2]/hold"}}})
+    store.insert_step_run({"event_id": event["event_id"], "run": 0, "instance": "reserve[2]/hold", "node": "hold",
+                           "kind": "call", "items": [2], "item": 2, "service": "reserve", "status": "failed",
+                           "error": {"kind": "http_status", "message": "replied 409: only 0 of SKU-3 left"},
+                           "attempts": 1, "ack_date": event["ack_date"]})
+    page = registered.get(f"/ui/events/{event['event_id']}")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "Steps as a tree" in text and 'class="lane taken" data-branch="then"' in text
+    assert "2 done, 1 failed of 3" in text and 'class="progress-done"' in text
+    assert "reserve[2]/hold" in text and "only 0 of SKU-3 left" in text
+    assert f"/events/{event['event_id']}/steps?node=hold&amp;item=2" in text

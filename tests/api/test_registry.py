@@ -37,7 +37,7 @@ def test_a_service_is_found_by_id_or_name(client):
 def test_services_are_listed_in_pages(client):
     register_examples(client)
     page = client.get("/services?page=2&page_size=2").get_json()
-    assert page["total"] == 4 and page["page"] == 2 and page["page_size"] == 2
+    assert page["total"] == 5 and page["page"] == 2 and page["page_size"] == 2
     assert [s["name"] for s in page["items"]] == ["space-counter", "upper"]
 
 

@@ -169,8 +169,10 @@ def test_a_retention_change_over_the_wire_is_a_collmod_not_a_rebuild(wire_server
     before = list(wire_server.store.collmods)
     # WHEN the retention becomes 5 days
     store.ensure_indexes(event_ttl_days=5)
-    # THEN the server got one collMod of the retention index and the index says 5 days
-    assert wire_server.store.collmods[len(before):] == [("events", "retention", 5 * 86400)]
+    # THEN the server got one collMod of each retention index (events and their step records) and the index
+    # says 5 days
+    assert wire_server.store.collmods[len(before):] == [("events", "retention", 5 * 86400),
+                                                        ("step_runs", "retention", 5 * 86400)]
     assert {index["name"]: index for index in store.events.list_indexes()}["retention"]["expireAfterSeconds"] == 432000
     store.db.client.drop_database(store.db.name)
 

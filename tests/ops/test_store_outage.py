@@ -108,7 +108,7 @@ def test_every_store_backed_endpoint_answers_503_with_a_message_then_recovers(cl
     # WHEN it comes back, THEN the same requests work again
     outage.down = False
     assert client.get(f"/events/{event_id}").status_code == 200
-    assert client.get("/services").get_json()["total"] == 4
+    assert client.get("/services").get_json()["total"] == 5
 
 
 def test_metrics_answer_during_an_outage_with_store_up_zero(client, outage):

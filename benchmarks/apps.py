@@ -1,9 +1,11 @@
 """The trivial services and the bare relay the benchmarks serve under gunicorn.
 
-`echo` answers {"message": ...} (202 with no body under /accept); `rest` answers GET /orders/<id>
-with a nested order; `relay_app()` is the bare relay:
-a minimal Flask app that receives an event and makes the same calls as Machinery, storing nothing.
-Its chains come from BENCH_RELAY_CHAINS: {"workflow": ["url", ...]}. BENCH_RELAY_CLIENT picks how it
+`echo` answers {"message": ...} (202 with no body under /accept); `sleepy` is `echo` after
+BENCH_SLEEP_MS (50) of sleep; `rest` answers GET /orders/<id> with a nested order; `relay_app()` is
+the bare relay: a minimal Flask app that receives an event and makes the same calls as Machinery,
+storing nothing. Its chains come from BENCH_RELAY_CHAINS: {"workflow": ["url", ...]}; a chain given
+as {"get": "<base URL>", "token": "..."} instead makes the REST-style call of `rest` (GET
+/orders/<order_id> with two headers, the order's total taken from the reply). BENCH_RELAY_CLIENT picks how it
 calls: "requests" (a pooled requests.Session per thread, what a minimal Flask relay would use) or
 "lean" (Machinery's own client, `machinery.runtime.transport`), to tell the client's share from the rest.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -32,6 +36,15 @@ def echo(environ, start_response):
     body = json.dumps({"message": message}).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+SLEEP_S = float(os.environ.get("BENCH_SLEEP_MS", "50")) / 1000
+
+
+def sleepy(environ, start_response):
+    """A slow service: as `echo`, after sleeping SLEEP_S (the thread sleeps; gunicorn's other threads serve)."""
+    time.sleep(SLEEP_S)
+    return echo(environ, start_response)
 
 
 def rest(environ, start_response):
@@ -76,18 +89,43 @@ def lean_call(url: str, body: dict) -> dict:
     return json.loads(reply.read(1 << 20))
 
 
+def lean_get(base: str, order_id: str, tenant: str, token: str) -> float:
+    """The REST-style call through Machinery's client: GET with a path parameter and two headers."""
+    from machinery.runtime.transport import target, thread_pool
+
+    scheme, host, port, path = target(base)
+    headers = [("Accept", "application/json"), ("Authorization", f"Bearer {token}"), ("X-Tenant", tenant)]
+    reply = thread_pool().send("GET", (scheme, host, port), f"{path.rstrip('/')}/orders/{quote(order_id, safe='')}",
+                               None, headers, connect_timeout=5, read_timeout=10)
+    if reply.status != 200:
+        raise RuntimeError(f"{base} answered {reply.status}")
+    return json.loads(reply.read(1 << 20))["order"]["total"]
+
+
+def requests_get(base: str, order_id: str, tenant: str, token: str) -> float:
+    reply = pooled_session().get(f"{base.rstrip('/')}/orders/{quote(order_id, safe='')}", timeout=10,
+                                 headers={"Authorization": f"Bearer {token}", "X-Tenant": tenant})
+    reply.raise_for_status()
+    return reply.json()["order"]["total"]
+
+
 def relay_app():
     """The bare relay: receive an event, call each service in order, answer 201; store nothing."""
     from flask import Flask, jsonify, request
 
     chains = json.loads(os.environ.get("BENCH_RELAY_CHAINS", "{}"))
-    call = lean_call if os.environ.get("BENCH_RELAY_CLIENT", "requests") == "lean" else requests_call
+    lean = os.environ.get("BENCH_RELAY_CLIENT", "requests") == "lean"
+    call, get = (lean_call, lean_get) if lean else (requests_call, requests_get)
     app = Flask("relay")
 
     @app.post("/e/<workflow>")
     def relay(workflow):
         context = dict(request.get_json())
-        for url in chains[workflow]:
+        chain = chains[workflow]
+        if isinstance(chain, dict):
+            total = get(chain["get"], context["order_id"], context["tenant"], chain["token"])
+            return jsonify({"status": "completed", "outputs": {"total": total}}), 201
+        for url in chain:
             context["message"] = call(url, {"message": context["message"]})["message"]
         return jsonify({"status": "completed", "outputs": {"message": context["message"]}}), 201
 

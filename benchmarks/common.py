@@ -127,6 +127,12 @@ def start_machinery(stack: contextlib.ExitStack, name: str = "machinery", thread
 def start_relay(stack: contextlib.ExitStack, chains: dict[str, list[str]],
                 threads: int = API_THREADS, client: str = "requests") -> str:
     """The bare relay under gunicorn; `client` "requests" (the relay of the targets) or "lean" (Machinery's client)."""
+    return relay_process(stack, chains, threads, client)[0]
+
+
+def relay_process(stack: contextlib.ExitStack, chains: dict[str, list[str] | dict],
+                  threads: int = API_THREADS, client: str = "requests") -> tuple[str, Process]:
+    """start_relay(), with the relay's process too (for its CPU)."""
     port = free_port()
     process = Process("relay" if client == "requests" else f"relay-{client}",
                       gunicorn("benchmarks.apps:relay_app()", port, threads),
@@ -134,7 +140,7 @@ def start_relay(stack: contextlib.ExitStack, chains: dict[str, list[str]],
     stack.callback(process.stop)
     url = f"http://{LOCAL}:{port}"
     wait_for_post(f"{url}/e/{next(iter(chains))}", process)
-    return url
+    return url, process
 
 
 def in_process(stack: contextlib.ExitStack, name: str):

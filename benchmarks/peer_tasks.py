@@ -27,3 +27,9 @@ def call(message: str, url: str) -> str:
     reply = _session().post(url, json={"message": message}, timeout=10)
     reply.raise_for_status()
     return reply.json()["message"]
+
+
+@app.task(name="bench.count")
+def count(messages: list[str]) -> int:
+    """The chord's callback: how many calls came back."""
+    return len(messages)

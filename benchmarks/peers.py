@@ -64,27 +64,36 @@ def _drive(peer: str, urls: list[str], env: dict, samples: int, events: int, tim
 
 
 def run_celery(stack: contextlib.ExitStack, urls: list[str]) -> dict:
+    env = start_celery(stack, CLIENTS)
+    if isinstance(env, str):
+        return _skip("celery", env)
+    return _drive("celery", urls, env, common.SAMPLES, 400, 300)
+
+
+def start_celery(stack: contextlib.ExitStack, concurrency: int, name: str = "celery-worker") -> dict | str:
+    """Redis and a Celery worker (thread pool of `concurrency`) for peer_tasks, stopped with `stack`;
+    returns the environment a driver needs, or why they cannot run."""
     if not (VENV / "bin" / "celery").exists():
-        return _skip("celery", "not installed (python -m benchmarks.peers --install)")
+        return "not installed (python -m benchmarks.peers --install)"
     if not shutil.which("redis-server"):
-        return _skip("celery", "redis-server not installed (apt-get install -y redis-server)")
+        return "redis-server not installed (apt-get install -y redis-server)"
     port = common.free_port()
     redis = common.Process("redis", ["redis-server", "--port", str(port), "--bind", common.LOCAL, "--save", "",
                                      "--appendonly", "no"], cwd=common.PEERS)
     stack.callback(redis.stop)
     url = f"redis://{common.LOCAL}:{port}/0"
     env = {"BENCH_REDIS_URL": url, "PYTHONPATH": str(common.HERE)}
-    worker = common.Process("celery-worker", [str(VENV / "bin" / "celery"), "-A", "peer_tasks", "worker",
-                                              "--pool", "threads", "--concurrency", str(CLIENTS),
-                                              "--loglevel", "info", "--without-gossip", "--without-mingle",
-                                              "--without-heartbeat"], env=env, cwd=common.PEERS)
+    worker = common.Process(name, [str(VENV / "bin" / "celery"), "-A", "peer_tasks", "worker",
+                                   "--pool", "threads", "--concurrency", str(concurrency),
+                                   "--loglevel", "info", "--without-gossip", "--without-mingle",
+                                   "--without-heartbeat"], env=env, cwd=common.PEERS)
     stack.callback(worker.stop)
     deadline = time.monotonic() + 60
     while "ready." not in worker.log_path.read_text():
         if not worker.alive() or time.monotonic() > deadline:
-            return _skip("celery", f"the worker did not start:\n{worker.tail()}")
+            return f"the worker did not start:\n{worker.tail()}"
         time.sleep(0.2)
-    return _drive("celery", urls, env, common.SAMPLES, 400, 300)
+    return env
 
 
 def run_prefect(stack: contextlib.ExitStack, urls: list[str]) -> dict:

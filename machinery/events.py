@@ -275,15 +275,8 @@ def retry_event(store: Store, event_id: str, from_step: int | str | None = None,
     guard.check_storable(overrides, "context")
     if overrides:
         available = context_types(event["plan"], from_step)
-        problems = {}
-        for key, value in overrides.items():
-            if key not in available:
-                problems[key] = f"not a context key before step {from_step}; available: {', '.join(sorted(available))}"
-            else:
-                problems.update(types.check_value(value, available[key], key))
-        if problems:
-            listed = "; ".join(f"{key}: {problem}" for key, problem in problems.items())
-            raise InvalidData(f"context does not match the plan before step {from_step}: {listed}", errors=problems)
+        check_overrides(overrides, available, f"not a context key before step {from_step}; available: "
+                        f"{', '.join(sorted(available))}", f"the plan before step {from_step}")
         base.update(overrides)
     run = event.get("run", 0) + 1
     now = utcnow()
@@ -304,6 +297,20 @@ def retry_event(store: Store, event_id: str, from_step: int | str | None = None,
     if not updated:
         raise Conflict(f"event {event_id} changed while it was being retried; try again")
     return store.get_event(event_id)
+
+
+def check_overrides(overrides: Mapping[str, Any], available: Mapping[str, Any], unknown: str, against: str) -> None:
+    """Raise InvalidData naming each edited value whose key is not `available` (saying `unknown`) or
+    whose value does not fit the key's type."""
+    problems: dict[str, str] = {}
+    for key, value in overrides.items():
+        if key not in available:
+            problems[key] = unknown
+        else:
+            problems.update(types.check_value(value, available[key], key))
+    if problems:
+        listed = "; ".join(f"{key}: {problem}" for key, problem in problems.items())
+        raise InvalidData(f"context does not match {against}: {listed}", errors=problems)
 
 
 def _retry_tree(store: Store, event: Mapping[str, Any], from_step: Any, item: int | None,
@@ -327,15 +334,8 @@ def _retry_tree(store: Store, event: Mapping[str, Any], from_step: Any, item: in
     overrides = dict(context or {})
     guard.check_storable(overrides, "context")
     inputs = {field["name"]: types.parse_field(field)["type"] for field in event["plan"]["inputs"]}
-    problems = {}
-    for key, value in overrides.items():
-        if key not in inputs:
-            problems[key] = f"not an input of the workflow; its inputs: {', '.join(sorted(inputs)) or 'none'}"
-        else:
-            problems.update(types.check_value(value, inputs[key], key))
-    if problems:
-        listed = "; ".join(f"{key}: {problem}" for key, problem in problems.items())
-        raise InvalidData(f"context does not match the workflow's inputs: {listed}", errors=problems)
+    listed = ", ".join(sorted(inputs)) or "none"
+    check_overrides(overrides, inputs, f"not an input of the workflow; its inputs: {listed}", "the workflow's inputs")
     run = event.get("run", 0) + 1
     now = utcnow()
     entry = {"run": run, "from_step": from_step, "item": item, "overrides": overrides, "redo": redo, "at": now,

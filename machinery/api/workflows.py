@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app
+from flask import Response, current_app
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
@@ -64,12 +64,26 @@ class CheckedSchema(Schema):
 
 @bp.route("/check")
 class WorkflowCheck(MethodView):
+    # /workflows/check is also /workflows/{ref} with the ref "check": OPTIONS answers what this path
+    # itself takes (check_options below), not the methods of the other route as well.
+    provide_automatic_options = False
+
     @bp.arguments(WorkflowSchema)
     @bp.response(200, CheckedSchema, description="The definition checks; nothing is registered")
     def post(self, definition):
         """Check a workflow definition as registering it would, registering nothing"""
         plan = registry.check_workflow(_store(), definition)
         return {"ok": True, "plan": plan, "warnings": list(definition.get("warnings") or [])}
+
+
+def check_options():
+    return Response(status=200, headers={"Allow": "OPTIONS, POST"})
+
+
+# On the app, not through the documenting blueprint: OPTIONS is not an operation of the served spec.
+bp.record_once(lambda state: state.app.add_url_rule(
+    f"{bp.url_prefix}/check", "workflows_check_options", check_options, methods=["OPTIONS"],
+    provide_automatic_options=False))
 
 
 @bp.route("/<ref>")

@@ -417,21 +417,18 @@ def _tree_record(store: Store, token: str, token_hash: str) -> dict | None:
     record = store.find_step_run_by_token(token_hash)
     if record is not None:
         return record
-    event_id = token.split(".", 1)[0]
-    deadline = time.monotonic() + EARLY_CALLBACK_WAIT_S
-    while True:
-        try:
-            event = store.get_event(event_id)
-        except NotFound:
-            raise NotFound("unknown callback token") from None
+    not_a_tree = object()
+
+    def look(event):
         if (event.get("plan") or {}).get("version") != 2:
-            return None
-        record = store.find_step_run_by_token(token_hash)
-        if record is not None:
-            return record
-        if event["status"] != "running" or time.monotonic() > deadline:
-            raise NotFound("unknown callback token")
-        time.sleep(0.02)
+            return not_a_tree
+        return store.find_step_run_by_token(token_hash)
+    found = _while_it_runs(store, token, look)
+    if found is not_a_tree:
+        return None
+    if found is None:
+        raise NotFound("unknown callback token")
+    return found
 
 
 def _complete_tree_callback(store: Store, record: Mapping[str, Any], token_hash: str, body: Any) -> dict:
@@ -486,6 +483,21 @@ def _fail_callback_too_large(store: Store, event: Mapping[str, Any], record: Map
 
 def _await_parking(store: Store, token: str, token_hash: str) -> dict:
     """A callback may beat the write that parks its step: wait briefly while the event it names runs."""
+    event = _while_it_runs(store, token, lambda event: event if (event.get("waiting") or {}).get("token_hash")
+                           == token_hash else None)
+    if event is not None:
+        return event
+    event, spent = store.find_by_callback(token_hash)
+    if spent:
+        raise Gone("this callback was already used")
+    if event is None:
+        raise NotFound("unknown callback token")
+    return event
+
+
+def _while_it_runs(store: Store, token: str, look: Any) -> Any:
+    """Read the event a callback token names, for up to EARLY_CALLBACK_WAIT_S while it runs, until
+    `look(event)` finds something (returned); None once it no longer runs or the wait is over."""
     event_id = token.split(".", 1)[0]
     deadline = time.monotonic() + EARLY_CALLBACK_WAIT_S
     while True:
@@ -493,13 +505,9 @@ def _await_parking(store: Store, token: str, token_hash: str) -> dict:
             event = store.get_event(event_id)
         except NotFound:
             raise NotFound("unknown callback token") from None
-        if event.get("waiting", {}).get("token_hash") == token_hash:
-            return event
+        found = look(event)
+        if found is not None:
+            return found
         if event["status"] != "running" or time.monotonic() > deadline:
-            event, spent = store.find_by_callback(token_hash)
-            if spent:
-                raise Gone("this callback was already used")
-            if event is None:
-                raise NotFound("unknown callback token")
-            return event
+            return None
         time.sleep(0.02)

@@ -104,13 +104,20 @@ def register_service(store: Store, definition: Mapping[str, Any]) -> tuple[dict,
         return _register_service(store, definition)
 
 
-def _register_service(store: Store, definition: Mapping[str, Any]) -> tuple[dict, bool]:
+def _broken(store: Store, users: list[Mapping[str, Any]], **replacing: Any) -> dict:
+    """The registered workflows among `users` that no longer check with a definition swapped in
+    (`replacing` or `replacing_workflow`, as plan_workflow takes them), each with its errors."""
     broken = {}
-    for workflow in store.workflows_using(definition["name"]):
+    for workflow in users:
         try:
-            plan_workflow(store, workflow, replacing=definition)
+            plan_workflow(store, workflow, **replacing)
         except DataflowError as error:
             broken[workflow["name"]] = error.errors
+    return broken
+
+
+def _register_service(store: Store, definition: Mapping[str, Any]) -> tuple[dict, bool]:
+    broken = _broken(store, store.workflows_using(definition["name"]), replacing=definition)
     if broken:
         raise Conflict(
             f"replacing service {definition['name']!r} would break workflow"
@@ -161,14 +168,9 @@ def _workflows_running(store: Store, name: str) -> list[dict]:
 
 def _check_parents(store: Store, definition: Mapping[str, Any]) -> None:
     """Refuse a new version whose inputs or outputs break a registered workflow that runs it."""
-    broken = {}
-    for parent in _workflows_running(store, definition["name"]):
-        if parent["name"] == definition["name"]:
-            continue
-        try:
-            plan_workflow(store, parent, replacing_workflow=definition)
-        except DataflowError as error:
-            broken[parent["name"]] = error.errors
+    parents = [parent for parent in _workflows_running(store, definition["name"])
+               if parent["name"] != definition["name"]]
+    broken = _broken(store, parents, replacing_workflow=definition)
     if broken:
         raise Conflict(
             f"replacing workflow {definition['name']!r} would break workflow"

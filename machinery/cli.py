@@ -396,16 +396,23 @@ def register_orders_secret(api: str, token: str) -> None:
           "never shown)")
 
 
-def run_orders_example(api: str) -> dict:
-    """Send the orders example's event to `order-note` and print what came back."""
-    body = read_documents(EXAMPLES / "definitions" / "event-order.yaml")[0]
-    answer = requests.post(f"{api}/e/order-note", json=body, timeout=30, headers=api_headers())
+def send_example(api: str, workflow: str, body: Any, timeout: float = 60) -> dict:
+    """Send an example event (its body, or the name of a file of examples/definitions) to `workflow`
+    and print what came back."""
+    if isinstance(body, str):
+        body = read_documents(EXAMPLES / "definitions" / body)[0]
+    answer = requests.post(f"{api}/e/{workflow}", json=body, timeout=timeout, headers=api_headers())
     record = answer.json()
-    print(f"\nPOST /e/order-note -> {answer.status_code} {record.get('status')}")
+    print(f"\nPOST /e/{workflow} -> {answer.status_code} {record.get('status')}")
     print(f"outputs: {json.dumps(record.get('outputs'))}")
     if record.get("error"):
         print(f"error: {json.dumps(record['error'])}")
     return record
+
+
+def run_orders_example(api: str) -> dict:
+    """Send the orders example's event to `order-note` and print what came back."""
+    return send_example(api, "order-note", "event-order.yaml", timeout=30)
 
 
 TREE_EXAMPLES = (  # (workflow, event body): the examples with branches, maps and parallel steps
@@ -416,18 +423,7 @@ TREE_EXAMPLES = (  # (workflow, event body): the examples with branches, maps an
 
 def run_tree_examples(api: str) -> list[dict]:
     """Send the examples written as a tree of steps, printing what came back."""
-    records = []
-    for workflow, body in TREE_EXAMPLES:
-        if isinstance(body, str):
-            body = read_documents(EXAMPLES / "definitions" / body)[0]
-        answer = requests.post(f"{api}/e/{workflow}", json=body, timeout=60, headers=api_headers())
-        record = answer.json()
-        print(f"\nPOST /e/{workflow} -> {answer.status_code} {record.get('status')}")
-        print(f"outputs: {json.dumps(record.get('outputs'))}")
-        if record.get("error"):
-            print(f"error: {json.dumps(record['error'])}")
-        records.append(record)
-    return records
+    return [send_example(api, workflow, body) for workflow, body in TREE_EXAMPLES]
 
 
 DEMO_HELP = """

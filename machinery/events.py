@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 import time
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from machinery import guard, registry
-from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound, TooLarge
+from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound, ServiceCallError, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
 from machinery.runtime import replay, tree
-from machinery.runtime.executor import check_outputs, close_waiting, hash_token, too_large_error
+from machinery.runtime.executor import callback_outputs, close_waiting, hash_token, too_large_error
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, RecordSize, mib, new_event_bound
 from machinery.store.store import CLAIMS_KEPT
@@ -352,8 +352,11 @@ def _retry_tree(store: Store, event: Mapping[str, Any], from_step: Any, item: in
     return store.get_event(event_id)
 
 
-def complete_callback(store: Store, token: str, body: Any) -> dict:
-    """Complete a waiting step with the outputs its service POSTed to the callback URL.
+def complete_callback(store: Store, token: str, body: Any, headers: Mapping[str, str] | None = None,
+                      secret: Callable[[str], str] | None = None) -> dict:
+    """Complete a waiting step with the outputs its service POSTed to the callback URL, read through
+    the service's `from` expressions as its reply would be (`executor.callback_outputs`); `headers`
+    are the callback request's, `secret` reads a secret's value (to mask it in what is kept).
 
     Unknown token: NotFound. Spent or expired token: Gone. Outputs that do not match the
     declared outputs: InvalidData, and the step keeps waiting for a correct callback.
@@ -365,19 +368,13 @@ def complete_callback(store: Store, token: str, body: Any) -> dict:
     if event is None:
         record = _tree_record(store, token, token_hash)
         if record is not None:
-            return _complete_tree_callback(store, record, token_hash, body)
+            return _complete_tree_callback(store, record, token_hash, body, headers, secret)
         event = _await_parking(store, token, token_hash)
     waiting = event["waiting"]
     if waiting["expires"].replace(tzinfo=None) < utcnow():
         raise Gone("the deadline of this callback has passed")
     step = event["plan"]["steps"][waiting["step"]]
-    if not isinstance(body, dict):
-        raise InvalidData(f"callback body must be a JSON object of outputs, got {types.json_type(body)}")
-    outputs, problems = check_outputs(step["service"], body)
-    if problems:
-        listed = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
-        raise InvalidData(f"callback does not match the declared outputs of {step['service']['name']!r}: {listed}",
-                          errors=problems)
+    outputs = _callback_outputs(step["service"], body, headers, secret)
     record = close_waiting(waiting, status="completed", outputs=outputs)
     now = record["finished_at"]
     changes: dict[str, Any] = {}
@@ -431,7 +428,24 @@ def _tree_record(store: Store, token: str, token_hash: str) -> dict | None:
     return found
 
 
-def _complete_tree_callback(store: Store, record: Mapping[str, Any], token_hash: str, body: Any) -> dict:
+def _callback_outputs(service: Mapping[str, Any], body: Any, headers: Mapping[str, str] | None,
+                      secret: Callable[[str], str] | None) -> dict:
+    """The outputs a callback brings, or InvalidData naming each one missing or mistyped."""
+    outputs, problems = callback_outputs(service, body, headers or {}, secret or _no_secret)
+    if problems:
+        listed = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+        raise InvalidData(f"callback does not match the declared outputs of {service['name']!r}: {listed}",
+                          errors=problems)
+    return outputs
+
+
+def _no_secret(name: str) -> str:
+    raise ServiceCallError(f"secret {name!r} is not readable here", kind="secret", retryable=False)
+
+
+def _complete_tree_callback(store: Store, record: Mapping[str, Any], token_hash: str, body: Any,
+                            headers: Mapping[str, str] | None = None,
+                            secret: Callable[[str], str] | None = None) -> dict:
     """Complete a tree event's waiting call record with the outputs its service POSTed, then wake the event."""
     if record["status"] != "waiting":
         raise Gone("this callback was already used, or its deadline passed")
@@ -439,13 +453,7 @@ def _complete_tree_callback(store: Store, record: Mapping[str, Any], token_hash:
         raise Gone("the deadline of this callback has passed")
     event = store.get_event(record["event_id"])
     service = event["plan"]["services"][record["service"]]
-    if not isinstance(body, dict):
-        raise InvalidData(f"callback body must be a JSON object of outputs, got {types.json_type(body)}")
-    outputs, problems = check_outputs(service, body)
-    if problems:
-        listed = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
-        raise InvalidData(f"callback does not match the declared outputs of {service['name']!r}: {listed}",
-                          errors=problems)
+    outputs = _callback_outputs(service, body, headers, secret)
     closed = close_waiting(record, status="completed", outputs=outputs)
     fields = {key: closed[key] for key in ("status", "outputs", "finished_at", "duration_ms") if key in closed}
     try:

@@ -224,7 +224,8 @@ class Retry(MethodView):
 class Callback(MethodView):
     @callbacks.doc(security=[])  # the single-use token in the URL is the credential
     @callbacks.doc(requestBody={"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "description": "the outputs of the waiting step's service"}}}})
+        "description": "the outputs of the waiting step's service: a JSON object of them, or, for a service "
+                       "whose outputs say `from`, any JSON that its expressions read as the reply's body"}}}})
     @callbacks.response(200, EventAckSchema, description="The step completed; the event goes on")
     def post(self, token):
         """Complete a waiting step with the outputs of its async service (single use)"""
@@ -237,7 +238,7 @@ class Callback(MethodView):
             if event is None and not spent:
                 raise NotFound("unknown callback token") from None
             raise
-        event = events.complete_callback(runtime.store, token, body)
+        event = events.complete_callback(runtime.store, token, body, request.headers, runtime.executor.secrets.value)
         if event["status"] in ("pending", "waiting"):  # a tree event waiting on other things is woken too
             runtime.queued(event["event_id"])
         return event

@@ -342,10 +342,13 @@ class Call:
         self.query = [(encode(parameter), name) for parameter, name in (request.get("query") or {}).items()]
         placed.update(name for _, name in self.query)
         self.headers = []
+        secret_names: list[str] = []
         for header, text in (request.get("headers") or {}).items():
             template = parse_template(text, secrets_allowed=True)
             placed.update(template.inputs)
+            secret_names.extend(template.secrets)
             self.headers.append((header, template.parts, bool(template.secrets)))
+        self.secret_names = tuple(dict.fromkeys(secret_names))  # what to mask in a callback's outputs
         overridden = {header.lower() for header, _, _ in self.headers}
         self.defaults = tuple((name, value) for name, value in DEFAULT_HEADERS if name.lower() not in overridden)
         self.overridden = overridden
@@ -375,6 +378,7 @@ class Call:
                 self.wants_headers = True
             self.outputs.append((field["name"], compiled, _field_path(compiled.parsed) if compiled else None,
                                  bool(field.get("nullable"))))
+        self.maps_outputs = any(compiled is not None for _, compiled, _, _ in self.outputs)
 
     def prepare(self, inputs: Mapping[str, Any], machinery_headers: Mapping[str, str],
                 secret: Callable[[str], str]) -> Prepared:
@@ -462,9 +466,11 @@ class Call:
             view["headers"] = {name.lower(): value for name, value in headers.items()}
         return view
 
-    def select(self, view: Mapping[str, Any]) -> dict:
+    def select(self, view: Mapping[str, Any], problems: dict | None = None) -> dict:
         """Each output from its expression (default: the body's top-level key of its name). A null
-        result is a missing output unless the output is nullable."""
+        result is a missing output unless the output is nullable. An expression that cannot be
+        evaluated on this reply (`length(body.lines)` where `lines` is null) gives no output, and its
+        reason goes in `problems`, by output name: a contract failure, not a crash."""
         body = view.get("body")
         outputs = {}
         for name, compiled, path, nullable in self.outputs:
@@ -477,13 +483,27 @@ class Call:
                 for key in path:
                     value = value.get(key) if isinstance(value, dict) else None
             else:
-                value = compiled.search(view)
+                try:
+                    value = compiled.search(view)
+                except jmespath.exceptions.JMESPathError as error:
+                    if problems is not None:
+                        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                        if len(reason) > 200:
+                            reason = reason[:200] + "..."
+                        problems[name] = f"`from` cannot be read from this reply: {reason}"
+                    continue
             if value is not None or nullable:
                 outputs[name] = value
         return outputs
 
 
 _COMPILED: dict[str, Call] = {}
+
+
+def compiled_for(service: Mapping[str, Any]) -> Call | None:
+    """The compiled call of a plan's version 2 service; None for a version 1 one (POSTed its inputs,
+    its outputs read from the reply's top level)."""
+    return compiled(service) if "fingerprint" in service or "request" in service else None
 
 
 def compiled(service: Mapping[str, Any]) -> Call:

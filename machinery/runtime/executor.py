@@ -14,7 +14,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Mapping
 
 from machinery import guard, secrets
-from machinery.exceptions import MachineryError, ServiceCallError, TooLarge
+from machinery.exceptions import InvalidData, MachineryError, ServiceCallError, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
 from machinery.runtime import calls, tree
@@ -215,7 +215,7 @@ class Executor:
         or outputs `from` the reply) is called as its compiled form says, its secrets read at each
         attempt and masked in whatever is kept of the reply."""
         service = step["service"]
-        compiled = calls.compiled(service) if "fingerprint" in service or "request" in service else None
+        compiled = calls.compiled_for(service)
         retry = {**DEFAULT_RETRY, **(service.get("retry") or {})}
         headers = self._headers(event, step["index"], run, span_id, callback_url)
         body = json.dumps(inputs, separators=(",", ":")).encode() if compiled is None else None
@@ -253,14 +253,8 @@ class Executor:
             if payload is None and status == 202:
                 self.observer.call_attempt(service["name"], "accepted")
                 return Outcome("waiting", attempts=attempt, attempt_log=log, request=prepared and prepared.record)
-            if compiled is not None:
-                payload = compiled.select(payload)
-                if used:
-                    payload = calls.mask(payload, used)
-            outputs, problems = check_outputs(service, payload)
+            outputs, problems = reply_outputs(service, compiled, payload, used)
             if problems:
-                if used:
-                    problems = calls.mask(problems, used)
                 self.observer.call_attempt(service["name"], "contract")
                 entry["outcome"] = "contract"
                 return Outcome("failed", error={"kind": "contract", "status": status,
@@ -533,6 +527,49 @@ def close_waiting(waiting: Mapping[str, Any], **outcome: Any) -> dict:
     if started is not None:
         record["duration_ms"] = round((now - started.replace(tzinfo=None)).total_seconds() * 1000, 3)
     return record
+
+
+def reply_outputs(service: Mapping[str, Any], compiled: calls.Call | None, payload: Any,
+                  secrets_used: list[str]) -> tuple[dict, dict]:
+    """A reply's declared outputs and the problems of those missing or mistyped: read through the
+    compiled call's `from` expressions from the reply's view (a version 2 service), or from the
+    top level of its JSON object (version 1), with the secret values the call used masked in both."""
+    found: dict[str, str] = {}
+    if compiled is not None:
+        payload = compiled.select(payload, found)
+        if secrets_used:
+            payload = calls.mask(payload, secrets_used)
+    outputs, problems = check_outputs(service, payload)
+    problems.update(found)  # why an output is missing says more than that it is
+    if problems and secrets_used:
+        problems = calls.mask(problems, secrets_used)
+    return outputs, problems
+
+
+def callback_outputs(service: Mapping[str, Any], body: Any, headers: Mapping[str, str],
+                     secret: Callable[[str], str]) -> tuple[dict, dict]:
+    """The outputs a callback brings for a waiting step of `service`, and their problems.
+
+    A service whose outputs say `from` has its callback read as a reply would be, through the same
+    expressions, over ``{"status": 200, "headers": <the callback's headers, lower-case>, "body": body}``,
+    so its body need not be an object. Any other service's callback body is the object of its outputs.
+    The values of the secrets the service's requests send are masked in what is kept.
+    Raises InvalidData when the body cannot hold outputs at all."""
+    compiled = calls.compiled_for(service)
+    if compiled is None or not compiled.maps_outputs:
+        if not isinstance(body, dict):
+            raise InvalidData(f"callback body must be a JSON object of outputs, got {types.json_type(body)}")
+        view = body if compiled is None else {"status": 200, "body": body}
+    else:
+        view = {"status": 200, "body": body,
+                "headers": {name.lower(): value for name, value in (headers or {}).items()}}
+    used = []
+    for name in compiled.secret_names if compiled is not None else ():
+        try:
+            used.append(secret(name))
+        except MachineryError:
+            continue  # a secret that cannot be read now was not sent either
+    return reply_outputs(service, compiled, view, used)
 
 
 def check_outputs(service: Mapping[str, Any], payload: Mapping[str, Any]) -> tuple[dict, dict]:

@@ -222,3 +222,83 @@ def test_a_bad_callback_url_is_422(http, api, examples):
     response = http.post(f"{api}/e/process-text", json={"data": {"message": "a"}, "callback_url": "ftp://x"},
                          timeout=10)
     assert response.status_code == 422 and "callback_url" in response.json()["message"]
+
+
+NESTED_OUTPUTS = [{"name": "total", "type": "float", "from": "body.order.total"},
+                  {"name": "skus", "type": {"type": "array", "items": "string"}, "from": "body.order.lines[*].sku"},
+                  {"name": "count", "type": "int", "from": "length(body.order.lines)"},
+                  {"name": "trace", "type": "string", "from": "headers.\"x-trace\""},
+                  {"name": "note", "type": "string", "from": "body.note"}]
+CALLBACK_SECRET = "callback-secret-Wq81"
+
+
+@pytest.fixture
+def nested_async(http, api, faulty):
+    """A version 2 service answering 202, whose outputs are read `from` a nested reply, with a secret header."""
+    url, app = faulty
+    assert http.put(f"{api}/secrets/cb_token", json={"value": CALLBACK_SECRET}, timeout=10).status_code == 201
+    service = {"name": "nested-async", "address": f"{url}/async", "callback_timeout_s": 30,
+               "inputs": [{"name": "order_id", "type": "string"}], "outputs": NESTED_OUTPUTS,
+               "request": {"method": "POST", "headers": {"Authorization": "Bearer {secret.cb_token}"}}}
+    assert http.post(f"{api}/services", json=service, timeout=10).status_code == 201
+    return app
+
+
+NESTED_REPLY = {"order": {"total": 12.5, "lines": [{"sku": "a-1"}, {"sku": "b-2"}]},
+                "note": f"signed with {CALLBACK_SECRET}"}
+NESTED_EXPECTED = {"total": 12.5, "skus": ["a-1", "b-2"], "count": 2, "trace": "t-77", "note": "signed with ***"}
+
+
+@pytest.mark.parametrize("shape", ["v1", "tree"])
+def test_a_callback_is_read_through_from_as_its_reply_would_be(http, api, nested_async, shape):
+    """The callback's body is nested JSON and its headers are readable, exactly as a direct reply's; a
+    secret the service was sent and echoes back is masked in what is kept; a body on which an
+    expression cannot be evaluated is a 422 naming the output, and the step keeps waiting."""
+    inputs = [{"name": "order_id", "type": "string"}]
+    outputs = [{"name": name, "type": field["type"]} for name, field in
+               ((field["name"], field) for field in NESTED_OUTPUTS)]
+    if shape == "v1":
+        workflow = {"name": "nested-cb", "services": ["nested-async"], "inputs": inputs, "outputs": outputs}
+    else:
+        workflow = {"name": "nested-cb", "inputs": inputs, "outputs": outputs,
+                    "steps": [{"id": "fetch", "call": "nested-async", "in": {"order_id": "order_id"}}]}
+    assert http.post(f"{api}/workflows", json=workflow, timeout=10).status_code == 201
+    response = http.post(f"{api}/e/nested-cb", json={"order_id": "o-1"}, timeout=10)
+    assert response.status_code == 202, response.text
+    event_id = response.json()["event_id"]
+    callback = wait_until(lambda: nested_async.config["callbacks"] and nested_async.config["callbacks"][-1], 10,
+                          message="the service was called")
+
+    unreadable = http.post(callback, json={"order": {"total": 1.0, "lines": None}}, timeout=10,
+                           headers={"X-Trace": "t-77"})
+    assert unreadable.status_code == 422
+    problem = unreadable.json()["errors"]["count"]
+    assert "`from` cannot be read from this reply" in (problem if isinstance(problem, str) else problem[0])
+    wrong = http.post(callback, json={"order": {"total": "twelve", "lines": []}, "note": "x"}, timeout=10,
+                      headers={"X-Trace": "t-77"})
+    assert wrong.status_code == 422 and "total" in wrong.json()["errors"]
+    assert http.get(f"{api}/events/{event_id}", timeout=10).json()["status"] == "waiting"
+
+    done = http.post(callback, json=NESTED_REPLY, headers={"X-Trace": "t-77"}, timeout=10)
+    assert done.status_code == 200, done.text
+    event = finished(http, api, event_id)
+    assert event["status"] == "completed" and event["outputs"] == NESTED_EXPECTED
+    everything = json.dumps(event) + http.get(f"{api}/events/{event_id}/steps", timeout=10).text
+    assert CALLBACK_SECRET not in everything
+
+
+def test_a_callback_to_a_from_service_may_be_any_json(http, api, faulty):
+    """A service whose outputs are read `from` the body may be called back with an array."""
+    url, app = faulty
+    service = {"name": "first-of", "address": f"{url}/async", "callback_timeout_s": 30,
+               "inputs": [{"name": "message", "type": "string"}],
+               "outputs": [{"name": "message", "type": "string", "from": "body[0].text"}]}
+    assert http.post(f"{api}/services", json=service, timeout=10).status_code == 201
+    workflow = {"name": "first-of", "services": ["first-of"], "inputs": [{"name": "message", "type": "string"}],
+                "outputs": [{"name": "message", "type": "string"}]}
+    assert http.post(f"{api}/workflows", json=workflow, timeout=10).status_code == 201
+    event_id = http.post(f"{api}/e/first-of", json={"message": "m"}, timeout=10).json()["event_id"]
+    callback = wait_until(lambda: app.config["callbacks"] and app.config["callbacks"][-1], 10,
+                          message="the service was called")
+    assert http.post(callback, json=[{"text": "from an array"}], timeout=10).status_code == 200
+    assert finished(http, api, event_id)["outputs"] == {"message": "from an array"}

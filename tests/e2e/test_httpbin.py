@@ -89,6 +89,22 @@ def test_a_mistyped_nested_output_is_a_contract_failure(http, api, httpbin):
     assert error["kind"] == "contract" and "total: expected int, got string" in error["message"]
 
 
+def test_an_output_expression_that_fails_on_the_reply_is_a_contract_failure(http, api, httpbin):
+    """length() of a value that is not an array, string or object: the step fails with kind contract,
+    naming the output and why, rather than the call crashing."""
+    one_step(http, api, {
+        "name": "count-lines", "address": httpbin, "inputs": [{"name": "order", "type": "object"}],
+        "outputs": [{"name": "count", "type": "int", "from": "length(body.json.order.lines)"}],
+        "request": {"method": "POST", "path": "/post"},
+    }, inputs=[{"name": "order", "type": "object"}], outputs=[{"name": "count", "type": "int"}])
+    response = http.post(f"{api}/e/count-lines", json={"order": {"lines": 7}}, timeout=30)
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["kind"] == "contract" and "count: `from` cannot be read from this reply" in error["message"]
+    fine = http.post(f"{api}/e/count-lines", json={"order": {"lines": [1, 2, 3]}}, timeout=30)
+    assert fine.status_code == 201 and fine.json()["outputs"] == {"count": 3}
+
+
 def test_delete_sends_no_body_and_its_inputs_go_in_the_query(http, api, httpbin):
     one_step(http, api, {
         "name": "delete-order", "address": httpbin,

@@ -131,6 +131,29 @@ def test_a_reply_that_is_not_json_is_its_text_and_an_empty_one_is_null():
     assert call.select(call.view(404, {}, b"")) == {}
 
 
+def test_an_expression_that_cannot_be_evaluated_on_a_reply_is_a_problem_not_a_crash():
+    call = calls.Call(calls.checked(service(outputs=[
+        {"name": "count", "type": "int", "from": "length(body.lines)"},
+        {"name": "first", "type": "string", "from": "body.lines[0]"},
+    ]), SECRETS.__contains__))
+    problems: dict = {}
+    assert call.select(call.view(200, {}, b'{"lines": null}'), problems) == {}
+    assert list(problems) == ["count"] and problems["count"].startswith("`from` cannot be read from this reply")
+    problems.clear()
+    assert call.select(call.view(200, {}, b'{"lines": ["x"]}'), problems) == {"count": 1, "first": "x"}
+    assert problems == {}
+
+
+def test_a_call_knows_whether_it_maps_outputs_and_which_secrets_it_sends():
+    plain = calls.Call(calls.checked(service({"method": "GET", "path": "/o"}), SECRETS.__contains__))
+    assert not plain.maps_outputs and plain.secret_names == ()
+    mapped = calls.Call(calls.checked(service({"headers": {"Authorization": "Bearer {secret.token}",
+                                                           "X-Both": "{secret.token}-{secret.other}"}},
+                                              outputs=[{"name": "n", "type": "int", "from": "body.n"}]),
+                                      {"token", "other"}.__contains__))
+    assert mapped.maps_outputs and mapped.secret_names == ("token", "other")
+
+
 def test_compiled_calls_are_kept_by_fingerprint_not_rebuilt_per_call():
     definition = calls.checked(service({"method": "GET", "path": "/o/{id}"}, inputs=[("id", "string")]),
                                SECRETS.__contains__)

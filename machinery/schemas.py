@@ -182,6 +182,27 @@ class RequestSchema(Schema):
                        "default: the inputs placed nowhere else, for POST, PUT and PATCH"})
 
 
+class ReplyBodySchema(FieldSchema):
+    """The type of a reply's body, as a field's: a type name or structure, or a JSON Schema."""
+
+    class Meta:
+        exclude = ("name", "required")
+
+    @post_load
+    def _converted(self, data, **kwargs):
+        stored = super()._converted({**data, "name": "body"}, **kwargs)
+        stored.pop("name", None)
+        return stored
+
+
+class ReplySchema(Schema):
+    """What a service's successful reply holds, when it is known (an OpenAPI document says it)."""
+
+    body = fields.Nested(ReplyBodySchema, required=True, metadata={
+        "description": "the body's type: each output's `from` (or, without one, the body's key of its name) "
+                       "is type-checked against it at registration"})
+
+
 class RetrySchema(Schema):
     max_attempts = fields.Integer(load_default=3, strict=True, validate=validate.Range(min=1, max=20))
     backoff_s = fields.Float(load_default=0.5, validate=validate.Range(min=0, max=60),
@@ -210,6 +231,8 @@ class ServiceSchema(Schema):
     callback_timeout_s = fields.Float(load_default=None, allow_nan=False,
                                       validate=validate.Range(min=0.001, max=30 * 86400))
     retry = fields.Nested(RetrySchema, load_default=None)
+    reply = fields.Nested(ReplySchema, load_default=None, allow_none=True, metadata={
+        "description": "the type of a successful reply's body, when known; outputs are checked against it"})
     warnings = fields.List(fields.String(), metadata={
         "description": "read-only: where a schema said more than the type model can (it became any)"})
 
@@ -232,7 +255,12 @@ class ServiceSchema(Schema):
 
     @post_load
     def _gather_warnings(self, data, **_):
-        return gather_warnings(data)
+        data = gather_warnings(data)
+        body = (data.get("reply") or {}).get("body") or {}
+        reply_warnings = [f"reply.body.{warning}" for warning in body.pop(WARNINGS_KEY, None) or []]
+        if reply_warnings:
+            data["warnings"] = [*data.get("warnings", []), *reply_warnings]
+        return data
 
 
 class OperationSchema(Schema):

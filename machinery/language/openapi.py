@@ -580,6 +580,10 @@ class _Converter:
             "inputs": inputs,
             "outputs": self.outputs(reply_schema, optional, success, result),
         }
+        if reply_schema is not None:
+            # The whole reply's type, so that an output edited later is checked against it; its warnings
+            # are the outputs' own, already listed.
+            service["reply"] = {"body": {"type": types.from_json_schema(reply_schema, self.document, "response")[0]}}
         if success:
             service["success"] = success
         if method in ("post", "patch"):

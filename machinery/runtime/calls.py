@@ -21,7 +21,7 @@ import jmespath.exceptions
 from requests.utils import requote_uri
 
 from machinery.exceptions import InvalidData, ServiceCallError
-from machinery.language import types
+from machinery.language import expressions, types
 from machinery.runtime.transport import DEFAULT_HEADERS
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -280,7 +280,49 @@ def problems(service: Mapping[str, Any], secret_known: Callable[[str], bool]) ->
         if first is not None and first not in VIEW_KEYS:
             problem(where, f"output {field['name']!r}: {expression!r} reads {first!r}, but a reply is "
                            f"{{status, headers, body}}: did you mean 'body.{expression}'?")
+    body = (service.get("reply") or {}).get("body")
+    if body is not None and not found:
+        _check_against_reply(service, body, problem)
     return found
+
+
+def _present(node: dict) -> dict:
+    """A normal type with every null and every absence taken away: what the check at registration
+    can prove of a reply is its kinds; null and missing values stay the runtime's to find."""
+    return {**node, "nullable": False,
+            "items": _present(node["items"]) if node.get("items") else node.get("items"),
+            "fields": None if node.get("fields") is None else
+            [{**field, "required": True, "type": _present(field["type"])} for field in node["fields"]]}
+
+
+def _check_against_reply(service: Mapping[str, Any], body: Mapping[str, Any],
+                         problem: Callable[[str, str], None]) -> None:
+    """Type each output's expression over the declared reply, {status: int, headers: object, body},
+    and name every output whose kind it proves wrong, or that reads what the reply does not hold."""
+    try:
+        body_type = types.parse_field({**body, "name": "body"})["type"]
+    except types.TypeSpecError:
+        return  # refused by the definition's schema already
+    view = types.normal_type({"type": "object", "fields": [
+        {"name": "status", "type": "int"}, {"name": "headers", "type": "object"}, {"name": "body", "type": "any"}]})
+    view["fields"][2] = {**view["fields"][2], "type": body_type}
+    for number, field in enumerate(service.get("outputs") or ()):
+        given = field.get("from")
+        text = given or f"body.{json.dumps(field['name'])}"
+        where = f"outputs[{number}].from" if given else f"outputs[{number}]"
+        try:
+            result, found = expressions.infer_over(expressions.compile_expression(text), view)
+        except (expressions.ExpressionError, RecursionError):
+            continue  # what does not compile is named above
+        for message in found:
+            problem(where, f"output {field['name']!r}: {message} (in the service's declared reply)")
+        if found:
+            continue
+        declared = types.parse_field(field)["type"]
+        for message in types.incompatibilities(_present(result), declared):
+            problem(where, f"output {field['name']!r}: {text} is {types.describe(result)} in the declared "
+                           f"reply, but the output is {types.describe(declared)}" +
+                           ("" if message.startswith("expected ") else f": {message}"))
 
 
 def fingerprint(service: Mapping[str, Any]) -> str:

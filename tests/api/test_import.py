@@ -295,3 +295,20 @@ def test_another_content_type_is_still_415_naming_both(client):
     response = client.post("/services", data="name: upper", content_type="text/plain")
     assert response.status_code == 415
     assert "application/json" in response.get_json()["message"] and "application/yaml" in response.get_json()["message"]
+
+
+def test_an_imported_service_keeps_its_reply_type_and_an_edited_output_is_checked_against_it(client):
+    assert import_petstore(client).status_code == 200
+    service = client.get("/services/pets-find-pet-by-id").get_json()
+    fields = {field["name"]: field for field in service["reply"]["body"]["type"]["fields"]}
+    assert fields["id"]["type"] == "int" and fields["name"]["type"] == "string"
+    edited = {key: service[key] for key in ("name", "address", "request", "inputs", "reply")}
+    wrong = {**edited, "outputs": [{"name": "name", "type": "int", "from": "body.name"}]}
+    response = client.put("/services/pets-find-pet-by-id", json=wrong)
+    assert response.status_code == 422
+    assert "body.name is string in the declared reply, but the output is int" in response.get_json()["message"]
+    typo = {**edited, "outputs": [{"name": "tag", "type": "string", "from": "body.tags"}]}
+    response = client.put("/services/pets-find-pet-by-id", json=typo)
+    assert response.status_code == 422 and "no field 'tags'" in response.get_json()["message"]
+    fine = {**edited, "outputs": [{"name": "label", "type": "string", "from": "body.tag"}]}
+    assert client.put("/services/pets-find-pet-by-id", json=fine).status_code == 200

@@ -64,6 +64,10 @@ def node_lines(node: Mapping[str, Any], plan: Mapping[str, Any]) -> list[str]:
     if kind == "call":
         service = (plan.get("services") or {}).get(node.get("service"), {})
         return [f"{node['id']}: {node.get('service')}", call_line(service)]
+    if kind == "poll":
+        service = (plan.get("services") or {}).get(node.get("service"), {})
+        return [f"{node['id']}: poll {node.get('service')}", call_line(service),
+                f"until {_condition(node.get('until', ''))}, every {node.get('interval_s', 5.0):g} s"]
     if kind == "workflow":
         return [f"{node['id']}: workflow {node.get('workflow')}", "a child event"]
     if kind == "sleep":
@@ -307,7 +311,7 @@ class _Text:
 
     def node(self, node: Mapping[str, Any], entries, out, emit):
         kind = node.get("kind")
-        if kind in ("call", "workflow", "sleep"):
+        if kind in ("call", "workflow", "sleep", "poll"):
             name = self.name()
             emit.leaf(out, name, node, node_lines(node, self.plan))
             for source, label in entries:

@@ -429,13 +429,17 @@ class StepSchema(Schema):
     instance = fields.String(metadata={"description": "a tree event's instance: the node's path, e.g. "
                                                       "reserve[3]/hold (item 3 of map reserve)"})
     node = fields.String(metadata={"description": "the id of the tree node it is an instance of"})
-    kind = fields.String(metadata={"description": "call, sleep or workflow"})
+    kind = fields.String(metadata={"description": "call, poll, sleep or workflow"})
     items = fields.List(fields.Integer(), metadata={"description": "the indices of the enclosing map items"})
     item = fields.Integer(allow_none=True, metadata={"description": "the innermost map item, or null"})
     expires = fields.DateTime(metadata={"description": "a call waiting for its callback: the deadline"})
     until = fields.DateTime(metadata={"description": "a sleep: when it ends"})
     workflow = fields.String(metadata={"description": "a child workflow step: the workflow it started"})
     child_event_id = fields.String(metadata={"description": "a child workflow step: the child event"})
+    polls = fields.Integer(metadata={"description": "a poll step: how many times the service was called"})
+    last_outputs = fields.Dict(metadata={"description": "a poll step: the outputs of its latest reply"})
+    last_polled_at = fields.DateTime(metadata={"description": "a poll step: when it last called the service"})
+    next_poll_at = fields.DateTime(metadata={"description": "a waiting poll step: when it calls again"})
 
     @pre_dump
     def _items_of_dict(self, record, **kwargs):

@@ -50,6 +50,14 @@ Workflows: a tree of steps (``plan``, ``expressions``)
          "steps": [...], "collect": {"reservations": "reservation"}}
         {"id": "child", "workflow": "<registered workflow>", "in": {...}, "out": {...}}
         {"id": "nap", "sleep": {"seconds": 30}}   or   {"sleep": {"until": "<expr: ISO 8601 string>"}}
+        {"id": "job", "poll": "<service>", "in": {...}, "out": {...}, "until": "<expr over its outputs>",
+         "interval_s": 5, "backoff": 1.0, "max_interval_s": 3600, "timeout_s": 3600}
+
+    A ``poll`` calls its service, and while ``until`` (a ``bool`` expression over the service's outputs,
+    typed against them) is false, parks the event and calls again ``interval_s`` later (times
+    ``backoff`` after each poll, up to ``max_interval_s``), until it holds (its outputs are then
+    written as a call's) or ``timeout_s`` has passed since the first poll (kind ``poll_timeout``).
+    A failed call fails it as a call's failure would; a 202 counts as "not yet".
 
     ``in`` maps a service (or child workflow) input to a JMESPath expression over the context; an input
     it leaves out reads the context key of its own name, as in version 1. ``out`` maps an output to
@@ -96,6 +104,8 @@ Workflows: a tree of steps (``plan``, ``expressions``)
          "steps": [node...], "collect": {"<outer key>": "<expr over the item's context>"}}
         {"id", "kind": "workflow", "workflow": "<name>", "in": {...}, "out": {...}}
         {"id", "kind": "sleep", "seconds": s}  |  {"id", "kind": "sleep", "until": "<expr>"}
+        {"id", "kind": "poll", "service", "in", "out", "until": "<expr>", "interval_s", "backoff",
+         "timeout_s"[, "max_interval_s"]}
 
     A workflow definition with ``steps`` is stored as given, plus ``services`` (the names it calls,
     so the registry's "who uses this service" keeps working) and ``workflows`` (children it names).

@@ -21,16 +21,20 @@ from machinery.language.expressions import Expression, ExpressionError, boolean,
 ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$(?!\n)")
 KEY_PATTERN = re.compile(r"^(?!\$)[^.\x00-\x1f\x7f]{1,100}$(?!\n)")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-KINDS = ("call", "if", "switch", "parallel", "map", "workflow", "sleep")
+KINDS = ("call", "if", "switch", "parallel", "map", "workflow", "sleep", "poll")
 # What each kind may hold beside its own key, its id and a description.
 _KEYS = {"call": {"in", "out"}, "if": {"then", "else"}, "switch": set(), "parallel": set(),
-         "map": {"as", "max_concurrency", "steps", "collect"}, "workflow": {"in", "out"}, "sleep": set()}
+         "map": {"as", "max_concurrency", "steps", "collect"}, "workflow": {"in", "out"}, "sleep": set(),
+         "poll": {"in", "out", "until", "interval_s", "backoff", "max_interval_s", "timeout_s"}}
 MAX_DEPTH = 16
 MAX_STEPS = 500
 MAX_BRANCHES = 64
 MAX_CONCURRENCY = 256
 DEFAULT_CONCURRENCY = 8
 MAX_SLEEP = 365 * 24 * 3600
+# A poll step: (default, lowest, highest) of each of its numbers.
+POLL_NUMBERS = {"interval_s": (5.0, 0.1, 86400.0), "backoff": (1.0, 1.0, 10.0),
+                "max_interval_s": (None, 0.1, 86400.0), "timeout_s": (3600.0, 0.1, 30 * 86400.0)}
 MAX_PROBLEMS = 50
 MAX_CHILDREN = 100
 CHILD_FIELDS = ("workflow_id", "name", "version", "inputs", "outputs")
@@ -72,8 +76,9 @@ def called(steps: Any) -> tuple[list[str], list[str]]:
             stack.extend(reversed(item))
         elif isinstance(item, dict):
             order.append(item)
-            if isinstance(item.get("call"), str):
-                services.setdefault(item["call"])
+            for kind in ("call", "poll"):
+                if isinstance(item.get(kind), str):
+                    services.setdefault(item[kind])
             if isinstance(item.get("workflow"), str):
                 workflows.setdefault(item["workflow"])
             nested = []
@@ -238,18 +243,60 @@ class _Checker:
 
     # -- calls -------------------------------------------------------------------------------------
 
-    def _call(self, ident, step, context, depth, written):
-        name = step["call"]
+    def _service(self, ident, name, path):
+        """The registered service a call or poll names, kept for the plan; None (reported) if none."""
         if not isinstance(name, str) or name not in self.services:
-            self.problem(ident, f"{ident}.call", f"service {name!r} is not registered"
+            self.problem(ident, path, f"service {name!r} is not registered"
                          if isinstance(name, str) else "must be the name of a registered service")
             return None
         service = self.services[name]
         self.used_services[name] = {key: dataflow._without_schemas(key, service[key])
                                     for key in dataflow.SERVICE_FIELDS if service.get(key) is not None}
+        return service
+
+    def _call(self, ident, step, context, depth, written):
+        name = step["call"]
+        service = self._service(ident, name, f"{ident}.call")
+        if service is None:
+            return None
         ins, outs = self._io(ident, step, service["inputs"], service["outputs"], context, written,
                              f"service {name!r}")
         return {"id": ident, "kind": "call", "service": name, "in": ins, "out": outs}
+
+    def _poll(self, ident, step, context, depth, written):
+        """A call made again, `interval_s` apart (times `backoff` each time, up to `max_interval_s`),
+        until the condition `until` over the service's outputs holds or `timeout_s` passes."""
+        name = step["poll"]
+        service = self._service(ident, name, f"{ident}.poll")
+        if service is None:
+            return None
+        replied = {field["name"]: _slot(field) for field in service["outputs"]}
+        until = step.get("until")
+        compiled = None
+        if until is None:
+            self.problem(ident, f"{ident}.until", f"a poll step needs until: a condition over the outputs of "
+                         f"service {name!r} that holds when it is done", replied)
+        else:
+            compiled = self._condition(ident, f"{ident}.until", until, replied)
+        numbers = {}
+        for key, (default, low, high) in POLL_NUMBERS.items():
+            value = step.get(key, default)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not low <= value <= high:
+                self.problem(ident, f"{ident}.{key}", f"must be a number from {low:g} to {high:g}, got "
+                             f"{json.dumps(value, default=str)[:40]}")
+                continue
+            numbers[key] = value
+        if numbers.get("max_interval_s") is not None and numbers["max_interval_s"] < numbers.get("interval_s", 0):
+            self.problem(ident, f"{ident}.max_interval_s", "must be at least interval_s")
+        ins, outs = self._io(ident, step, service["inputs"], service["outputs"], context, written,
+                             f"service {name!r}")
+        if compiled is None:
+            return None
+        return {"id": ident, "kind": "poll", "service": name, "in": ins, "out": outs, "until": compiled.text,
+                **numbers}
 
     def _workflow(self, ident, step, context, depth, written):
         name = step["workflow"]

@@ -40,7 +40,9 @@ parks: status ``waiting``, ``lease_expires`` the earliest deadline (a callback's
 callback completes its record and wakes the event (``lease_expires`` now); so does a child event
 that ends, for its parent. After parking, the executor looks once more at what it waits for, so a
 callback that came in between is not missed. Timers live in the store: a sleeping event is
-resumed by whichever worker claims it when it is due, also after every process restarted.
+resumed by whichever worker claims it when it is due, also after every process restarted. A poll
+step waits the same way between its calls: its one record holds the count of polls, the last
+outputs and ``next_poll_at`` (the event's deadline), changed at each poll rather than added to.
 
 Concurrency. Branches and map items run on threads of the process holding the event, a map at most
 ``max_concurrency`` items at once; calls in flight per process are bounded (``MACHINERY_MAX_CALLS``).

@@ -8,6 +8,7 @@ another path failed). A block runs its nodes in order and stops at the first tha
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any, Mapping
 
 from machinery.language import types
@@ -246,6 +247,82 @@ def sleep(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) -
     return OK
 
 
+# -- poll ----------------------------------------------------------------------------------
+
+
+def poll(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) -> str:
+    """Call the service; while `until` over its outputs is false, park the event (it waits in the store,
+    not in a thread) and call again at the next interval, until the condition holds or the timeout
+    passes. One record for all the polls, changed at each: their count and the last outputs."""
+    instance = scope.name(node["id"])
+    record = walk.record(instance)
+    if record is not None and record["status"] != "waiting":
+        return _resume_call(walk, node, record, context, instance)
+    if record is not None and record["next_poll_at"].replace(tzinfo=None) > utcnow():
+        walk.count(node["id"], n=1, waiting=1)
+        return walk.wait(record["next_poll_at"], record)
+    service = walk.plan["services"][node["service"]]
+    inputs, failed = _inputs(walk, node, service["inputs"], context, scope)
+    if failed:
+        return failed
+    walk.count(node["id"], n=1, running=1)
+    started = time.monotonic()
+    with walk.calls:
+        outcome = walk.executor.run_step(walk.event, {"service": service, "index": instance}, inputs, walk.run,
+                                         new_span_id(), None)
+    walk.executor.observer.step_finished(service["name"], outcome.status, time.monotonic() - started)
+    now = utcnow()
+    first = record is None
+    polls = (record or {}).get("polls", 0) + 1
+    began = now if first else record["started_at"].replace(tzinfo=None)
+    fields: dict[str, Any] = {"polls": polls, "attempts": outcome.attempts, "attempt_log": outcome.attempt_log[-3:],
+                              "last_polled_at": now}
+    if outcome.request is not None:
+        fields["request"] = outcome.request
+    done = False
+    if outcome.status == "completed":
+        fields["last_outputs"] = outcome.outputs
+        done = walk.search(node["until"], outcome.outputs)
+        if not isinstance(done, bool):
+            walk.count(node["id"], running=-1)
+            return _type_error(walk, node, scope, f"{node['id']}.until",
+                               f"expected bool, got {types.json_type(done)} on the reply of poll {polls}")
+    elapsed = (now - began).total_seconds()
+    if outcome.status == "failed":
+        fields.update(status="failed", error=outcome.error, finished_at=now)
+    elif done:
+        fields.update(status="completed", outputs=outcome.outputs, finished_at=now)
+    elif elapsed >= node.get("timeout_s", 3600.0):
+        fields.update(status="failed", finished_at=now, error={
+            "kind": "poll_timeout", "message": f"{node['until']} did not hold within {node.get('timeout_s', 3600.0):g} s "
+                                               f"({polls} polls)"})
+    else:
+        interval = node.get("interval_s", 5.0) * node.get("backoff", 1.0) ** (polls - 1)
+        interval = min(interval, node.get("max_interval_s") or max(node.get("interval_s", 5.0), 3600.0))
+        deadline = began + timedelta(seconds=node.get("timeout_s", 3600.0))
+        fields.update(status="waiting", next_poll_at=min(now + timedelta(seconds=interval), deadline))
+    if "finished_at" in fields:
+        fields["duration_ms"] = round(elapsed * 1000, 3)
+    walk.count(node["id"], running=-1)
+    if first:
+        record = walk.write(walk.new_record(node, instance, scope, service=service["name"], started_at=now,
+                                            **fields))
+    else:
+        record = walk.change(record, fields)
+    if record["status"] == "waiting":
+        walk.count(node["id"], waiting=1)
+        return walk.wait(record["next_poll_at"], record)
+    return _ended_poll(walk, node, record, context, instance)
+
+
+def _ended_poll(walk: TreeRun, node: Mapping[str, Any], record: dict, context: dict, instance: str) -> str:
+    walk.count(node["id"], **({"done": 1} if record["status"] == "completed" else {"failed": 1}))
+    if record["status"] == "failed":
+        return walk.fail(_error(node, instance, record.get("error"), service=record.get("service")))
+    _apply(node, record.get("outputs"), context)
+    return OK
+
+
 # -- child workflow --------------------------------------------------------------------------
 
 
@@ -299,4 +376,4 @@ def workflow(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope
 
 
 KINDS = {"call": call, "if": if_, "switch": switch, "parallel": parallel, "map": map_, "sleep": sleep,
-         "workflow": workflow}
+         "workflow": workflow, "poll": poll}

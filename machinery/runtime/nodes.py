@@ -288,18 +288,18 @@ def poll(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) ->
             return _type_error(walk, node, scope, f"{node['id']}.until",
                                f"expected bool, got {types.json_type(done)} on the reply of poll {polls}")
     elapsed = (now - began).total_seconds()
+    timeout, every = node.get("timeout_s", 3600.0), node.get("interval_s", 5.0)
     if outcome.status == "failed":
         fields.update(status="failed", error=outcome.error, finished_at=now)
     elif done:
         fields.update(status="completed", outputs=outcome.outputs, finished_at=now)
-    elif elapsed >= node.get("timeout_s", 3600.0):
+    elif elapsed >= timeout:
         fields.update(status="failed", finished_at=now, error={
-            "kind": "poll_timeout", "message": f"{node['until']} did not hold within {node.get('timeout_s', 3600.0):g} s "
-                                               f"({polls} polls)"})
+            "kind": "poll_timeout", "message": f"{node['until']} did not hold within {timeout:g} s ({polls} polls)"})
     else:
-        interval = node.get("interval_s", 5.0) * node.get("backoff", 1.0) ** (polls - 1)
-        interval = min(interval, node.get("max_interval_s") or max(node.get("interval_s", 5.0), 3600.0))
-        deadline = began + timedelta(seconds=node.get("timeout_s", 3600.0))
+        interval = min(every * node.get("backoff", 1.0) ** (polls - 1),
+                       node.get("max_interval_s") or max(every, 3600.0))
+        deadline = began + timedelta(seconds=timeout)
         fields.update(status="waiting", next_poll_at=min(now + timedelta(seconds=interval), deadline))
     if "finished_at" in fields:
         fields["duration_ms"] = round(elapsed * 1000, 3)

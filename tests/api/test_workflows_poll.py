@@ -35,8 +35,8 @@ def test_a_poll_step_registers_and_its_plan_holds_its_numbers(services):
     assert reply.get_json()["services"] == ["job-status"]
     node = services.post("/workflows/check", json=workflow({"until": "state == 'done'"})).get_json()["plan"]["tree"][0]
     assert node == {"id": "wait", "kind": "poll", "service": "job-status", "in": {"job_id": "job_id"},
-                    "out": {"state": "job_state", "progress": "progress"}, "until": "state == 'done'", "interval_s": 5.0, "backoff": 1.0,
-                    "timeout_s": 3600.0}
+                    "out": {"state": "job_state", "progress": "progress"}, "until": "state == 'done'",
+                    "interval_s": 5.0, "backoff": 1.0, "timeout_s": 3600.0}
 
 
 @pytest.mark.parametrize("step, path, words", [

@@ -66,7 +66,7 @@ def test_a_poll_calls_until_its_condition_holds_and_waits_in_the_store_between_c
     assert record["outputs"]["state"] == "done" and record["last_outputs"]["result"] == "CRUNCH"
     asked = requests.get(f"{jobs}/jobs/job-1/asked", timeout=10).json()
     assert len(asked) == 3  # called exactly until it held
-    gaps = [later - earlier for earlier, later in zip(asked, asked[1:])]
+    gaps = [later - earlier for earlier, later in zip(asked, asked[1:], strict=False)]
     # At least the interval, then twice it: each wait is the store's deadline, never shorter.
     assert gaps[0] >= 0.3 - 0.02 and gaps[1] >= 0.6 - 0.02, gaps
 

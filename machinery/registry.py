@@ -166,6 +166,24 @@ def _workflows_running(store: Store, name: str) -> list[dict]:
         page += 1
 
 
+def delete_workflow(store: Store, ref: str) -> dict:
+    """Delete a workflow; Conflict naming the registered workflows that run it as a child (their events
+    would fail at that step). The check and the delete hold the registry lock, so that no process
+    registers a parent of it in between."""
+    with store.registry_lock():
+        workflow = store.get_workflow(ref)
+        parents = sorted(parent["name"] for parent in _workflows_running(store, workflow["name"])
+                         if parent["name"] != workflow["name"])
+        if parents:
+            several = len(parents) > 1
+            raise Conflict(
+                f"workflow {workflow['name']!r} is run by workflow{'s' if several else ''} {', '.join(parents)}; "
+                f"delete or change {'them' if several else 'it'} first",
+                errors={"workflows": parents},
+            )
+        return store.delete_workflow(workflow["workflow_id"])
+
+
 def _check_parents(store: Store, definition: Mapping[str, Any]) -> None:
     """Refuse a new version whose inputs or outputs break a registered workflow that runs it."""
     parents = [parent for parent in _workflows_running(store, definition["name"])

@@ -155,24 +155,13 @@ def check_workflow(store: Store, definition: Mapping[str, Any]) -> dict:
     return plan_workflow(store, derived(definition))
 
 
-def _workflows_running(store: Store, name: str) -> list[dict]:
-    """The registered step trees that run the workflow of that name as a child."""
-    parents, page, size = [], 1, 200
-    while True:
-        items, total = store.list_workflows(page, size)
-        parents.extend(item for item in items if name in (item.get("workflows") or ()))
-        if page * size >= total or not items:
-            return parents
-        page += 1
-
-
 def delete_workflow(store: Store, ref: str) -> dict:
     """Delete a workflow; Conflict naming the registered workflows that run it as a child (their events
     would fail at that step). The check and the delete hold the registry lock, so that no process
     registers a parent of it in between."""
     with store.registry_lock():
         workflow = store.get_workflow(ref)
-        parents = sorted(parent["name"] for parent in _workflows_running(store, workflow["name"])
+        parents = sorted(parent["name"] for parent in store.workflows_running(workflow["name"])
                          if parent["name"] != workflow["name"])
         if parents:
             several = len(parents) > 1
@@ -186,7 +175,7 @@ def delete_workflow(store: Store, ref: str) -> dict:
 
 def _check_parents(store: Store, definition: Mapping[str, Any]) -> None:
     """Refuse a new version whose inputs or outputs break a registered workflow that runs it."""
-    parents = [parent for parent in _workflows_running(store, definition["name"])
+    parents = [parent for parent in store.workflows_running(definition["name"])
                if parent["name"] != definition["name"]]
     broken = _broken(store, parents, replacing_workflow=definition)
     if broken:

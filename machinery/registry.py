@@ -49,7 +49,7 @@ def _children(store: Store, workflow: Mapping[str, Any], names: list[str],
         if child.get("name") != name:
             continue  # a workflow id that happens to look like a name: children are named
         found[name] = child
-        pending.extend(child.get("workflows") or ())
+        pending.extend(plan.children_of(child))
     return found
 
 
@@ -74,14 +74,14 @@ def event_plan(store: Store, workflow: Mapping[str, Any]) -> dict:
     """
     key = (workflow["workflow_id"], workflow.get("version"), workflow.get("updated_at"),
            store.services_revision(workflow["services"]),
-           tuple(_child_revision(store, name) for name in workflow.get("workflows") or ()))
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = plan_workflow(store, workflow)
+           tuple(_child_revision(store, name) for name in plan.children_of(workflow)))
+    planned = _PLANS.get(key)
+    if planned is None:
+        planned = plan_workflow(store, workflow)
         if len(_PLANS) >= PLAN_CACHE_SIZE:
             _PLANS.clear()
-        _PLANS[key] = plan
-    return plan
+        _PLANS[key] = planned
+    return planned
 
 
 def _child_revision(store: Store, name: str) -> tuple:

@@ -39,7 +39,7 @@ from machinery.exceptions import (
     StoreUnavailable,
     TooLarge,
 )
-from machinery.language.plan import called
+from machinery.language.plan import children_of
 from machinery.store.embedded import embedded_events
 from machinery.store.limits import LIMIT, MAX_DOCUMENT_BYTES, is_too_large
 from machinery.store.secrets import SecretStore
@@ -596,7 +596,7 @@ class Store:
         named, unnamed = self._running_finds(name)
         found = {document["name"]: document for document in named}
         for document in unnamed:
-            if "workflows" not in document and name in called(document.get("steps"))[1]:
+            if "workflows" not in document and name in children_of(document):
                 found[document["name"]] = document
         return [_out(found[key], "workflow_id") for key in sorted(found)]
 

@@ -94,3 +94,17 @@ def test_a_new_version_of_a_child_that_fits_its_parents_registers(registered):
     reply = client.post("/workflows", json=extended)
     assert reply.status_code == 200, reply.get_json()
     assert reply.get_json()["version"] == 2
+
+
+def test_a_parent_stored_before_its_children_were_recorded_still_holds_its_child(registered, store):
+    client, child = registered
+    # GIVEN a tree stored as it was before registration wrote the children a tree runs (its steps only)
+    store.workflows.insert_one({"name": "old-parent", "version": 1, "inputs": [INT], "outputs": [INT],
+                                "services": [], "steps": [{"id": "run-kid", "workflow": "kid"}]})
+    # WHEN the child is deleted or broken, THEN that parent is named too
+    deleted = client.delete("/workflows/kid")
+    assert deleted.status_code == 409 and deleted.get_json()["errors"]["workflows"] == [
+        "old-parent", "parent-a", "parent-b"]
+    broken = client.post("/workflows", json={**child, "inputs": [TEXT], "steps": [
+        {"id": "d", "call": "double", "in": {"n": "length(message)"}}]})
+    assert broken.status_code == 409 and "old-parent" in broken.get_json()["errors"]["workflows"]

@@ -111,12 +111,12 @@ def test_an_async_sleep_outlives_kill_9_of_the_api_and_the_worker(http, env, sto
 def test_a_sleep_until_a_date_from_the_event_data_outlives_the_restart(http, env, store, counting):  # noqa: F811
     url, app = counting
     # GIVEN a tree that sleeps until the date its event names, given in another time zone than UTC
-    wake_at = (datetime.now(UTC) + timedelta(seconds=SLEEP_S)).replace(microsecond=0)
-    written = wake_at.astimezone(timezone(timedelta(hours=-5))).isoformat()
     worker = start_worker(env, "--threads", "2")
     try:
         with gunicorn_served(env) as api:
             register(http, api.url, url, "nap-until", {"until": "when"}, [INT, WHEN])
+            wake_at = (datetime.now(UTC) + timedelta(seconds=SLEEP_S)).replace(microsecond=0)
+            written = wake_at.astimezone(timezone(timedelta(hours=-5))).isoformat()
             # WHEN it is sent async, and everything is killed with -9 while it sleeps
             event_id = http.post(f"{api.url}/e/nap-until?mode=async", json={"n": 3, "when": written},
                                  timeout=30).json()["event_id"]

@@ -602,7 +602,7 @@ class Store:
 
     def _running_finds(self, name: str) -> tuple:
         """The two finds of workflows_running: the trees naming `name` in `workflows`, and the trees
-        without the field (its null key in the index; `{"$exists": false}` is not always planned on it)."""
+        without the field (an equality with null, which is the index's null key)."""
         return (self.workflows.find({**TREES, "workflows": name}),
                 self.workflows.find({**TREES, "workflows": None}))
 

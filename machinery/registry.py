@@ -49,7 +49,7 @@ def _children(store: Store, workflow: Mapping[str, Any], names: list[str],
         if child.get("name") != name:
             continue  # a workflow id that happens to look like a name: children are named
         found[name] = child
-        pending.extend(child.get("workflows") or ())
+        pending.extend(plan.children_of(child))
     return found
 
 
@@ -74,14 +74,14 @@ def event_plan(store: Store, workflow: Mapping[str, Any]) -> dict:
     """
     key = (workflow["workflow_id"], workflow.get("version"), workflow.get("updated_at"),
            store.services_revision(workflow["services"]),
-           tuple(_child_revision(store, name) for name in workflow.get("workflows") or ()))
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = plan_workflow(store, workflow)
+           tuple(_child_revision(store, name) for name in plan.children_of(workflow)))
+    planned = _PLANS.get(key)
+    if planned is None:
+        planned = plan_workflow(store, workflow)
         if len(_PLANS) >= PLAN_CACHE_SIZE:
             _PLANS.clear()
-        _PLANS[key] = plan
-    return plan
+        _PLANS[key] = planned
+    return planned
 
 
 def _child_revision(store: Store, name: str) -> tuple:
@@ -155,20 +155,27 @@ def check_workflow(store: Store, definition: Mapping[str, Any]) -> dict:
     return plan_workflow(store, derived(definition))
 
 
-def _workflows_running(store: Store, name: str) -> list[dict]:
-    """The registered step trees that run the workflow of that name as a child."""
-    parents, page, size = [], 1, 200
-    while True:
-        items, total = store.list_workflows(page, size)
-        parents.extend(item for item in items if name in (item.get("workflows") or ()))
-        if page * size >= total or not items:
-            return parents
-        page += 1
+def delete_workflow(store: Store, ref: str) -> dict:
+    """Delete a workflow; Conflict naming the registered workflows that run it as a child (their events
+    would fail at that step). The check and the delete hold the registry lock, so that no process
+    registers a parent of it in between."""
+    with store.registry_lock():
+        workflow = store.get_workflow(ref)
+        parents = sorted(parent["name"] for parent in store.workflows_running(workflow["name"])
+                         if parent["name"] != workflow["name"])
+        if parents:
+            several = len(parents) > 1
+            raise Conflict(
+                f"workflow {workflow['name']!r} is run by workflow{'s' if several else ''} {', '.join(parents)}; "
+                f"delete or change {'them' if several else 'it'} first",
+                errors={"workflows": parents},
+            )
+        return store.delete_workflow(workflow["workflow_id"])
 
 
 def _check_parents(store: Store, definition: Mapping[str, Any]) -> None:
     """Refuse a new version whose inputs or outputs break a registered workflow that runs it."""
-    parents = [parent for parent in _workflows_running(store, definition["name"])
+    parents = [parent for parent in store.workflows_running(definition["name"])
                if parent["name"] != definition["name"]]
     broken = _broken(store, parents, replacing_workflow=definition)
     if broken:

@@ -26,7 +26,7 @@ CONFLICTS = {
     ("post", "/services"): (409,), ("post", "/s"): (409,), ("put", "/services/{ref}"): (409,),
     ("delete", "/services/{ref}"): (409,), ("post", "/events/{event_id}/retry"): (409, 422),
     ("post", "/e/{workflow_ref}"): (409, 422), ("post", "/callbacks/{token}"): (410, 422),
-    ("post", "/workflows"): (422,), ("post", "/w"): (422,),
+    ("post", "/workflows"): (409, 422), ("post", "/w"): (409, 422), ("delete", "/workflows/{ref}"): (409,),
 }
 METHODS = ("get", "put", "post", "delete", "patch")
 

@@ -95,5 +95,5 @@ class Workflow(MethodView):
 
     @bp.response(204)
     def delete(self, ref):
-        """Delete a workflow (its events are kept)"""
-        _store().delete_workflow(ref)
+        """Delete a workflow (its events are kept; refused while a workflow runs it as a child)"""
+        registry.delete_workflow(_store(), ref)

@@ -63,6 +63,15 @@ def normalise(workflow: Mapping[str, Any]) -> list[dict]:
     return steps
 
 
+def children_of(definition: Mapping[str, Any]) -> list[str]:
+    """The child workflows a stored definition runs: its `workflows` (written at registration), or, for
+    a tree stored before that field was, those its steps name; a version 1 workflow runs none."""
+    children = definition.get("workflows")
+    if children is None and isinstance(definition.get("steps"), list):
+        children = called(definition["steps"])[1]
+    return list(children or ())
+
+
 def called(steps: Any) -> tuple[list[str], list[str]]:
     """The service names and child workflow names a tree names, each once, in order of first use."""
     services: dict[str, None] = {}
@@ -616,11 +625,7 @@ def _cycle(root: str | None, child: str, workflows: Mapping[str, Mapping[str, An
         if name in seen:
             continue
         seen.add(name)
-        definition = workflows.get(name) or {}
-        children = definition.get("workflows")
-        if children is None and isinstance(definition.get("steps"), list):
-            children = called(definition["steps"])[1]
-        for grandchild in children or ():
+        for grandchild in children_of(workflows.get(name) or {}):
             if grandchild == root:
                 return [*chain, root]
             stack.append((grandchild, [*chain, grandchild]))

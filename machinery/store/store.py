@@ -39,6 +39,7 @@ from machinery.exceptions import (
     StoreUnavailable,
     TooLarge,
 )
+from machinery.language.plan import children_of
 from machinery.store.embedded import embedded_events
 from machinery.store.limits import LIMIT, MAX_DOCUMENT_BYTES, is_too_large
 from machinery.store.secrets import SecretStore
@@ -185,6 +186,11 @@ LIST_INDEXES = {
 }
 # What the list indexes replace (each a prefix of one of them): dropped when found.
 SUPERSEDED_INDEXES = ("workflow_id_1_ack_date_-1", "status_1_ack_date_-1", "ack_date_-1")
+# The trees that run a child workflow, by its name: `workflows` (the children a tree's steps run, written
+# at registration), indexed over trees only, so that the trees stored before that field was written are
+# under its null key, and no version 1 workflow (which runs none) is.
+RUNNING_INDEX = "workflows_running"
+TREES = {"steps": {"$exists": True}}
 RETENTION_INDEX = "retention"
 MAX_EXPIRE_AFTER_S = 2**31 - 1  # MongoDB accepts expireAfterSeconds from 0 to this
 INDEX_BUILD_TIMEOUT_S = 300.0  # what the API gives an index build; `machinery init-db` waits as long as it takes
@@ -289,6 +295,7 @@ class Store:
         index(self.services, [("name", 1)], unique=True)
         index(self.workflows, [("name", 1)], unique=True)
         index(self.workflows, [("services", 1)])
+        index(self.workflows, [("workflows", 1)], name=RUNNING_INDEX, partialFilterExpression=TREES)
         for name, keys in LIST_INDEXES.items():
             index(self.events, keys, name=name)
         index(self.events, [("status", 1), ("lease_expires", 1)])
@@ -580,6 +587,24 @@ class Store:
     @_serialised
     def list_workflows(self, page: int, page_size: int) -> tuple[list[dict], int]:
         return self._page(self.workflows, {}, [("name", 1)], page, page_size, "workflow_id")
+
+    @_serialised
+    def workflows_running(self, name: str) -> list[dict]:
+        """The registered workflows that run the workflow `name` as a child, by name: the trees whose
+        `workflows` hold it, and the trees stored before that field, whose steps are read here. Both
+        are lookups of one index (RUNNING_INDEX); no other workflow is read."""
+        named, unnamed = self._running_finds(name)
+        found = {document["name"]: document for document in named}
+        for document in unnamed:
+            if "workflows" not in document and name in children_of(document):
+                found[document["name"]] = document
+        return [_out(found[key], "workflow_id") for key in sorted(found)]
+
+    def _running_finds(self, name: str) -> tuple:
+        """The two finds of workflows_running: the trees naming `name` in `workflows`, and the trees
+        without the field (an equality with null, which is the index's null key)."""
+        return (self.workflows.find({**TREES, "workflows": name}),
+                self.workflows.find({**TREES, "workflows": None}))
 
     @_serialised
     def delete_workflow(self, ref: str) -> dict:

@@ -55,10 +55,13 @@ class Served:
 
 
 @contextmanager
-def serving(args: list[str], port: int, env: dict[str, str], ready: str = "/healthcheck", wait_s: float = 30):
-    """Start `args`, wait until GET `ready` answers below 500, yield it, then stop it (TERM, then KILL)."""
+def serving(args: list[str], port: int, env: dict[str, str], ready: str = "/healthcheck", wait_s: float = 30,
+            own_group: bool = False):
+    """Start `args`, wait until GET `ready` answers below 500, yield it, then stop it (TERM, then KILL).
+    With `own_group` it leads a process group of its own, so that kill_9 takes its children too."""
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=own_group)
         served = Served(process, port, log)
         try:
             problem = wait_until_answering(served.url + ready, wait_s, running=lambda: process.poll() is None)
@@ -92,16 +95,33 @@ def stop(process: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> 
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+            kill_9(process)
     return process.returncode
+
+
+def kill_9(process: subprocess.Popen) -> None:
+    """SIGKILL a process, and every process of its group when it leads one (gunicorn's master and its
+    workers at once, as when their machine dies), then reap it."""
+    if process.poll() is None:
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+    process.wait(timeout=10)
+
+
+@contextmanager
+def gunicorn_served(env: dict, workers: int = 1, threads: int = 8):
+    """The API under gunicorn on a free port, leading its own process group (see kill_9); yields it Served."""
+    port = free_port()
+    with serving(gunicorn_command(f"127.0.0.1:{port}", workers, threads), port, _env(env), own_group=True) as served:
+        yield served
 
 
 @contextmanager
 def gunicorn_api(env: dict, workers: int = 1, threads: int = 8):
     """The API under gunicorn on a free port; yields its base URL."""
-    port = free_port()
-    with serving(gunicorn_command(f"127.0.0.1:{port}", workers, threads), port, _env(env)) as served:
+    with gunicorn_served(env, workers, threads) as served:
         yield served.url
 
 

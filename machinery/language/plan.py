@@ -33,6 +33,13 @@ DEFAULT_CONCURRENCY = 8
 MAX_SLEEP = 365 * 24 * 3600
 MAX_PROBLEMS = 50
 MAX_CHILDREN = 100
+MAX_DESCRIPTION = 2000
+# How deep the JSON of a definition may nest, which a request body must be allowed: the workflow object
+# is level 1 and its "steps" level 2; a switch case's list sits five levels below the list holding the
+# switch (the step, "switch", "cases", the case, its "steps"), the most of any kind; types nest less
+# (three levels each). The deepest tree that checks ends in an empty list at 2 + MAX_DEPTH * 5; one
+# more level lets every tree one step too deep reach the check, so that its refusal names the path.
+JSON_DEPTH = 2 + (MAX_DEPTH + 1) * 5
 CHILD_FIELDS = ("workflow_id", "name", "version", "inputs", "outputs")
 
 
@@ -187,7 +194,8 @@ class _Checker:
         if not isinstance(steps, list):
             self.problem(owner, path, f"must be a list of steps, got {types.json_type(steps)}")
             return [], written
-        if depth > MAX_DEPTH:
+        if depth > MAX_DEPTH and steps:
+            # An empty list (an else or a default left out) nests nothing: only a step is too deep.
             self.problem(owner, path, f"steps nest deeper than {MAX_DEPTH} levels")
             return [], written
         nodes = []
@@ -214,10 +222,16 @@ class _Checker:
                                                f"with a letter or '_'; got {json.dumps(ident, default=str)[:80]}")
             return None
         if ident in self.ids:
-            self.problem(ident, f"{ident}.id", f"id {ident!r} is used by another step; ids are unique "
+            self.problem(ident, f"{where}.id", f"id {ident!r} is used by another step; ids are unique "
                                                "in the whole workflow")
             return None
         self.ids.add(ident)
+        description = step.get("description")
+        if description is not None and (not isinstance(description, str) or len(description) > MAX_DESCRIPTION):
+            self.problem(ident, f"{ident}.description", f"a step's description is text of at most "
+                         f"{MAX_DESCRIPTION} characters, got {types.json_type(description)}"
+                         + (f" of {len(description)}" if isinstance(description, str) else ""))
+            return None
         kinds = [kind for kind in KINDS if kind in step]
         if len(kinds) != 1:
             text = (f"has two kinds: {', '.join(kinds)}; a step is one of them" if kinds else
@@ -488,8 +502,10 @@ class _Checker:
             limit = DEFAULT_CONCURRENCY
         body = dict(context)
         body[alias] = {"type": item, "required": True}
-        nodes, _ = self.steps(step.get("steps"), body, f"{ident}.steps", depth + 1, ident)
-        if "steps" not in step:
+        if "steps" in step:
+            nodes, _ = self.steps(step["steps"], body, f"{ident}.steps", depth + 1, ident)
+        else:
+            nodes = []
             self.problem(ident, f"{ident}.steps", "a map needs \"steps\": what runs for each item")
         collect = step.get("collect") or {}
         gathered: dict[str, str] = {}

@@ -183,6 +183,9 @@ class _Checker:
         for text_ in problems:
             self.problem(step, path, f"{compiled.text}: {text_}" if not text_.startswith(compiled.text) else text_,
                          context)
+        if problems:
+            # What a wrong expression gives is unknown: one problem, not a second about its type.
+            return compiled, types.parse_type("any")
         return compiled, result
 
     # -- the walk ----------------------------------------------------------------------------------
@@ -502,11 +505,15 @@ class _Checker:
             limit = DEFAULT_CONCURRENCY
         body = dict(context)
         body[alias] = {"type": item, "required": True}
+        before = len(self.problems)
         if "steps" in step:
             nodes, _ = self.steps(step["steps"], body, f"{ident}.steps", depth + 1, ident)
         else:
             nodes = []
             self.problem(ident, f"{ident}.steps", "a map needs \"steps\": what runs for each item")
+        # When the body or its item does not check, what it leaves is unknown: collect gathers `any`
+        # rather than report each collected key a second time.
+        known = len(self.problems) == before and alias == step.get("as", "item")
         collect = step.get("collect") or {}
         gathered: dict[str, str] = {}
         if not isinstance(collect, dict):
@@ -518,7 +525,14 @@ class _Checker:
                 self.problem(ident, path, "must be a context key: 1 to 100 characters, not starting with '$', "
                                           "without '.' or control characters")
                 continue
-            inner, result = self.expression(ident, path, text, body)
+            if known:
+                inner, result = self.expression(ident, path, text, body)
+            else:
+                try:
+                    inner, result = compile_expression(text), types.parse_type("any")
+                except ExpressionError as error:
+                    self.problem(ident, path, str(error), body)
+                    continue
             if inner is None:
                 continue
             gathered[key] = inner.text

@@ -157,6 +157,13 @@ def test_a_key_set_on_only_some_branches_may_feed_an_optional_input():
     assert check(steps)["tree"][1]["in"] == {"note": "note"}
 
 
+@pytest.mark.parametrize("source", ["not_null(note, 'none')", "note || 'none'"])
+def test_a_key_set_on_only_some_branches_with_a_default_feeds_a_required_input(source):
+    steps = [{"id": "big", "if": "n > `10`", "then": [call("m", "maybe")]},
+             call("use", "note", **{"in": {"note": source}})]
+    assert check(steps)["tree"][1]["in"] == {"note": source}
+
+
 def test_an_if_joins_types_set_on_both_branches_to_the_wider_or_any():
     widened = [{"id": "pick", "if": "n > `1`", "then": [call("a", "count")],
                 "else": [call("b", "price", **{"in": {"sku": "'x'"}})]}]

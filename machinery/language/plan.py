@@ -491,6 +491,14 @@ class _Checker:
         if compiled is not None and source["type"] not in ("array", "any"):
             self.problem(ident, f"{ident}.map", f"{compiled.text!r} is {types.describe(source)}, not an array: "
                          "a map runs its steps once per item of an array", context)
+        elif compiled is not None and source["type"] == "array" and source["nullable"]:
+            # At run time null is no array: refused here rather than found then.
+            roots: set[str] = set()
+            _roots(compiled.parsed, roots)
+            reasons = [context[key]["why"] for key in sorted(roots) if context.get(key, {}).get("why")]
+            self.problem(ident, f"{ident}.map", f"{compiled.text!r} is {types.describe(source)}, which may be null"
+                         + (f" ({'; '.join(reasons)})" if reasons else "") + ": a map runs over an array; give "
+                         f"a default, such as not_null({compiled.text}, `[]`)", context)
         item = (source["items"] if source["type"] == "array" and source["items"] is not None
                 else types.parse_type("any"))
         alias = step.get("as", "item")

@@ -283,6 +283,13 @@ def test_parallel_branches_writing_different_keys_both_hold_after_the_join():
     assert inferred(steps) == {"n": ("int", True), "a": ("int", True), "message": ("string", True)}
 
 
+def test_parallel_branches_whose_maps_collect_one_key_are_refused():
+    each = {"map": "order.lines", "steps": [], "collect": {"skus": "item.sku"}}
+    assert refusal([{"id": "both", "parallel": {"a": [{"id": "ma", **each}], "b": [{"id": "mb", **each}]}}],
+                   inputs=(ORDER,)) == ("both", "both.b", "branches a and b of step both both write 'skus'; "
+                                                          "parallel branches write different keys")
+
+
 def test_parallel_branches_writing_one_key_are_refused_naming_both():
     [error] = refusals([{"id": "both", "parallel": {"a": [call("pa", "double", out={"n": "a"})],
                                                     "b": [call("pb", "double", out={"n": "a"})]}}], available=True)
@@ -381,6 +388,25 @@ def test_a_map_over_any_gives_an_item_of_any():
 ])
 def test_a_map_over_what_is_not_an_array_is_refused(source, problem):
     assert refusal([{"id": "each", "map": source, "steps": []}], inputs=(ORDER,)) == ("each", "each.map", problem)
+
+
+def test_a_map_over_an_array_that_may_be_null_is_refused_and_a_default_checks():
+    steps = [{"id": "big", "if": "n > `1`", "then": [{"id": "first", "map": "order.lines", "steps": [],
+                                                      "collect": {"qtys": "item.qty"}}]},
+             {"id": "each", "map": "qtys", "steps": []}]
+    assert refusal(steps, inputs=(INT, ORDER)) == (
+        "each", "each.map", "'qtys' is array<int>?, which may be null (qtys is set only on branch then of step "
+                            "big; else does not set it): a map runs over an array; give a default, such as "
+                            "not_null(qtys, `[]`)")
+    steps[1]["map"] = "not_null(qtys, `[]`)"
+    check(steps, inputs=(INT, ORDER))
+
+
+def test_a_map_over_an_optional_input_is_refused():
+    lines = {"name": "lines", "type": {"type": "array", "items": "int"}, "required": False}
+    assert refusal([{"id": "each", "map": "lines", "steps": []}], inputs=(lines,)) == (
+        "each", "each.map", "'lines' is array<int>?, which may be null: a map runs over an array; give a default, "
+                            "such as not_null(lines, `[]`)")
 
 
 @pytest.mark.parametrize("limit", [1, 8, 256])
@@ -685,3 +711,9 @@ def test_a_v1_operation_that_names_no_step_is_refused_by_normalise():
         normalise(v1)
     assert refused.value.errors == [{"where": "operations[0]", "field": "service",
                                      "problem": "service 'shout' is not a step of this workflow"}]
+
+
+@pytest.mark.parametrize("name", [path.stem for path in sorted(EXAMPLES.glob("workflow-*"))
+                                  if "steps" in example(path.stem)])
+def test_each_tree_example_checks(name):
+    assert plan_tree(example(name), EXAMPLE_SERVICES)["node_count"] > 0

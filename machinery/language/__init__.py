@@ -69,7 +69,7 @@ Workflows: a tree of steps (``plan``, ``expressions``)
     (``{"type", "required"}``, as ``dataflow``): every expression compiles once and its type is
     inferred (``expressions.infer``), so a field that does not exist is refused naming the step, the
     path (``reserve.in.sku``) and what was available; comparisons are between comparable types;
-    conditions are ``bool``; a map's ``map`` is an array and its item has the array's item type; a
+    conditions are ``bool``; a map's ``map`` is an array (never null) and its item has the array's item type; a
     child workflow's inputs and outputs are checked like a service's and a cycle through children is
     refused. Joins: after ``if``/``switch`` a key set on every path keeps its type (the wider of
     two, or ``any``), a key set on only some is optional and a later required use of it is refused

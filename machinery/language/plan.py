@@ -406,7 +406,7 @@ class _Checker:
         outer = dict(context)
         then_context, else_context = dict(outer), dict(outer)
         then, then_written = self.steps(step.get("then", []), then_context, f"{ident}.then", depth + 1, ident)
-        else_, else_written = self.steps(step.get("else") or [], else_context, f"{ident}.else", depth + 1, ident)
+        else_, else_written = self.steps(_given(step, "else", []), else_context, f"{ident}.else", depth + 1, ident)
         joined = self._join(ident, outer, [("then", then_context), ("else", else_context)])
         context.clear()
         context.update(joined)
@@ -447,7 +447,7 @@ class _Checker:
             else:
                 cases.append({"when": compiled.text, "steps": nodes})
         branch = dict(outer)
-        default, default_written = self.steps(spec.get("default") or [], branch, f"{ident}.default",
+        default, default_written = self.steps(_given(spec, "default", []), branch, f"{ident}.default",
                                               depth + 1, ident)
         written.update(default_written)
         branches.append(("default", branch))
@@ -522,7 +522,7 @@ class _Checker:
         # When the body or its item does not check, what it leaves is unknown: collect gathers `any`
         # rather than report each collected key a second time.
         known = len(self.problems) == before and alias == step.get("as", "item")
-        collect = step.get("collect") or {}
+        collect = _given(step, "collect", {})
         gathered: dict[str, str] = {}
         if not isinstance(collect, dict):
             self.problem(ident, f"{ident}.collect", "must map outer keys to expressions over the item's context")
@@ -594,6 +594,12 @@ class _Checker:
                 why = slot.get("why") or "an optional input or output fills it"
                 self.problem("end", path, f"workflow output {name!r} is required but may be absent: {why}",
                              context)
+
+
+def _given(spec: Mapping[str, Any], key: str, default: Any) -> Any:
+    """What a step gives under a key; left out or null is the default, anything else is checked as given."""
+    value = spec.get(key)
+    return default if value is None else value
 
 
 def _cycle(root: str | None, child: str, workflows: Mapping[str, Mapping[str, Any]]) -> list[str]:

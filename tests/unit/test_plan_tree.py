@@ -213,6 +213,27 @@ def test_a_bool_condition_over_comparable_fields_checks(condition):
     check([{"id": "big", "if": condition, "then": [call("a", "double")]}], inputs=(INT, ORDER, FLAG))
 
 
+@pytest.mark.parametrize("given", [{}, False, "", 0])
+def test_an_else_default_or_collect_that_is_not_a_list_is_refused_even_when_empty(given):
+    assert refusal([{"id": "big", "if": "n > `1`", "then": [], "else": given}]) == (
+        "big", "big.else", f"must be a list of steps, got {types.json_type(given)}")
+    assert refusal([{"id": "route", "switch": {"cases": [{"when": "n > `1`", "steps": []}], "default": given}}]) == (
+        "route", "route.default", f"must be a list of steps, got {types.json_type(given)}")
+    if given != {}:
+        assert refusal([{"id": "each", "map": "order.lines", "steps": [], "collect": given}], inputs=(ORDER,)) == (
+            "each", "each.collect", "must map outer keys to expressions over the item's context")
+
+
+@pytest.mark.parametrize("kind", ["else", "default", "collect"])
+def test_an_else_default_or_collect_given_as_null_is_left_out(kind):
+    if kind == "else":
+        check([{"id": "big", "if": "n > `1`", "then": [], "else": None}])
+    elif kind == "default":
+        check([{"id": "route", "switch": {"cases": [{"when": "n > `1`", "steps": []}], "default": None}}])
+    else:
+        check([{"id": "each", "map": "order.lines", "steps": [], "collect": None}], inputs=(ORDER,))
+
+
 def test_an_if_without_then_is_refused():
     assert refusal([{"id": "big", "if": "n > `1`", "else": [call("a", "double")]}]) == (
         "big", "big.then", "an if step needs \"then\": the steps to run when it holds")

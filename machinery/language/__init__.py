@@ -75,8 +75,9 @@ Workflows: a tree of steps (``plan``, ``expressions``)
     two, or ``any``), a key set on only some is optional and a later required use of it is refused
     naming the branch that lacks it; ``parallel`` branches never write the same key; a map's
     collected keys are arrays of the body's types. Limits, each a 422: nesting depth 16, 500 steps
-    in all, ``max_concurrency`` 1 to 256. What the check cannot prove (an ``any``) the runtime checks,
-    naming the path.
+    in all, ``max_concurrency`` 1 to 256 (a request body may nest ``plan.JSON_DEPTH`` levels of JSON, what
+    a tree one level too deep needs, so that the check answers for it). What the check cannot prove (an
+    ``any``) the runtime checks, naming the path.
 
     The plan of a tree (what an event snapshots; JSON, expressions as their source text, compiled
     once per plan by ``fingerprint``)::

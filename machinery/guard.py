@@ -24,7 +24,9 @@ SETTING = "MACHINERY_ALLOWED_HOSTS"
 NAME_PATTERN = re.compile(r"^[a-z0-9*?\[\]!._\-]+$")
 UNSAFE_URL = re.compile(r"[\\\s\x00-\x1f\x7f]")
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
-MAX_DEPTH = 32  # the same depth a request body may have (api/body.py)
+# A stored value (an event's data, a context key, a reply): deep enough for any value of a type, which
+# nests 16 levels at most; a definition is a request body, allowed deeper (api/body.py).
+MAX_DEPTH = 32
 MAX_PROBLEMS = 10
 
 

@@ -19,8 +19,11 @@ from webargs.flaskparser import FlaskParser, is_json_request
 
 from machinery import guard
 from machinery.exceptions import MachineryError
+from machinery.language import plan
 
-MAX_DEPTH = 32
+# Deep enough for every step tree the check accepts (16 levels of switch cases) and for one a level
+# too deep to be refused by the check naming its path; a deeper body is no definition.
+MAX_DEPTH = plan.JSON_DEPTH
 INT64_DIGITS = 19  # a longer literal cannot be a 64-bit whole number; Python would also refuse past 4,300
 
 

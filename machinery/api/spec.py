@@ -5,11 +5,12 @@ from __future__ import annotations
 from http import HTTPStatus
 
 from machinery.api import auth as api_auth
+from machinery.api.body import MAX_DEPTH
 
 # Why each error status is answered, as the spec's shared responses say it.
 REASONS = {
     400: "The body is not readable JSON: malformed, empty, duplicate keys, NaN or Infinity, an integer beyond "
-         "64 bits, a lone surrogate, or nested more than 32 levels",
+         f"64 bits, a lone surrogate, or nested more than {MAX_DEPTH} levels",
     401: "No API key, or one that is not valid (WWW-Authenticate says how to send one)",
     403: "The API key lacks the right this operation needs",
     404: "No resource of that id or name",

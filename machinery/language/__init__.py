@@ -77,14 +77,15 @@ Workflows: a tree of steps (``plan``, ``expressions``)
     (``{"type", "required"}``, as ``dataflow``): every expression compiles once and its type is
     inferred (``expressions.infer``), so a field that does not exist is refused naming the step, the
     path (``reserve.in.sku``) and what was available; comparisons are between comparable types;
-    conditions are ``bool``; a map's ``map`` is an array and its item has the array's item type; a
+    conditions are ``bool``; a map's ``map`` is an array (never null) and its item has the array's item type; a
     child workflow's inputs and outputs are checked like a service's and a cycle through children is
     refused. Joins: after ``if``/``switch`` a key set on every path keeps its type (the wider of
     two, or ``any``), a key set on only some is optional and a later required use of it is refused
     naming the branch that lacks it; ``parallel`` branches never write the same key; a map's
     collected keys are arrays of the body's types. Limits, each a 422: nesting depth 16, 500 steps
-    in all, ``max_concurrency`` 1 to 256. What the check cannot prove (an ``any``) the runtime checks,
-    naming the path.
+    in all, ``max_concurrency`` 1 to 256 (a request body may nest ``plan.JSON_DEPTH`` levels of JSON, what
+    a tree one level too deep needs, so that the check answers for it). What the check cannot prove (an
+    ``any``) the runtime checks, naming the path.
 
     The plan of a tree (what an event snapshots; JSON, expressions as their source text, compiled
     once per plan by ``fingerprint``)::

@@ -397,7 +397,14 @@ class _Walker:
             return _nullable(BOOL, first["nullable"] or second["nullable"]), path
         return join(first, second), path
 
-    _or_expression = _and_expression
+    def _or_expression(self, node, current, path, depth):
+        # `a || b` is a when a is truthy, else b: null only when b may be, so `note || 'none'` is never null.
+        left, right = node["children"]
+        first, _ = self.walk(left, current, path, depth)
+        second, _ = self.walk(right, current, path, depth)
+        if _is(first, "bool") and _is(second, "bool"):
+            return _nullable(BOOL, second["nullable"]), path
+        return join(_strict(first), second), path
 
     def _not_expression(self, node, current, path, depth):
         self.walk(node["children"][0], current, path, depth)
@@ -441,11 +448,14 @@ class _Walker:
         if name in ("sort", "reverse"):
             return first, path
         if name == "not_null":
+            # The first argument that is not null: null only when every one may be.
             known = [arg for arg in args if arg["type"] != "any"]
             result = None
             for arg in known:
-                result = arg if result is None else join(result, arg)
-            return (result or ANY) if len(known) == len(args) else ANY, path
+                result = _strict(arg) if result is None else join(result, _strict(arg))
+            if result is None or len(known) != len(args):
+                return ANY, path
+            return _nullable(result, all(arg["nullable"] for arg in args)), path
         if name == "merge":
             return _type("object"), path
         if name == "to_array":

@@ -37,6 +37,13 @@ POLL_NUMBERS = {"interval_s": (5.0, 0.1, 86400.0), "backoff": (1.0, 1.0, 10.0),
                 "max_interval_s": (None, 0.1, 86400.0), "timeout_s": (3600.0, 0.1, 30 * 86400.0)}
 MAX_PROBLEMS = 50
 MAX_CHILDREN = 100
+MAX_DESCRIPTION = 2000
+# How deep the JSON of a definition may nest, which a request body must be allowed: the workflow object
+# is level 1 and its "steps" level 2; a switch case's list sits five levels below the list holding the
+# switch (the step, "switch", "cases", the case, its "steps"), the most of any kind; types nest less
+# (three levels each). The deepest tree that checks ends in an empty list at 2 + MAX_DEPTH * 5; one
+# more level lets every tree one step too deep reach the check, so that its refusal names the path.
+JSON_DEPTH = 2 + (MAX_DEPTH + 1) * 5
 CHILD_FIELDS = ("workflow_id", "name", "version", "inputs", "outputs")
 
 
@@ -190,6 +197,9 @@ class _Checker:
         for text_ in problems:
             self.problem(step, path, f"{compiled.text}: {text_}" if not text_.startswith(compiled.text) else text_,
                          context)
+        if problems:
+            # What a wrong expression gives is unknown: one problem, not a second about its type.
+            return compiled, types.parse_type("any")
         return compiled, result
 
     # -- the walk ----------------------------------------------------------------------------------
@@ -201,7 +211,8 @@ class _Checker:
         if not isinstance(steps, list):
             self.problem(owner, path, f"must be a list of steps, got {types.json_type(steps)}")
             return [], written
-        if depth > MAX_DEPTH:
+        if depth > MAX_DEPTH and steps:
+            # An empty list (an else or a default left out) nests nothing: only a step is too deep.
             self.problem(owner, path, f"steps nest deeper than {MAX_DEPTH} levels")
             return [], written
         nodes = []
@@ -228,10 +239,16 @@ class _Checker:
                                                f"with a letter or '_'; got {json.dumps(ident, default=str)[:80]}")
             return None
         if ident in self.ids:
-            self.problem(ident, f"{ident}.id", f"id {ident!r} is used by another step; ids are unique "
+            self.problem(ident, f"{where}.id", f"id {ident!r} is used by another step; ids are unique "
                                                "in the whole workflow")
             return None
         self.ids.add(ident)
+        description = step.get("description")
+        if description is not None and (not isinstance(description, str) or len(description) > MAX_DESCRIPTION):
+            self.problem(ident, f"{ident}.description", f"a step's description is text of at most "
+                         f"{MAX_DESCRIPTION} characters, got {types.json_type(description)}"
+                         + (f" of {len(description)}" if isinstance(description, str) else ""))
+            return None
         kinds = [kind for kind in KINDS if kind in step]
         if len(kinds) != 1:
             text = (f"has two kinds: {', '.join(kinds)}; a step is one of them" if kinds else
@@ -445,7 +462,7 @@ class _Checker:
         outer = dict(context)
         then_context, else_context = dict(outer), dict(outer)
         then, then_written = self.steps(step.get("then", []), then_context, f"{ident}.then", depth + 1, ident)
-        else_, else_written = self.steps(step.get("else") or [], else_context, f"{ident}.else", depth + 1, ident)
+        else_, else_written = self.steps(_given(step, "else", []), else_context, f"{ident}.else", depth + 1, ident)
         joined = self._join(ident, outer, [("then", then_context), ("else", else_context)])
         context.clear()
         context.update(joined)
@@ -486,7 +503,7 @@ class _Checker:
             else:
                 cases.append({"when": compiled.text, "steps": nodes})
         branch = dict(outer)
-        default, default_written = self.steps(spec.get("default") or [], branch, f"{ident}.default",
+        default, default_written = self.steps(_given(spec, "default", []), branch, f"{ident}.default",
                                               depth + 1, ident)
         written.update(default_written)
         branches.append(("default", branch))
@@ -530,6 +547,14 @@ class _Checker:
         if compiled is not None and source["type"] not in ("array", "any"):
             self.problem(ident, f"{ident}.map", f"{compiled.text!r} is {types.describe(source)}, not an array: "
                          "a map runs its steps once per item of an array", context)
+        elif compiled is not None and source["type"] == "array" and source["nullable"]:
+            # At run time null is no array: refused here rather than found then.
+            roots: set[str] = set()
+            _roots(compiled.parsed, roots)
+            reasons = [context[key]["why"] for key in sorted(roots) if context.get(key, {}).get("why")]
+            self.problem(ident, f"{ident}.map", f"{compiled.text!r} is {types.describe(source)}, which may be null"
+                         + (f" ({'; '.join(reasons)})" if reasons else "") + ": a map runs over an array; give "
+                         f"a default, such as not_null({compiled.text}, `[]`)", context)
         item = (source["items"] if source["type"] == "array" and source["items"] is not None
                 else types.parse_type("any"))
         alias = step.get("as", "item")
@@ -544,10 +569,16 @@ class _Checker:
             limit = DEFAULT_CONCURRENCY
         body = dict(context)
         body[alias] = {"type": item, "required": True}
-        nodes, _ = self.steps(step.get("steps"), body, f"{ident}.steps", depth + 1, ident)
-        if "steps" not in step:
+        before = len(self.problems)
+        if "steps" in step:
+            nodes, _ = self.steps(step["steps"], body, f"{ident}.steps", depth + 1, ident)
+        else:
+            nodes = []
             self.problem(ident, f"{ident}.steps", "a map needs \"steps\": what runs for each item")
-        collect = step.get("collect") or {}
+        # When the body or its item does not check, what it leaves is unknown: collect gathers `any`
+        # rather than report each collected key a second time.
+        known = len(self.problems) == before and alias == step.get("as", "item")
+        collect = _given(step, "collect", {})
         gathered: dict[str, str] = {}
         if not isinstance(collect, dict):
             self.problem(ident, f"{ident}.collect", "must map outer keys to expressions over the item's context")
@@ -558,7 +589,14 @@ class _Checker:
                 self.problem(ident, path, "must be a context key: 1 to 100 characters, not starting with '$', "
                                           "without '.' or control characters")
                 continue
-            inner, result = self.expression(ident, path, text, body)
+            if known:
+                inner, result = self.expression(ident, path, text, body)
+            else:
+                try:
+                    inner, result = compile_expression(text), types.parse_type("any")
+                except ExpressionError as error:
+                    self.problem(ident, path, str(error), body)
+                    continue
             if inner is None:
                 continue
             gathered[key] = inner.text
@@ -612,6 +650,12 @@ class _Checker:
                 why = slot.get("why") or "an optional input or output fills it"
                 self.problem("end", path, f"workflow output {name!r} is required but may be absent: {why}",
                              context)
+
+
+def _given(spec: Mapping[str, Any], key: str, default: Any) -> Any:
+    """What a step gives under a key; left out or null is the default, anything else is checked as given."""
+    value = spec.get(key)
+    return default if value is None else value
 
 
 def _cycle(root: str | None, child: str, workflows: Mapping[str, Mapping[str, Any]]) -> list[str]:

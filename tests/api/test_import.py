@@ -9,6 +9,7 @@ import pytest
 import yaml
 from flask import Flask, Response
 
+from machinery.api.body import MAX_DEPTH
 from machinery.serving import ServerThread
 from tests.conftest import definition
 
@@ -267,7 +268,7 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     ("n: .nan\n", "not a finite number"),
     ("n: !!python/object:os.system ls\n", "not a JSON value"),
     ("a: 1\n---\nb: 2\n", "2 documents"),
-    ("[" * 40 + "]" * 40, "nested more than 32"),
+    ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), f"nested more than {MAX_DEPTH}"),
 ])
 def test_bad_yaml_is_400_naming_the_problem_and_stores_nothing(client, path, body, words):
     if path.startswith("/e/"):

@@ -7,9 +7,12 @@ import json
 
 import pytest
 
+from machinery.api.body import MAX_DEPTH
 from tests.security.conftest import SERVICE, close, make_app, snapshot, workflow
 
+# A body may nest as deep as a step tree needs (api/body.py), a stored value less (guard.MAX_DEPTH).
 DEEP = "[" * 40 + "]" * 40
+DEEPER = "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
 VERY_DEEP = "[" * 30_000 + "]" * 30_000  # under the 64 KiB body limit of these tests
 
 
@@ -31,8 +34,10 @@ def raw(text: str) -> bytes:
 
 
 BAD_BODIES = [  # (id, path, raw body, expected status, words the message holds)
-    ("deep nesting", "/e/w", raw('{"message": "x", "n": ' + DEEP + "}"), 400, "nested more than 32"),
-    ("very deep nesting", "/e/w", raw(VERY_DEEP), 400, "nested more than 32"),
+    ("deep nesting", "/e/w", raw('{"message": "x", "n": ' + DEEP + "}"), 422, "nested more than 32 levels deep"),
+    ("nesting past the body limit", "/e/w", raw('{"message": "x", "n": ' + DEEPER + "}"), 400,
+     f"nested more than {MAX_DEPTH} levels deep"),
+    ("very deep nesting", "/e/w", raw(VERY_DEEP), 400, f"nested more than {MAX_DEPTH}"),
     ("not UTF-8", "/e/w", b'{"message": "\xff\xfe"}', 400, "not UTF-8"),
     ("duplicate keys", "/e/w", raw('{"message": "a", "message": "b"}'), 400, "appears twice"),
     ("NaN", "/e/w", raw('{"message": "x", "n": NaN}'), 400, "NaN is not a JSON number"),

@@ -558,10 +558,10 @@ def test_a_bad_sleep_is_refused(spec, path, problem):
     ([call("a", "double"), call("a", "double")],
      ("a", "steps[1].id", "id 'a' is used by another step; ids are unique in the whole workflow")),
     ([{"id": "x", "loop": "forever"}],
-     ("x", "x", "step 'x' has no kind: a step holds one of call, if, switch, parallel, map, workflow, sleep "
-                "(unknown key loop)")),
+     ("x", "x", "step 'x' has no kind: a step holds one of call, if, switch, parallel, map, workflow, sleep, "
+                "poll (unknown key loop)")),
     ([{"id": "x"}], ("x", "x", "step 'x' has no kind: a step holds one of call, if, switch, parallel, map, "
-                               "workflow, sleep")),
+                               "workflow, sleep, poll")),
     ([{"id": "x", "call": "double", "sleep": {"seconds": 1}}],
      ("x", "x", "step 'x' has two kinds: call, sleep; a step is one of them")),
     ([{"id": "x", "call": "double", "then": []}],
@@ -573,7 +573,7 @@ def test_a_bad_sleep_is_refused(spec, path, problem):
      ("steps[0]", "steps[0].id", "a step's id is 1 to 64 letters, digits, '_' or '-', starting with a letter or "
                                  "'_'; got null")),
     (["double"], ("steps[0]", "steps[0]", "a step is an object with an id and one kind (call, if, switch, "
-                                          "parallel, map, workflow, sleep), got string")),
+                                          "parallel, map, workflow, sleep, poll), got string")),
     ([{"id": "x", "call": "double", "description": {"long": "text"}}],
      ("x", "x.description", "a step's description is text of at most 2000 characters, got object")),
     ([{"id": "x", "call": "double", "description": "d" * 2001}],

@@ -41,6 +41,7 @@ from machinery.exceptions import (
 )
 from machinery.language.plan import children_of
 from machinery.store.embedded import embedded_events
+from machinery.store.embedded_steps import embedded_step_runs
 from machinery.store.limits import LIMIT, MAX_DOCUMENT_BYTES, is_too_large
 from machinery.store.secrets import SecretStore
 
@@ -240,7 +241,7 @@ class Store:
         self.events = embedded_events(database[EVENTS]) if embedded else database[EVENTS]
         self.secrets = SecretStore(database, self._guard, embedded=embedded)
         self.locks = database[LOCKS]
-        self.step_runs = database[STEP_RUNS]
+        self.step_runs = embedded_step_runs(database[STEP_RUNS]) if embedded else database[STEP_RUNS]
         self.clock_skew_s: float | None = None  # this host's clock minus the server's, once checked
         self._build_timeout_s: float | None = INDEX_BUILD_TIMEOUT_S  # what ensure_indexes gives a build
         self.writes = 0  # store writes made, for benchmarks and metrics

@@ -33,7 +33,15 @@
                seconds * 1000);
   }
 
+  // A link to a step's record (a timeline bar) opens it.
+  function openTarget() {
+    var target = window.location.hash ? document.getElementById(window.location.hash.slice(1)) : null;
+    if (target && target.tagName === "DETAILS") { target.open = true; }
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    openTarget();
+    window.addEventListener("hashchange", openTarget);
     var live = document.querySelector("[data-poll][data-event-url]");
     if (live && window.fetch) { pollEvent(live); }
     var list = document.querySelector("[data-refresh]");

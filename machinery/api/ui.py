@@ -219,6 +219,15 @@ def event(event_id: str):
     return _event_page(_runtime().store.get_event(event_id))
 
 
+@bp.get("/events/<event_id>/live")
+def event_live(event_id: str):
+    """The part of an event's page that follows the event, alone: what the page swaps in while it runs."""
+    response = current_app.make_response(
+        render_template("_event.html", **_event_view(_runtime().store.get_event(event_id)), message=None))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 FAILED_SHOWN = 50
 # Step runs drawn on a tree event's timeline, map items among them (the first, in the order they started).
 TIMELINE_RECORDS = 2000

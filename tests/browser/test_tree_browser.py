@@ -110,3 +110,28 @@ def test_parallel_branches_are_drawn_in_lanes_whose_bars_do_not_overlap(tree, op
     page.locator('.timeline.lanes .bar[data-instance="after"]').click()
     expect(page.locator("details.step-record[open]").first).to_be_visible()
     shoot(page, "event-lanes")
+
+
+def test_the_page_of_a_running_event_follows_it_to_completed_without_reloading(tree, open_page):
+    tree.services.gate.clear()
+    event_id = tree.send("gated", mode="async")
+    page = open_page()
+    page.goto(f"{tree.url}/ui/events/{event_id}")
+    page.evaluate("window.__same_page = true")
+    # `first` ends and `held` waits on its service: the page shows `first` done and the event running.
+    expect(page.locator(".event-title .badge")).to_have_text("running", timeout=10_000)
+    expect(page.locator('.timeline.lanes .bar[data-instance="first"]')).to_have_class("bar bar-green",
+                                                                                      timeout=10_000)
+    expect(page.locator('.timeline.lanes .bar[data-instance="held"]')).to_have_count(0)  # recorded as it ends
+    assert page.locator("#event").get_attribute("data-poll") == "1500"
+    shoot(page, "event-live-running")
+    tree.services.gate.set()
+    expect(page.locator(".event-title .badge")).to_have_text("completed", timeout=10_000)
+    expect(page.locator('.timeline.lanes .bar[data-instance="held"]')).to_have_class("bar bar-green")
+    expect(page.locator("section.columns pre.code").nth(1)).to_contain_text("EERT")  # the outputs
+    assert page.evaluate("window.__same_page") is True
+    assert page.locator("#event").get_attribute("data-poll") is None  # ended: no more polling
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.wait_for_timeout(2_000)
+    assert not [url for url in requests if url.endswith("/live")]

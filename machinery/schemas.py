@@ -56,7 +56,7 @@ ADDRESS_RULE = [validate.Length(max=2000),
                 validate.Regexp(ADDRESS_PATTERN, error="must be an http:// or https:// URL")]
 SECRET_RULE = validate.Length(min=16, max=256)
 MAX_STEP_INDEX = 1_000_000  # a bound the spec can state; a step beyond the plan is refused by the core anyway
-STATUSES = ("pending", "running", "waiting", "completed", "failed")
+STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 
 
 MAX_SCHEMA_TEXT = 256 * 1024
@@ -379,6 +379,9 @@ class WorkflowOutSchema(WorkflowSchema):
     ack_date = fields.DateTime(required=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
+    paused = fields.Dict(allow_none=True, dump_only=True, dump_default=None, metadata={
+        "description": "read-only: while the workflow is paused, who paused it and when ({by, at}); new "
+                       "events wait, pending, until it is resumed"})
 
 
 class PageArgsSchema(Schema):
@@ -464,7 +467,7 @@ class StepRunSchema(StepSchema):
 class StepRunArgsSchema(PageArgsSchema):
     node = fields.String(validate=validate.Length(min=1, max=64), metadata={"description": "a node id"})
     item = fields.Integer(validate=validate.Range(min=0), metadata={"description": "a map item's index"})
-    status = fields.String(validate=validate.OneOf(["completed", "failed", "waiting"]))
+    status = fields.String(validate=validate.OneOf(["completed", "failed", "waiting", "cancelled"]))
 
 
 StepRunPageSchema = page_of(StepRunSchema)
@@ -537,6 +540,8 @@ class EventAckSchema(Schema):
     status = fields.String(required=True, validate=validate.OneOf(STATUSES))
     outputs = fields.Dict(allow_none=True)
     error = fields.Dict(allow_none=True)
+    held = fields.String(allow_none=True, metadata={
+        "description": "paused: a pending event its paused workflow holds until it is resumed"})
 
 
 class EventSchema(EventAckSchema):
@@ -560,6 +565,10 @@ class EventSchema(EventAckSchema):
     claim_count = fields.Integer(metadata={"description": "how many times it was claimed in all"})
     last_error = fields.Dict(allow_none=True, metadata={
         "description": "the last error a run of it raised, if any (what kind stuck names)"})
+    cancelled = fields.Dict(allow_none=True, metadata={
+        "description": "a cancelled event: who cancelled it, when, why, the status it had, and whether "
+                       "what it was running is still in flight ({by, at, reason, previous_status, in_flight}: "
+                       "in_flight turns false once the calls in flight have finished and are recorded)"})
     callback_url = fields.String(allow_none=True)
     webhook = fields.Nested(WebhookSchema, allow_none=True)
     idempotency_key = fields.String(allow_none=True)

@@ -12,7 +12,7 @@ from flask import Blueprint, abort, current_app, redirect, render_template, requ
 from markupsafe import Markup
 
 from machinery import __version__, event_view, graph, graph_tree, registry
-from machinery.api import dashboard
+from machinery.api import control, dashboard
 from machinery.api.errors import STATUS_OF
 from machinery.events import for_display, retry_event
 from machinery.exceptions import DataflowError, MachineryError, NotFound
@@ -25,7 +25,8 @@ from machinery.store import ACTIVE
 bp = Blueprint("ui", __name__, url_prefix="/ui")
 
 PAGE_SIZE = 25
-STATUS_COLOURS = {"pending": "grey", "running": "blue", "waiting": "amber", "completed": "green", "failed": "red"}
+STATUS_COLOURS = {"pending": "grey", "running": "blue", "waiting": "amber", "completed": "green", "failed": "red",
+                  "cancelled": "grey"}
 # Inline style attributes position the timeline bars; nothing else inline is allowed.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -151,7 +152,7 @@ def workflows():
 
 
 @bp.get("/workflows/<ref>")
-def workflow(ref: str):
+def workflow(ref: str, message: str | None = None, code: int = 200):
     """One workflow, drawn from its resolved plan, with its latest events."""
     store = _runtime().store
     item = store.get_workflow(ref)
@@ -165,8 +166,8 @@ def workflow(ref: str):
     events, total = store.list_events(1, 10, workflow_id=item["workflow_id"])
     example = {field["name"]: _example_value(field) for field in item["inputs"]}
     return render_template("workflow.html", workflow=item, plan=plan, drawing=drawing, problem=problem,
-                           events=events, events_total=total,
-                           example=json.dumps({"data": example}, ensure_ascii=False))
+                           events=events, events_total=total, message=message,
+                           example=json.dumps({"data": example}, ensure_ascii=False)), code
 
 
 def _example_value(field: Mapping[str, Any]) -> Any:
@@ -294,6 +295,50 @@ def retry(event_id: str):
         return _event_page(runtime.store.get_event(event_id), message=error.message, code=code)
     runtime.queued(event_id)
     return redirect(url_for("ui.event", event_id=event_id), code=303)
+
+
+@bp.post("/events/<event_id>/cancel")
+def cancel(event_id: str):
+    """Cancel an event that has not ended (a form, as retry is)."""
+    if not _same_origin():
+        abort(403)
+    runtime = _runtime()
+    try:
+        event = control.cancel.cancel_event(runtime.store, event_id, by=control.principal(), reason="from the UI")
+    except NotFound:
+        raise
+    except MachineryError as error:
+        code = next((status for kind, status in STATUS_OF.items() if isinstance(error, kind)), 500)
+        return _event_page(runtime.store.get_event(event_id), message=error.message, code=code)
+    runtime.executor.observer.event_finished(event.get("workflow_name", ""), "cancelled")
+    return redirect(url_for("ui.event", event_id=event_id), code=303)
+
+
+@bp.post("/workflows/<ref>/pause")
+def pause(ref: str):
+    """Pause a workflow (a form)."""
+    return _pause_or_resume(ref, control.cancel.pause_workflow)
+
+
+@bp.post("/workflows/<ref>/resume")
+def resume(ref: str):
+    """Resume a paused workflow (a form)."""
+    return _pause_or_resume(ref, control.cancel.resume_workflow)
+
+
+def _pause_or_resume(ref: str, action):
+    if not _same_origin():
+        abort(403)
+    runtime = _runtime()
+    try:
+        action(runtime.store, ref, by=control.principal())
+    except NotFound:
+        raise
+    except MachineryError as error:
+        code = next((status for kind, status in STATUS_OF.items() if isinstance(error, kind)), 500)
+        return workflow(ref, message=error.message, code=code)
+    runtime.queued()
+    return redirect(url_for("ui.workflow", ref=ref), code=303)
 
 
 def _same_origin() -> bool:

@@ -18,7 +18,7 @@ from machinery.exceptions import InvalidData, MachineryError, ServiceCallError, 
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
 from machinery.rollups import event_duration_ms
-from machinery.runtime import calls, tree
+from machinery.runtime import calls, cancel, tree
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, MAX_DOCUMENT_BYTES, RecordSize, element_size, mib
@@ -26,6 +26,7 @@ from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, MAX_DOCUMENT_BYTES,
 LOG = logging.getLogger(__name__)
 
 DEFAULT_RETRY = {"max_attempts": 3, "backoff_s": 0.5}
+RUNNING = {"status": "running"}  # what the holder's writes expect: a cancel makes them miss
 MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 300.0
 CONNECT_TIMEOUT_S = 5.0
@@ -343,9 +344,11 @@ class Executor:
             if grown > EVENT_LIMIT_BYTES:
                 return self._too_large(event, owner, record, context, index, size, grown=grown)
             try:
-                held = self.store.update_event(event["event_id"], update, owner=owner)
+                held = self.store.update_event(event["event_id"], update, owner=owner, expect=RUNNING)
             except TooLarge as refused:
                 return self._too_large(event, owner, record, context, index, size, refused=refused)
+            if not held and (cancelled := self._cancelled(event, owner, update)) is not None:
+                return cancelled
             size.commit(update)
             context = after
             index += 1
@@ -381,13 +384,15 @@ class Executor:
             return self._too_large(event, owner, record, context, record["step"] if record else index, size,
                                    grown=grown)
         try:
-            held = self.store.update_event(event["event_id"], update, owner=owner)
+            held = self.store.update_event(event["event_id"], update, owner=owner, expect=RUNNING)
         except TooLarge as refused:
             if not last_resort:
                 return self._too_large(event, owner, record, context, record["step"] if record else index, size,
                                        refused=refused)
             # Even the failure does not fit: fail it with writes that make the record smaller.
             held = self.store.fail_too_large(event["event_id"], error, owner=owner)
+        if not held and (cancelled := self._cancelled(event, owner, update)) is not None:
+            return cancelled
         if not held:
             LOG.warning("event %s: lease lost before it could finish", event["event_id"],
                         extra=log_fields(event, index))
@@ -454,14 +459,34 @@ class Executor:
         if grown > EVENT_LIMIT_BYTES:
             return self._too_large(event, owner, record, context, index, size, grown=grown)
         try:
-            held = self.store.update_event(event["event_id"], update, owner=owner)
+            held = self.store.update_event(event["event_id"], update, owner=owner, expect=RUNNING)
         except TooLarge as refused:
             return self._too_large(event, owner, record, context, index, size, refused=refused)
+        if not held:
+            # Cancelled while the service took the work: its callback is refused (410) like any spent one.
+            ended = close_waiting(waiting, status="cancelled", error={
+                "kind": "cancelled", "message": "the event was cancelled while this step was called"})
+            revoked = {"$set": {"context": context, "next_step": index}, "$push": {"steps": ended}}
+            if waiting.get("token_hash"):
+                revoked["$push"]["spent_tokens"] = waiting["token_hash"]
+            cancelled = self._cancelled(event, owner, revoked)
+            if cancelled is not None:
+                return cancelled
         if not held:
             LOG.warning("event %s: lease lost while parking it", event["event_id"],
                         extra=log_fields(event, index, record["service"]))
             return {**event, "status": "running"}
         return {**event, "status": "waiting", "waiting": waiting, "context": context, "next_step": index}
+
+    def _cancelled(self, event, owner, update) -> dict | None:
+        """A write that expected the event running missed. If it was cancelled, keep what the step in
+        flight did (`update` without its status) and let the event go: its final state is returned. None
+        when the lease was lost instead."""
+        if not cancel.settle(self.store, event["event_id"], owner, update):
+            return None
+        LOG.info("event %s: cancelled; the step in flight was recorded and nothing more runs", event["event_id"],
+                 extra=log_fields(event))
+        return self.store.get_event(event["event_id"])
 
     def _expire_waiting(self, event, owner, size) -> dict:
         """Claimed while waiting: the callback deadline passed, so the step fails."""

@@ -50,9 +50,10 @@ LOG = logging.getLogger(__name__)
 
 SERVICES, WORKFLOWS, EVENTS, LOCKS, STEP_RUNS = "services", "workflows", "events", "locks", "step_runs"
 ROLLUPS = "rollups"  # the dashboard's five-minute buckets (machinery/rollups.py)
-FINISHED = ("completed", "failed")
+FINISHED = ("completed", "failed", "cancelled")
 ACTIVE = ("pending", "running", "waiting")
 EPOCH = datetime(1970, 1, 1)
+HELD = datetime(9999, 1, 1)  # the lease_expires of a pending event no claim takes (its workflow is paused)
 CLAIMS_KEPT = 20  # an event keeps its last claims (who held it, when) and counts them all
 UNCLAIMABLE_TRIES = 5  # events at the size limit a claim fails, and skips, before it gives up for now
 
@@ -878,6 +879,52 @@ class Store:
         spent = self.events.find_one({"spent_tokens": token_hash}, {"_id": 1})
         return None, spent is not None
 
+    @_serialised
+    def event_status(self, event_id: str) -> str | None:
+        """An event's status alone (one indexed read of one field); None for an unknown event."""
+        oid = _object_id(event_id)
+        document = self.events.find_one({"_id": oid}, {"status": 1}) if oid else None
+        return document["status"] if document else None
+
+    # -- paused workflows -------------------------------------------------------------------
+
+    @_serialised
+    def set_workflow_paused(self, workflow_id: str, paused: Mapping[str, Any] | None,
+                            expect_paused: bool) -> bool:
+        """Pause a workflow (`paused`: who and when) or resume it (None), if it is paused as
+        `expect_paused` says it is not yet; False when it is not."""
+        self._workflows_read.clear()
+        query: dict[str, Any] = {"_id": ObjectId(workflow_id),
+                                 "paused": {"$ne": None} if expect_paused else None}
+        update = {"$set": {"paused": dict(paused)}} if paused is not None else {"$set": {"paused": None}}
+        result = self.workflows.update_one(query, update)
+        self.writes += 1
+        return result.matched_count == 1
+
+    @_serialised
+    def hold_events(self, workflow_id: str) -> int:
+        """Keep a paused workflow's pending events that never started from being claimed; how many
+        were held."""
+        query = {"workflow_id": workflow_id, "status": "pending", "lease_owner": None, "claim_count": 0}
+        result = self.events.update_many(query, {"$set": {"held": "paused", "lease_expires": HELD}})
+        self.writes += 1
+        return result.modified_count
+
+    @_serialised
+    def release_events(self, workflow_id: str, event_id: str | None = None) -> int:
+        """Make a resumed workflow's held events claimable (all of them, or the one `event_id`), due
+        one millisecond apart in the order they arrived, so that claims take them in that order."""
+        query: dict[str, Any] = {"workflow_id": workflow_id, "status": "pending", "held": "paused"}
+        if event_id is not None:
+            query["_id"] = ObjectId(event_id)
+        released = 0
+        for document in self.events.find(query, {"_id": 1}).sort([("ack_date", 1), ("_id", 1)]):
+            result = self.events.update_one({**query, "_id": document["_id"]}, {
+                "$set": {"lease_expires": EPOCH + timedelta(milliseconds=released)}, "$unset": {"held": ""}})
+            self.writes += 1
+            released += result.modified_count
+        return released
+
     # -- step records of tree events ---------------------------------------------------------
 
     @_serialised
@@ -934,6 +981,17 @@ class Store:
         cursor = (self.step_runs.find(query, {"_id": 0}).sort([("run", 1), ("started_at", 1), ("instance", 1)])
                   .skip((page - 1) * page_size).limit(page_size))
         return [_aware(document) for document in cursor], total
+
+    @_serialised
+    def cancel_step_runs(self, event_id: str, fields: Mapping[str, Any]) -> list[dict]:
+        """End an event's waiting step records with `fields` (a cancel): their callback tokens answer
+        410, their timers and polls are dropped. Returns the records as they were (their children)."""
+        query = {"event_id": event_id, "status": "waiting"}
+        found = [_aware(document) for document in self.step_runs.find(query, {"_id": 0})]
+        if found:
+            self.step_runs.update_many(query, {"$set": dict(fields)})
+            self.writes += 1
+        return found
 
     @_serialised
     def find_step_run_by_token(self, token_hash: str) -> dict | None:

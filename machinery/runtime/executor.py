@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ from machinery import guard, secrets
 from machinery.exceptions import InvalidData, MachineryError, ServiceCallError, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
-from machinery.runtime import calls, tree
+from machinery.runtime import calls, flow, tree
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, MAX_DOCUMENT_BYTES, RecordSize, element_size, mib
@@ -36,6 +37,7 @@ class Observer:
     def call_attempt(self, service: str, outcome: str) -> None: ...
     def step_finished(self, service: str, status: str, duration_s: float) -> None: ...
     def event_finished(self, workflow: str, status: str) -> None: ...
+    def step_queued(self, service: str, why: str) -> None: ...
 
 
 def backoff_delay(attempt: int, backoff_s: float, rand: Callable[[], float] = random.random) -> float:
@@ -74,6 +76,7 @@ class Outcome:
     attempts: int = 0
     attempt_log: list = field(default_factory=list)
     request: dict | None = None  # what a version 2 call sent: method, URL, its templated headers (secrets as ***)
+    queued: dict | None = None  # held back by the service's flow control: why, and until when (status queued)
 
 
 def new_span_id() -> str:
@@ -97,6 +100,7 @@ class Executor:
         self.max_response_bytes = config.get("MAX_RESPONSE_BYTES", 10 * 1024 * 1024)
         self.secrets = secrets.Keeper(store, config)
         self.secrets.check_at_start()
+        self.flow = flow.Flow(store, config)
 
     # -- one call -----------------------------------------------------------------------
 
@@ -216,6 +220,7 @@ class Executor:
         attempt and masked in whatever is kept of the reply."""
         service = step["service"]
         compiled = calls.compiled_for(service)
+        limits = flow.limits_of(service)
         retry = {**DEFAULT_RETRY, **(service.get("retry") or {})}
         headers = self._headers(event, step["index"], run, span_id, callback_url)
         body = json.dumps(inputs, separators=(",", ":")).encode() if compiled is None else None
@@ -229,7 +234,15 @@ class Executor:
                 if compiled is not None:
                     prepared = compiled.prepare(inputs, headers, self.secrets.value)
                     used = prepared.secrets
-                status, payload = self.call(service, body, headers, compiled, prepared)
+                if limits is None:
+                    status, payload = self.call(service, body, headers, compiled, prepared)
+                else:
+                    status, payload = self.flow.through(
+                        limits, functools.partial(self.call, service, body, headers, compiled, prepared), event)
+            except flow.Held as held:
+                # Not called: no attempt is spent; the step runs again, from its first attempt, when due.
+                self.observer.step_queued(service["name"], held.kind)
+                return Outcome("queued", attempts=attempt - 1, attempt_log=log, queued=held.note(step["index"]))
             except ServiceCallError as error:
                 text = calls.mask(error.message, used) if used else error.message
                 entry.update(outcome=error.kind, status=error.status, error=text, duration_ms=_ms(started))
@@ -307,6 +320,8 @@ class Executor:
                 token = new_callback_token(event["event_id"])
                 callback_url = f"{base.rstrip('/')}/callbacks/{token}"
             outcome = self.run_step(event, step, inputs, run, span_id, callback_url)
+            if outcome.status == "queued":
+                return self._queue(event, owner, context, index, outcome.queued, size)
             # The inputs sent are not stored: the plan and the context before the step give them back
             # (events.for_display), and storing them would copy the context into every step.
             record = {
@@ -458,6 +473,19 @@ class Executor:
                         extra=log_fields(event, index, record["service"]))
             return {**event, "status": "running"}
         return {**event, "status": "waiting", "waiting": waiting, "context": context, "next_step": index}
+
+    def _queue(self, event, owner, context, index, queued, size) -> dict:
+        """The service's flow control held the step back: hand the event back to the store, pending until
+        the note's due time, saying why. Not a claim without progress: the service is what is busy."""
+        update = {"$set": {
+            "status": "pending", "queued": queued, "context": context, "next_step": index, "updated_at": utcnow(),
+            "lease_owner": None, "lease_expires": queued["until"], "claims_without_progress": 0}}
+        size.after(update, {})
+        if not self.store.update_event(event["event_id"], update, owner=owner):
+            LOG.warning("event %s: lease lost while queueing it", event["event_id"], extra=log_fields(event, index))
+            return {**event, "status": "running"}
+        size.commit(update)
+        return {**event, "status": "pending", "queued": queued, "context": context, "next_step": index}
 
     def _expire_waiting(self, event, owner, size) -> dict:
         """Claimed while waiting: the callback deadline passed, so the step fails."""

@@ -101,6 +101,7 @@ class TreeRun:
         self.lost = False
         self.deadlines: list[datetime] = []
         self.watched: list[dict] = []  # the waiting records, looked at once more after parking
+        self.held: list[dict] = []  # the calls the services' flow control queued (machinery.runtime.flow)
         self.progress: dict[str, dict] = {}
         self.last_write = time.monotonic()
         self.records = self._load()
@@ -184,6 +185,12 @@ class TreeRun:
                 self.watched.append(record)
         return WAIT
 
+    def hold(self, note: Mapping[str, Any]) -> str:
+        """A call its service's flow control held back: this path waits until the note's due time."""
+        with self.lock:
+            self.held.append(dict(note))
+        return self.wait(note["until"])
+
     def count(self, node_id: str, **changes: int) -> None:
         """Move a node's progress counters (n, done, failed, running, waiting)."""
         with self.lock:
@@ -248,6 +255,8 @@ class TreeRun:
         }
         if self.event.get("callback_url"):
             fields["webhook"] = pending_webhook()
+        if self.event.get("queued"):
+            fields["queued"] = None
         if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner):
             LOG.warning("event %s: lease lost before it could finish", self.event_id)
             return {**self.event, "status": "running"}
@@ -261,6 +270,11 @@ class TreeRun:
         earliest = min(self.deadlines)
         fields = {"status": "waiting", "context": context, "progress": _copy(self.progress), "updated_at": utcnow(),
                   "lease_owner": None, "lease_expires": earliest, "claims_without_progress": 0}
+        if self.held:  # pending when all it waits for is its turn at a service
+            fields.update(queued={**self.held[0], "steps": len(self.held)},
+                          status="pending" if len(self.held) == len(self.deadlines) else "waiting")
+        elif self.event.get("queued"):
+            fields["queued"] = None
         if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner):
             LOG.warning("event %s: lease lost while parking it", self.event_id)
             return {**self.event, "status": "running"}

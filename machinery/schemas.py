@@ -209,6 +209,20 @@ class RetrySchema(Schema):
                              allow_nan=False)
 
 
+class RateLimitSchema(Schema):
+    """A token bucket: `per_s` calls a second on average, up to `burst` at once (default: per_s, at least 1)."""
+
+    per_s = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0.001, max=100000))
+    burst = fields.Integer(load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1, max=100000))
+
+
+class BreakerSchema(Schema):
+    """A circuit breaker: opened by `failure_threshold` consecutive retryable failures, for `cool_down_s`."""
+
+    failure_threshold = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=1000))
+    cool_down_s = fields.Float(load_default=30.0, allow_nan=False, validate=validate.Range(min=0.01, max=86400))
+
+
 class ServiceSchema(Schema):
     """A service definition as registered."""
 
@@ -231,6 +245,11 @@ class ServiceSchema(Schema):
     callback_timeout_s = fields.Float(load_default=None, allow_nan=False,
                                       validate=validate.Range(min=0.001, max=30 * 86400))
     retry = fields.Nested(RetrySchema, load_default=None)
+    max_concurrency = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                     validate=validate.Range(min=1, max=10000), metadata={
+                                         "description": "calls in flight to it at most, across every process"})
+    rate_limit = fields.Nested(RateLimitSchema, load_default=None, allow_none=True)
+    breaker = fields.Nested(BreakerSchema, load_default=None, allow_none=True)
     reply = fields.Nested(ReplySchema, load_default=None, allow_none=True, metadata={
         "description": "the type of a successful reply's body, when known; outputs are checked against it"})
     warnings = fields.List(fields.String(), metadata={
@@ -366,6 +385,9 @@ class ServiceOutSchema(ServiceSchema):
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
     used_by = fields.List(fields.String())
+    flow = fields.Dict(dump_only=True, metadata={
+        "description": "read-only, with max_concurrency, rate_limit or breaker set: calls in flight, tokens left, "
+                       "the breaker's state (closed, open, half_open), failures and opened_at"})
 
 
 class WorkflowOutSchema(WorkflowSchema):
@@ -558,6 +580,9 @@ class EventSchema(EventAckSchema):
                                                     "taken ({branch: count})"})
     parent = fields.Dict(allow_none=True, metadata={"description": "a child workflow's event: the "
                                                                    "{event_id, instance, run} that started it"})
+    queued = fields.Dict(allow_none=True, metadata={
+        "description": "a step its service's flow control holds back: service, why (max_concurrency, rate_limit "
+                       "or breaker), message, step, since, and until (when it is due again)"})
     next_step = fields.Integer()
     run = fields.Integer()
     runs = fields.List(fields.Dict())

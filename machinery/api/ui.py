@@ -17,6 +17,7 @@ from machinery.api.errors import STATUS_OF
 from machinery.events import for_display, retry_event
 from machinery.exceptions import DataflowError, MachineryError, NotFound
 from machinery.language import types
+from machinery.runtime import flow
 from machinery.runtime.tree import run_lineage
 from machinery.schemas import STATUSES, json_default
 from machinery.store import ACTIVE
@@ -185,6 +186,7 @@ def services():
     items, total = store.list_services(page, PAGE_SIZE)
     for item in items:
         item["used_by"] = [workflow["name"] for workflow in store.workflows_using(item["name"])]
+    flow.show_states(store, items)
     return render_template("services.html", services=items, page=page, pages=_pages(total, PAGE_SIZE), total=total)
 
 

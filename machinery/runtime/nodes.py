@@ -96,6 +96,9 @@ def call(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) ->
     with walk.calls:
         outcome = walk.executor.run_step(walk.event, {"service": service, "index": instance}, inputs, walk.run,
                                          span_id, callback_url)
+    if outcome.status == "queued":
+        walk.count(node["id"], running=-1, queued=1)
+        return walk.hold(outcome.queued)
     record = walk.new_record(node, instance, scope, service=service["name"], status=outcome.status,
                              attempts=outcome.attempts, attempt_log=outcome.attempt_log, span_id=span_id,
                              started_at=started_at)
@@ -275,6 +278,9 @@ def poll(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) ->
     with walk.calls:
         outcome = walk.executor.run_step(walk.event, {"service": service, "index": instance}, inputs, walk.run,
                                          new_span_id(), None)
+    if outcome.status == "queued":
+        walk.count(node["id"], running=-1, queued=1)
+        return walk.hold(outcome.queued)
     walk.executor.observer.step_finished(service["name"], outcome.status, time.monotonic() - started,
                                          workflow=walk.event.get("workflow_name", ""), step=node["id"])
     now = utcnow()

@@ -105,6 +105,7 @@ class TreeRun:
         self.cancelled = False
         self.deadlines: list[datetime] = []
         self.watched: list[dict] = []  # the waiting records, looked at once more after parking
+        self.held: list[dict] = []  # the calls the services' flow control queued (machinery.runtime.flow)
         self.progress: dict[str, dict] = {}
         self.last_write = time.monotonic()
         self.records = self._load()
@@ -188,6 +189,12 @@ class TreeRun:
                 self.watched.append(record)
         return WAIT
 
+    def hold(self, note: Mapping[str, Any]) -> str:
+        """A call its service's flow control held back: this path waits until the note's due time."""
+        with self.lock:
+            self.held.append(dict(note))
+        return self.wait(note["until"])
+
     def count(self, node_id: str, **changes: int) -> None:
         """Move a node's progress counters (n, done, failed, running, waiting)."""
         with self.lock:
@@ -267,6 +274,8 @@ class TreeRun:
         }
         if self.event.get("callback_url"):
             fields["webhook"] = pending_webhook()
+        if self.event.get("queued"):
+            fields["queued"] = None
         if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner, expect=RUNNING):
             if self.settle_cancelled(context):
                 return self.store.get_event(self.event_id)
@@ -283,6 +292,11 @@ class TreeRun:
         earliest = min(self.deadlines)
         fields = {"status": "waiting", "context": context, "progress": _copy(self.progress), "updated_at": utcnow(),
                   "lease_owner": None, "lease_expires": earliest, "claims_without_progress": 0}
+        if self.held:  # pending when all it waits for is its turn at a service
+            fields.update(queued={**self.held[0], "steps": len(self.held)},
+                          status="pending" if len(self.held) == len(self.deadlines) else "waiting")
+        elif self.event.get("queued"):
+            fields["queued"] = None
         if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner, expect=RUNNING):
             if self.settle_cancelled(context):
                 return self.store.get_event(self.event_id)

@@ -43,6 +43,7 @@ from machinery.language.plan import children_of
 from machinery.rollups import RETAIN_S as ROLLUP_RETAIN_S
 from machinery.store.embedded import embedded_events
 from machinery.store.embedded_steps import embedded_step_runs
+from machinery.store.flow import FlowStore
 from machinery.store.limits import LIMIT, MAX_DOCUMENT_BYTES, is_too_large
 from machinery.store.secrets import SecretStore
 
@@ -243,6 +244,7 @@ class Store:
         self.workflows = database[WORKFLOWS]
         self.events = embedded_events(database[EVENTS]) if embedded else database[EVENTS]
         self.secrets = SecretStore(database, self._guard, embedded=embedded)
+        self.flow = FlowStore(database, self._guard, self.events)  # limited services' slots, buckets and breakers
         self.locks = database[LOCKS]
         self.step_runs = embedded_step_runs(database[STEP_RUNS]) if embedded else database[STEP_RUNS]
         self.rollups = database[ROLLUPS]
@@ -309,6 +311,8 @@ class Store:
         index(self.events, [("waiting.token_hash", 1)], name="callback_token",
               partialFilterExpression={"waiting.token_hash": {"$exists": True}})
         index(self.events, [("spent_tokens", 1)])
+        index(self.events, [("queued.service", 1)], name="queued",
+              partialFilterExpression={"queued.service": {"$exists": True}})
         index(self.events, [("webhook.status", 1), ("webhook.next_at", 1)], name="webhooks",
               partialFilterExpression={"webhook.status": "pending"})
         for name in SUPERSEDED_INDEXES:

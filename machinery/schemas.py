@@ -553,6 +553,8 @@ class EventSchema(EventAckSchema):
                                                     "taken ({branch: count})"})
     parent = fields.Dict(allow_none=True, metadata={"description": "a child workflow's event: the "
                                                                    "{event_id, instance, run} that started it"})
+    schedule = fields.Dict(allow_none=True, metadata={"description": "an event a schedule sent: the "
+                                                                     "{name, tick} it was sent for"})
     next_step = fields.Integer()
     run = fields.Integer()
     runs = fields.List(fields.Dict())

@@ -18,6 +18,7 @@ from machinery import guard
 from machinery.events import for_display
 from machinery.exceptions import StoreUnavailable, TooLarge
 from machinery.runtime.executor import Executor, backoff_delay, log_fields
+from machinery.runtime.scheduler import Scheduler
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.schemas import event_schema, to_json
 from machinery.store import Store, utcnow
@@ -153,6 +154,7 @@ class Worker:
         self._next_scan = 0.0
         self._threads: list[threading.Thread] = []
         self.ran = 0
+        self.scheduler = Scheduler(store, config)  # fires the ticks of due schedules, one look per loop
 
     def start(self) -> Worker:
         for number in range(self.size):
@@ -207,7 +209,11 @@ class Worker:
                 idle = min(idle * 2, bound)
 
     def work_once(self, owner: str, lease_s: float) -> bool:
-        """Run one claimed event or deliver one webhook; False when there was nothing to do."""
+        """Fire a due schedule's tick, then run one claimed event or deliver one webhook; False when
+        there was nothing to do."""
+        scheduled = self.scheduler.look(owner)
+        if isinstance(scheduled, str):
+            self._hints.append(scheduled)  # the tick's event, run here at once
         event = self._claim_hinted(owner, lease_s)
         if event is None and self._scan_due():
             started = time.monotonic()
@@ -222,7 +228,7 @@ class Worker:
                 cost = time.monotonic() - started
                 self._next_scan = time.monotonic() + max(self.max_idle_s or 0.0, SCAN_SHARE * cost)
         if event is None:
-            return False
+            return bool(scheduled)
         self.keeper.hold(event["event_id"], owner)
         try:
             ended = self.executor.run(event, owner)

@@ -61,7 +61,7 @@ class ScheduleOutSchema(ScheduleSchema):
     next_run = fields.DateTime(allow_none=True, metadata={"description": "when its next tick falls (UTC)"})
     ticks = fields.List(fields.Dict(), metadata={
         "description": "its last 10 ticks, oldest first: {tick, result: fired | skipped | missed | failed, at, "
-                       "event_id | reason | until and count | error}"})
+                       "event_id and by (the process that sent it) | reason | until and count | error}"})
     counts = fields.Dict(metadata={"description": "its ticks by result, all counted"})
     last_event_id = fields.String(allow_none=True)
     waiting_for = fields.String(allow_none=True, metadata={

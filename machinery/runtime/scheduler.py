@@ -95,7 +95,7 @@ class Scheduler:
             return True
         self.store.advance_schedule(
             name, owner, due, {"next_run": timing.after(due), "last_event_id": event["event_id"], "waiting_for": None},
-            {"tick": due, "result": "fired", "at": now, "event_id": event["event_id"]})
+            {"tick": due, "result": "fired", "at": now, "event_id": event["event_id"], "by": owner.split("/")[0]})
         if not created:
             return True
         self.fired += 1

@@ -244,3 +244,35 @@ def test_a_tick_whose_workflow_is_gone_is_recorded_failed_and_the_schedule_goes_
     schedule = store.get_schedule("nightly")
     assert schedule["ticks"][-1]["result"] == "failed" and "process-text" in schedule["ticks"][-1]["error"]
     assert schedule["next_run"] > datetime.now(UTC) and store.events.count_documents({}) == 0
+
+
+# -- the UI ----------------------------------------------------------------------------------
+
+def test_the_schedules_page_lists_each_with_its_timing_next_run_last_result_and_state(client, examples, store,
+                                                                                      scheduler):
+    make(client)
+    make(client, name="often", cron=None, timezone=None, every_s=30)
+    client.post("/schedules/often/pause")
+    due_at(store, "nightly", ago(2))
+    event_id = scheduler.look("test")
+    page = client.get("/ui/schedules")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    nightly = html[html.index('id="schedule-nightly"'):]
+    nightly = nightly[:nightly.index("</tr>")]
+    assert "0 2 * * *" in nightly and "Europe/Paris" in nightly and "process-text" in nightly
+    assert "fired" in nightly and event_id in nightly and "active" in nightly
+    next_run = store.get_schedule("nightly")["next_run"]
+    assert next_run.strftime("%Y-%m-%d %H:%M:%S UTC") in nightly
+    often = html[html.index('id="schedule-often"'):]
+    often = often[:often.index("</tr>")]
+    assert "every 30 s" in often and "paused" in often and "not fired yet" in often
+    assert 'href="/ui/schedules"' in client.get("/ui/workflows").get_data(as_text=True)
+
+
+def test_an_event_a_schedule_sent_links_back_to_it_on_its_page(client, examples, store, scheduler):
+    make(client)
+    due_at(store, "nightly", ago(2))
+    event_id = scheduler.look("test")
+    html = client.get(f"/ui/events/{event_id}").get_data(as_text=True)
+    assert 'href="/ui/schedules#schedule-nightly"' in html

@@ -24,6 +24,11 @@ def idempotency_key(name: str, tick: datetime) -> str:
     return f"schedule:{name}:{tick.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
 
+def _moved_on(following: datetime | None) -> dict:
+    """A schedule's fields once its tick is done: its next tick, or paused when no tick follows."""
+    return {"next_run": following} if following is not None else {"next_run": None, "paused": True}
+
+
 class Scheduler:
     """Looks for a due schedule (one indexed query of the store), claims it with a lease, and fires its
     tick: the event is stored pending, as POST /e/<workflow>?mode=async stores it, for a worker to run.
@@ -58,7 +63,12 @@ class Scheduler:
         name, due = schedule["name"], schedule["next_run"]
         now = datetime.now(UTC)
         timing = timing_of(schedule)
-        late = catch_up(timing, due, now, schedule["catch_up"], schedule.get("caught_up_to"))
+        try:
+            late = catch_up(timing, due, now, schedule["catch_up"], schedule.get("caught_up_to"))
+            following = timing.after(due)
+        except ValueError as error:  # a cron bound to years that have passed: this tick is its last
+            LOG.warning("schedule %s: no tick follows %s (%s); it is paused after this one", name, due, error)
+            late, following = None, None
         if late is not None:
             tick = None
             if late.missed:
@@ -74,7 +84,7 @@ class Scheduler:
             if schedule["overlap"] == "queue":
                 self.store.hold_schedule(name, owner, now + timedelta(seconds=HOLD_S), {"waiting_for": previous})
                 return True
-            self.store.advance_schedule(name, owner, due, {"next_run": timing.after(due)}, {
+            self.store.advance_schedule(name, owner, due, _moved_on(following), {
                 "tick": due, "result": "skipped", "at": now,
                 "reason": f"the event of the tick before ({previous}) had not ended"})
             return True
@@ -90,11 +100,11 @@ class Scheduler:
         except MachineryError as error:
             # The workflow was deleted, or changed so that the schedule's data no longer fits it.
             LOG.warning("schedule %s: the tick of %s sent no event: %s", name, due, error.message)
-            self.store.advance_schedule(name, owner, due, {"next_run": timing.after(due), "waiting_for": None}, {
+            self.store.advance_schedule(name, owner, due, {**_moved_on(following), "waiting_for": None}, {
                 "tick": due, "result": "failed", "at": now, "error": error.message})
             return True
         self.store.advance_schedule(
-            name, owner, due, {"next_run": timing.after(due), "last_event_id": event["event_id"], "waiting_for": None},
+            name, owner, due, {**_moved_on(following), "last_event_id": event["event_id"], "waiting_for": None},
             {"tick": due, "result": "fired", "at": now, "event_id": event["event_id"], "by": owner.split("/")[0]})
         if not created:
             return True

@@ -276,3 +276,16 @@ def test_an_event_a_schedule_sent_links_back_to_it_on_its_page(client, examples,
     event_id = scheduler.look("test")
     html = client.get(f"/ui/events/{event_id}").get_data(as_text=True)
     assert 'href="/ui/schedules#schedule-nightly"' in html
+
+
+def test_a_cron_whose_last_year_has_come_fires_its_last_tick_then_pauses(client, examples, store, scheduler):
+    make(client, cron="0 0 1 1 * 0 2027")  # seconds, then years: only 1 January 2027 at midnight
+    due_at(store, "nightly", ago(2))
+    store.schedules.update_one({"name": "nightly"}, {"$set": {"cron": "0 0 1 1 * 0 2026"}})  # ended
+    event_id = scheduler.look("test")
+    assert isinstance(event_id, str)
+    schedule = client.get("/schedules/nightly").get_json()
+    assert schedule["paused"] is True and schedule["next_run"] is None and schedule["ticks"][-1]["result"] == "fired"
+    refused = client.post("/schedules/nightly/resume")
+    assert refused.status_code == 422 and "cron" in refused.get_json()["errors"]
+    assert client.get("/ui/schedules").status_code == 200

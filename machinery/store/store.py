@@ -79,6 +79,11 @@ def _aware(value: Any) -> Any:
     return value
 
 
+def due_schedules(now: datetime) -> dict:
+    """The query of the schedules whose tick is due at `now` and that no process holds."""
+    return {"paused": False, "next_run": {"$lte": now}, "lease_expires": {"$lte": now}}
+
+
 def _naive(value: Any) -> Any:
     """Every aware datetime in a document as the naive UTC one the store keeps, recursively."""
     if isinstance(value, datetime):
@@ -1010,7 +1015,7 @@ class Store:
         for `lease_s`: one walk of the schedules_due index, one write when something is due."""
         now = utcnow()
         document = self.schedules.find_one_and_update(
-            {"paused": False, "next_run": {"$lte": now}, "lease_expires": {"$lte": now}},
+            due_schedules(now),
             {"$set": {"lease_owner": owner, "lease_expires": now + timedelta(seconds=lease_s)}},
             sort=SCHEDULES_DUE, return_document=ReturnDocument.AFTER,
         )

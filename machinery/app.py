@@ -164,11 +164,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             raise StoreUnavailable("the store is not reachable")
 
     api = Api(app)
-    from machinery.api import control, events, graph, health, services, spec, ui, workflows
+    from machinery.api import control, events, graph, health, schedules, services, spec, ui, workflows
 
     for blueprint in (services.bp, services.alias, workflows.bp, workflows.alias,
                       events.ingest, events.bp, events.callbacks, graph.bp, control.bp):
         api.register_blueprint(blueprint)
+    api.register_blueprint(schedules.bp)
     api.register_blueprint(secrets_api.bp)
     spec.document(api, keyed=bool(app.extensions["machinery_keys"]))
     app.register_blueprint(health.bp)

@@ -71,12 +71,14 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
               owner: str | None = None, lease_s: float = 30.0, callback_base: str | None = None,
               trace: Mapping[str, str] | None = None, allowed_hosts: Any = None,
               workflow: Mapping[str, Any] | None = None,
-              parent: Mapping[str, Any] | None = None) -> tuple[dict, bool]:
+              parent: Mapping[str, Any] | None = None,
+              schedule: Mapping[str, Any] | None = None) -> tuple[dict, bool]:
     """Check an event against its workflow and store it before anything runs.
 
     A `callback_url` whose host `allowed_hosts` (MACHINERY_ALLOWED_HOSTS) does not admit is refused.
     `workflow` may be given when the caller already read it by `workflow_ref`. `parent`: the
-    {event_id, instance, run} of the tree event whose `workflow` step this event is.
+    {event_id, instance, run} of the tree event whose `workflow` step this event is. `schedule`: the
+    {name, tick} of the schedule whose tick this event is.
 
     With an `owner` the event is stored running and held by that owner (a sync event, run at once);
     without, it is stored pending for any worker. Returns (event, created): an idempotency key
@@ -121,6 +123,8 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
         event["progress"] = {}
     if parent is not None:
         event["parent"] = dict(parent)
+    if schedule is not None:
+        event["schedule"] = dict(schedule)
     if key is not None:
         event["idempotency_key"] = key
     event.update(held)

@@ -583,6 +583,8 @@ class EventSchema(EventAckSchema):
     queued = fields.Dict(allow_none=True, metadata={
         "description": "a step its service's flow control holds back: service, why (max_concurrency, rate_limit "
                        "or breaker), message, step, since, and until (when it is due again)"})
+    schedule = fields.Dict(allow_none=True, metadata={"description": "an event a schedule sent: the "
+                                                                     "{name, tick} it was sent for"})
     next_step = fields.Integer()
     run = fields.Integer()
     runs = fields.List(fields.Dict())

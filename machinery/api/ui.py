@@ -190,6 +190,18 @@ def services():
     return render_template("services.html", services=items, page=page, pages=_pages(total, PAGE_SIZE), total=total)
 
 
+SCHEDULE_RESULT_COLOURS = {"fired": "green", "skipped": "amber", "missed": "amber", "failed": "red"}
+
+
+@bp.get("/schedules")
+def schedules():
+    """List schedules with their next run and their last tick."""
+    page = _page()
+    items, total = _runtime().store.list_schedules(page, PAGE_SIZE)
+    return render_template("schedules.html", schedules=items, page=page, pages=_pages(total, PAGE_SIZE), total=total,
+                           result_colours=SCHEDULE_RESULT_COLOURS)
+
+
 @bp.get("/events")
 def events():
     """List events, newest first, filtered by workflow and status."""

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping
 
+from machinery import search
 from machinery.language import dataflow
 from machinery.language.expressions import compile_expression
 from machinery.store import EPOCH, pending_webhook, utcnow
@@ -248,6 +249,7 @@ class TreeRun:
         }
         if self.event.get("callback_url"):
             fields["webhook"] = pending_webhook()
+        search.fold(self.plan, fields)
         if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner):
             LOG.warning("event %s: lease lost before it could finish", self.event_id)
             return {**self.event, "status": "running"}
@@ -261,6 +263,7 @@ class TreeRun:
         earliest = min(self.deadlines)
         fields = {"status": "waiting", "context": context, "progress": _copy(self.progress), "updated_at": utcnow(),
                   "lease_owner": None, "lease_expires": earliest, "claims_without_progress": 0}
+        search.fold(self.plan, fields)
         if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner):
             LOG.warning("event %s: lease lost while parking it", self.event_id)
             return {**self.event, "status": "running"}

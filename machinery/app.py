@@ -158,10 +158,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             raise StoreUnavailable("the store is not reachable")
 
     api = Api(app)
-    from machinery.api import events, graph, health, services, spec, ui, workflows
+    from machinery.api import bulk, events, graph, health, services, spec, ui, workflows
 
     for blueprint in (services.bp, services.alias, workflows.bp, workflows.alias,
-                      events.ingest, events.bp, events.callbacks, graph.bp):
+                      events.ingest, bulk.bp, events.bp, events.callbacks, graph.bp):
         api.register_blueprint(blueprint)
     api.register_blueprint(secrets_api.bp)
     spec.document(api, keyed=bool(app.extensions["machinery_keys"]))

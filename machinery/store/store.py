@@ -40,6 +40,7 @@ from machinery.exceptions import (
     TooLarge,
 )
 from machinery.language.plan import children_of
+from machinery.store.bulk_jobs import BulkJobs
 from machinery.store.embedded import embedded_events
 from machinery.store.embedded_steps import embedded_step_runs
 from machinery.store.event_filters import ATTR_INDEX, ATTR_KEYS, attr_query
@@ -241,6 +242,7 @@ class Store:
         self.workflows = database[WORKFLOWS]
         self.events = embedded_events(database[EVENTS]) if embedded else database[EVENTS]
         self.secrets = SecretStore(database, self._guard, embedded=embedded)
+        self.bulk_jobs = BulkJobs(self)
         self.locks = database[LOCKS]
         self.step_runs = embedded_step_runs(database[STEP_RUNS]) if embedded else database[STEP_RUNS]
         self.clock_skew_s: float | None = None  # this host's clock minus the server's, once checked
@@ -301,6 +303,7 @@ class Store:
         for name, keys in LIST_INDEXES.items():
             index(self.events, keys, name=name)
         index(self.events, ATTR_KEYS, name=ATTR_INDEX)
+        self.bulk_jobs.ensure_indexes(index)
         index(self.events, [("status", 1), ("lease_expires", 1)])
         index(self.events, [("workflow_id", 1), ("idempotency_key", 1)], unique=True, name="idempotency",
               partialFilterExpression={"idempotency_key": {"$exists": True}})

@@ -662,9 +662,10 @@ class Store:
 
     @_serialised
     def list_events(self, page: int, page_size: int, workflow_id: str | None = None,
-                    status: str | None = None) -> tuple[list[dict], int]:
+                    status: str | None = None,
+                    attrs: Iterable[tuple[str, str, Any]] | None = None) -> tuple[list[dict], int]:
         """One page of events, newest first, and their total (a lower bound past COUNT_LIMIT)."""
-        listed = self.list_events_page(page_size, page=page, workflow_id=workflow_id, status=status)
+        listed = self.list_events_page(page_size, page=page, workflow_id=workflow_id, status=status, attrs=attrs)
         return listed["items"], listed["total"]
 
     @_serialised

@@ -20,7 +20,7 @@ FILTER_DOC = {
         "status": {"type": "string", "enum": list(bulk.STATUSES)},
         "created_after": {"type": "string", "format": "date-time", "description": "accepted at or after"},
         "created_before": {"type": "string", "format": "date-time", "description": "accepted before"},
-        "error_kind": {"type": "string", "description": "the kind of the event's error (timeout, http_error, ...)"},
+        "error_kind": {"type": "string", "description": "the kind of the event's error: timeout, http_status, ..."},
         "failed_step": {"type": "string", "description": "the step id the event failed at (step-N for version 1)"},
         "attrs": {"type": "object", "description": "search filters, {\"<path>[__gt|__gte|__lt|__lte|__ne]\": value}"},
     }}

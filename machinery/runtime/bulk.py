@@ -3,11 +3,12 @@
 A request is checked whole before anything is stored (a bad action or filter: InvalidData naming it).
 A dry run counts the events that match, and those the action applies to, with a sample of ids. A real
 one stores a job (`bulk_jobs`) that a BulkRunner (one thread of each worker, embedded or not) claims
-with a lease and applies page by page, newest event first, recording after each page its cursor and
-counts: done, skipped (with why: an event in a status the action does not apply to) and failed. The
-job covers the events accepted before it was made, so that what the action itself starts is not swept
-up again. Each event is acted on through the API's own path (events.retry_event) with the job's id
-written into the run it starts, in the same write: a job that resumes after a crash sees the mark and
+with a lease and applies page by page, newest event first: it writes the page it takes (its ids and
+the cursor after them) into the job, acts on each event, then records the page's counts: done,
+skipped (with why: an event in a status the action does not apply to) and failed. The job covers the
+events accepted before it was made, so that what the action itself starts is not swept up again.
+Each event is acted on through the API's own path (events.retry_event) with the job's id written
+into the run it starts, in the same write: a holder that finishes an abandoned page sees the mark and
 counts the event as done rather than act twice.
 """
 
@@ -123,7 +124,7 @@ def check_request(store: Store, body: Any) -> dict:
                           errors={"filter.created_after": ["not before created_before"]})
     if given.get("error_kind") is not None:
         if not isinstance(given["error_kind"], str) or not 0 < len(given["error_kind"]) <= 100:
-            raise InvalidData("filter.error_kind must be an error kind (timeout, http_error, ...)",
+            raise InvalidData("filter.error_kind must be an error kind (timeout, http_status, contract, ...)",
                               errors={"filter.error_kind": ["not an error kind"]})
         kept["error_kind"] = given["error_kind"]
     if given.get("failed_step") is not None:
@@ -189,7 +190,8 @@ def create_job(store: Store, request: Mapping[str, Any], created_by: str | None 
     return store.bulk_jobs.insert({
         "action": request["action"], "filter": kept, "from_step": request.get("from_step"),
         "status": "pending", "created_at": now, "updated_at": now, "until": until, "created_by": created_by,
-        "lease_owner": None, "lease_expires": datetime(1970, 1, 1), "cursor": None, "pages": 0, "claims": 0,
+        "lease_owner": None, "lease_expires": datetime(1970, 1, 1), "cursor": None, "in_flight": [], "more": True,
+        "pages": 0, "claims": 0,
         "matched": matched, "matched_is_lower_bound": matched >= COUNT_LIMIT,
         "done": 0, "skipped": 0, "failed": 0, "unmatched": 0, "skipped_why": {},
         "samples": {"done": [], "skipped": [], "failed": []}, "finished_at": None,
@@ -198,7 +200,8 @@ def create_job(store: Store, request: Mapping[str, Any], created_by: str | None 
 
 def shown_job(job: Mapping[str, Any]) -> dict:
     """A job as the API shows it: its progress, without its lease."""
-    shown = {key: value for key, value in job.items() if key not in ("lease_owner", "lease_expires", "cursor")}
+    shown = {key: value for key, value in job.items()
+             if key not in ("lease_owner", "lease_expires", "cursor", "in_flight", "more", "until")}
     shown["filter"] = _shown(job.get("filter") or {})
     handled = job.get("done", 0) + job.get("skipped", 0) + job.get("failed", 0)
     shown["handled"] = handled
@@ -225,9 +228,8 @@ def _replay_from(event: Mapping[str, Any], from_step: Any) -> Any:
 
 
 def apply_one(store: Store, job: Mapping[str, Any], event_id: str) -> tuple[str, str | None]:
-    """Act on one event: ("done", None), ("skipped", why), ("failed", why), or ("unmatched", None)
-    for an event outside the filter's status (the walk reads events whatever their status, so that an
-    event this job already moved out of it is still seen, and counted)."""
+    """Act on one event: ("done", None), ("skipped", why), ("failed", why), or ("unmatched", None) for
+    an event that left the filter's status between the read of its page and now (changed by another)."""
     job_id, action = job["job_id"], job["action"]
     note = {"bulk_job": job_id}
     for _ in range(3):
@@ -261,19 +263,36 @@ def apply_one(store: Store, job: Mapping[str, Any], event_id: str) -> tuple[str,
     return "skipped", "changed while the job acted on it, three times"
 
 
+def take_page(store: Store, job: Mapping[str, Any], owner: str, lease_s: float) -> dict | None:
+    """Take a held job's next page: the ids of its events and the cursor after them, written into the
+    job (`in_flight`) before any of them is acted on, so that whoever finishes the page knows which
+    events it holds, whatever their status by then. None when the job is no longer this owner's."""
+    until = job["until"].replace(tzinfo=None) if isinstance(job.get("until"), datetime) else None
+    ids, after = store.bulk_jobs.event_page(query_of(job["filter"], until), job.get("cursor"), PAGE_SIZE)
+    now = utcnow()
+    taken = {"in_flight": ids, "cursor": after, "more": after is not None, "updated_at": now,
+             "lease_expires": now + timedelta(seconds=lease_s)}
+    if not store.bulk_jobs.record_page(job["job_id"], owner, job.get("cursor"), {"$set": taken}):
+        return None
+    return {**job, **taken}
+
+
 def run_page(store: Store, job: Mapping[str, Any], owner: str, lease_s: float,
              queued: Callable[[str], None] | None = None) -> dict | None:
-    """Apply one page of a held job and record it; the job as it then is, or None when the job is no
-    longer this owner's (another holder recorded the page: its counts stand)."""
+    """Apply one page of a held job and record its counts: the page in flight when a holder stopped
+    in the middle of it, else the next one. The job as it then is, or None when the job is no longer
+    this owner's (another holder finishes the page: its counts stand)."""
     job_id = job["job_id"]
-    until = job["until"].replace(tzinfo=None) if isinstance(job.get("until"), datetime) else None
-    walked = {key: value for key, value in job["filter"].items() if key != "status"}  # apply_one checks it
-    ids, cursor = store.bulk_jobs.event_page(query_of(walked, until), job.get("cursor"), PAGE_SIZE)
+    if not job.get("in_flight"):
+        job = take_page(store, job, owner, lease_s)
+        if job is None:
+            LOG.warning("bulk job %s: no longer held by %s", job_id, owner)
+            return None
     counts = {"done": 0, "skipped": 0, "failed": 0, "unmatched": 0}
     why: dict[str, int] = {}
     samples: dict[str, list] = {"done": [], "skipped": [], "failed": []}
     kept = {name: len((job.get("samples") or {}).get(name) or []) for name in samples}
-    for event_id in ids:
+    for event_id in job["in_flight"]:
         outcome, reason = apply_one(store, job, event_id)
         counts[outcome] += 1
         if outcome == "unmatched":
@@ -285,9 +304,8 @@ def run_page(store: Store, job: Mapping[str, Any], owner: str, lease_s: float,
         if outcome == "done" and queued is not None:
             queued(event_id)
     now = utcnow()
-    finished = cursor is None
-    fields: dict[str, Any] = {"cursor": cursor, "updated_at": now, "lease_expires": now + timedelta(seconds=lease_s)}
-    if finished:
+    fields: dict[str, Any] = {"in_flight": [], "updated_at": now, "lease_expires": now + timedelta(seconds=lease_s)}
+    if not job.get("more", True):
         fields.update(status="completed", finished_at=now, lease_owner=None, lease_expires=datetime(1970, 1, 1))
     increments = {**counts, "pages": 1, **{f"skipped_why.{_key(reason)}": n for reason, n in why.items()}}
     update: dict[str, Any] = {"$set": fields, "$inc": increments}

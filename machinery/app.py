@@ -17,6 +17,7 @@ from machinery.api import secrets as secrets_api
 from machinery.config import is_embedded, load_config
 from machinery.exceptions import MachineryError, StoreRefused, StoreUnavailable
 from machinery.logs import configure_logging, init_request_ids
+from machinery.rollups import Recorder, RollupObserver
 from machinery.runtime.executor import Executor, Observer
 from machinery.runtime.worker import LeaseKeeper, Worker, process_owner
 from machinery.schemas import ErrorSchema, json_default
@@ -51,7 +52,8 @@ class Runtime:
         self._indexes_retry_at = 0.0  # while the store is down, answer 503 at once rather than wait each time
         self.owner = process_owner()
         self.keeper = LeaseKeeper(self.store, config["LEASE_S"])
-        self.executor = Executor(self.store, config, observer=observer)
+        self.rollups = Recorder(self.store)
+        self.executor = Executor(self.store, config, observer=RollupObserver(observer or Observer(), self.rollups))
         threads = config["EMBEDDED_WORKERS"]
         if threads is None:
             threads = 2 if self.store.embedded else 0
@@ -115,6 +117,10 @@ class Runtime:
         if self.worker is not None:
             self.worker.stop(grace_s)
         self.keeper.stop()
+        try:
+            self.rollups.stop()
+        except MachineryError as error:
+            LOG.warning("rollups: the last counts were not written: %s", error.message)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

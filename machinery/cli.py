@@ -254,8 +254,10 @@ def cmd_worker(args) -> int:
     store = Store.connect(config["MONGO_URI"], config["MONGO_TIMEOUT_MS"])
     keeper = LeaseKeeper(store, config["LEASE_S"])
     from machinery import metrics
+    from machinery.rollups import Recorder, RollupObserver
 
-    executor = Executor(store, config, observer=metrics.MetricsObserver())
+    rollups = Recorder(store)
+    executor = Executor(store, config, observer=RollupObserver(metrics.MetricsObserver(), rollups))
     worker = Worker(store, executor, keeper, config, args.threads or config["WORKER_THREADS"])
     exporter = metrics.serve_worker_metrics(config["WORKER_METRICS_PORT"])
     stopping = threading.Event()
@@ -270,6 +272,10 @@ def cmd_worker(args) -> int:
         pass
     worker.stop(args.grace)
     keeper.stop()
+    try:
+        rollups.stop()
+    except MachineryError as error:
+        print(f"machinery: rollups: the last counts were not written: {error.message}", file=sys.stderr)
     if exporter is not None:
         exporter.shutdown()
         exporter.server_close()

@@ -48,10 +48,10 @@ class MetricsObserver(Observer):
     def call_attempt(self, service: str, outcome: str) -> None:
         SERVICE_CALLS.labels(service, outcome).inc()
 
-    def step_finished(self, service: str, status: str, duration_s: float) -> None:
+    def step_finished(self, service: str, status: str, duration_s: float, **_where) -> None:
         STEP_DURATION.labels(service, status).observe(duration_s)
 
-    def event_finished(self, workflow: str, status: str) -> None:
+    def event_finished(self, workflow: str, status: str, **_how) -> None:
         EVENTS_FINISHED.labels(workflow, status).inc()
 
 

@@ -12,6 +12,7 @@ from flask import Blueprint, abort, current_app, redirect, render_template, requ
 from markupsafe import Markup
 
 from machinery import __version__, graph, graph_tree, registry
+from machinery.api import dashboard
 from machinery.api.errors import STATUS_OF
 from machinery.events import for_display, retry_event
 from machinery.exceptions import DataflowError, InvalidData, MachineryError, NotFound
@@ -135,7 +136,8 @@ def _globals():
 
 @bp.get("/")
 def index():
-    return redirect(url_for("ui.workflows"))
+    """The dashboard: how each workflow does over the last hour and day, from the rollups."""
+    return render_template("dashboard.html", **dashboard.dashboard(_runtime()))
 
 
 @bp.get("/workflows")

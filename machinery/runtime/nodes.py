@@ -110,7 +110,8 @@ def call(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) ->
             return _resume_call(walk, node, stored, context, instance)
         return walk.wait(stored["expires"], stored)
     record.update(finished_at=utcnow(), duration_ms=round((time.monotonic() - started) * 1000, 3))
-    walk.executor.observer.step_finished(service["name"], outcome.status, time.monotonic() - started)
+    walk.executor.observer.step_finished(service["name"], outcome.status, time.monotonic() - started,
+                                         workflow=walk.event.get("workflow_name", ""), step=node["id"])
     if outcome.status == "failed":
         record["error"] = outcome.error
     else:
@@ -270,7 +271,8 @@ def poll(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) ->
     with walk.calls:
         outcome = walk.executor.run_step(walk.event, {"service": service, "index": instance}, inputs, walk.run,
                                          new_span_id(), None)
-    walk.executor.observer.step_finished(service["name"], outcome.status, time.monotonic() - started)
+    walk.executor.observer.step_finished(service["name"], outcome.status, time.monotonic() - started,
+                                         workflow=walk.event.get("workflow_name", ""), step=node["id"])
     now = utcnow()
     first = record is None
     polls = (record or {}).get("polls", 0) + 1

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 from machinery import search
 from machinery.language import dataflow
 from machinery.language.expressions import compile_expression
+from machinery.rollups import event_duration_ms
 from machinery.store import EPOCH, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -254,7 +255,8 @@ class TreeRun:
             LOG.warning("event %s: lease lost before it could finish", self.event_id)
             return {**self.event, "status": "running"}
         wake_parent(self.store, self.event)
-        self.executor.observer.event_finished(self.event.get("workflow_name", ""), status)
+        self.executor.observer.event_finished(self.event.get("workflow_name", ""), status,
+                                              duration_ms=event_duration_ms(self.event, now))
         return {**self.event, **fields}
 
     def park(self, context: dict) -> dict:

@@ -40,6 +40,7 @@ from machinery.exceptions import (
     TooLarge,
 )
 from machinery.language.plan import children_of
+from machinery.rollups import RETAIN_S as ROLLUP_RETAIN_S
 from machinery.store.bulk_jobs import BulkJobs
 from machinery.store.embedded import embedded_events
 from machinery.store.embedded_steps import embedded_step_runs
@@ -50,6 +51,7 @@ from machinery.store.secrets import SecretStore
 LOG = logging.getLogger(__name__)
 
 SERVICES, WORKFLOWS, EVENTS, LOCKS, STEP_RUNS = "services", "workflows", "events", "locks", "step_runs"
+ROLLUPS = "rollups"  # the dashboard's five-minute buckets (machinery/rollups.py)
 FINISHED = ("completed", "failed")
 ACTIVE = ("pending", "running", "waiting")
 EPOCH = datetime(1970, 1, 1)
@@ -245,6 +247,7 @@ class Store:
         self.bulk_jobs = BulkJobs(self)
         self.locks = database[LOCKS]
         self.step_runs = embedded_step_runs(database[STEP_RUNS]) if embedded else database[STEP_RUNS]
+        self.rollups = database[ROLLUPS]
         self.clock_skew_s: float | None = None  # this host's clock minus the server's, once checked
         self._build_timeout_s: float | None = INDEX_BUILD_TIMEOUT_S  # what ensure_indexes gives a build
         self.writes = 0  # store writes made, for benchmarks and metrics
@@ -318,6 +321,7 @@ class Store:
         index(self.step_runs, [("event_id", 1), ("node", 1), ("item", 1)], name="step_runs_by_node")
         index(self.step_runs, [("token_hash", 1)], name="step_run_token",
               partialFilterExpression={"token_hash": {"$exists": True}})
+        index(self.rollups, [("bucket", 1)], name="rollups_expiry", expireAfterSeconds=ROLLUP_RETAIN_S)
         self._ensure_ttl(event_ttl_days)
         self._ensure_step_runs_ttl(event_ttl_days)
 
@@ -948,6 +952,27 @@ class Store:
     @_serialised
     def pending_events_by_status(self) -> dict[str, int]:
         return {status: self.events.count_documents({"status": status}) for status in ACTIVE}
+
+    # -- the dashboard's rollups ----------------------------------------------------------
+
+    @_serialised
+    def add_rollup(self, workflow: str, bucket: datetime, inc: Mapping[str, float],
+                   maxima: Mapping[str, float], names: Mapping[str, str]) -> None:
+        """Add one process's counts to a workflow's bucket: one upsert, whatever it holds."""
+        update: dict[str, Any] = {"$setOnInsert": {"workflow": workflow, "bucket": bucket}}
+        if inc:
+            update["$inc"] = dict(inc)
+        if maxima:
+            update["$max"] = dict(maxima)
+        if names:
+            update["$set"] = dict(names)
+        self.rollups.update_one({"_id": f"{workflow}|{bucket.isoformat()}"}, update, upsert=True)
+        self.writes += 1
+
+    @_serialised
+    def rollups_since(self, since: datetime) -> list[dict]:
+        """Every workflow's buckets from `since` on, in no order (read through the expiry index on `bucket`)."""
+        return list(self.rollups.find({"bucket": {"$gte": since}}))
 
 
 def _identity(index: Mapping[str, Any]) -> dict:

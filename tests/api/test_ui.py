@@ -61,10 +61,55 @@ def page(client, url, status=200) -> str:
 
 # -- pages ---------------------------------------------------------------------------------
 
-def test_ui_root_redirects_to_the_workflows(client):
-    response = client.get("/ui/")
-    assert response.status_code == 302
-    assert response.headers["Location"].endswith("/ui/workflows")
+def test_ui_root_is_the_dashboard(client):
+    html = page(client, "/ui/")
+    assert "<h1>Dashboard</h1>" in html
+    assert "No event has ended in the last day" in html
+
+
+def test_dashboard_counts_what_was_sent(examples, refusing_service):
+    register_failing(examples, refusing_service)
+    for _ in range(4):
+        send(examples)
+    for _ in range(2):
+        send(examples, "refusing-flow", {"message": "no"})
+    html = page(examples, "/ui/")
+    row = html[html.index('<tr data-workflow="process-text">'):]
+    row = row[:row.index("</tr>")]
+    assert '<span class="figure" data-figure="hour-events">4</span>' in row
+    assert '<span class="figure" data-figure="hour-success">100.0 %</span>' in row
+    assert row.count("<svg class=\"chart\"") == 3
+    failing = html[html.index('<tr data-workflow="refusing-flow">'):]
+    failing = failing[:failing.index("</tr>")]
+    assert '<span data-figure="day-failed">2</span>' in failing
+    assert '<span class="figure" data-figure="hour-success">0.0 %</span>' in failing
+    table = html[html.index('id="failing"'):]
+    table = table[:table.index("</table>")]
+    assert "refusing-flow</a> · <code>step-0</code>" in table and "<td>refuser</td><td>2</td><td>2</td>" in table
+    slowest = html[html.index('id="slowest"'):]
+    assert "process-text</a> · <code>step-0</code>" in slowest[:slowest.index("</table>")]
+    assert 'data-status="pending">0<' in html
+
+
+def test_dashboard_reads_rollups_not_events(examples):
+    send(examples)
+    runtime = examples.application.extensions["machinery"]
+    events = runtime.store.events
+    seen = []
+    for name in ("find", "find_one", "aggregate"):
+        original = getattr(events, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            seen.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(events, name, spy)
+    try:
+        page(examples, "/ui/")
+    finally:
+        for name in ("find", "find_one", "aggregate"):
+            delattr(events, name)
+    assert seen == []
 
 
 def test_pages_forbid_inline_scripts(client):

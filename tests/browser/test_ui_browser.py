@@ -19,10 +19,9 @@ def expect(target):
     return playwright_expect(target)
 
 
-def test_root_lands_on_the_workflows_list(live, open_page):
+def test_the_workflows_list(live, open_page):
     page = open_page()
-    page.goto(f"{live.url}/ui/")
-    assert page.url == f"{live.url}/ui/workflows"
+    page.goto(f"{live.url}/ui/workflows")
     expect(page.get_by_role("link", name="process-text")).to_be_visible()
     expect(page.get_by_role("link", name="broken-flow")).to_be_visible()
     shoot(page, "workflows")

@@ -170,3 +170,25 @@ def test_the_retention_index_follows_the_setting(store):
     assert indexes["retention"]["expireAfterSeconds"] == 2 * 86400
     store.ensure_indexes(event_ttl_days=None)
     assert "retention" not in {index["name"] for index in store.events.list_indexes()}
+
+
+def test_rollups_add_up_across_recorders_and_expire_on_their_bucket(store):
+    from machinery import rollups
+
+    when = datetime.now(timezone.utc)  # a bucket past the expiry would be gone
+    bucket = rollups.bucket_of(when)
+    for count in (2, 3):
+        recorder = rollups.Recorder(store, flush_s=3600)
+        for _ in range(count):
+            recorder.event_finished("orders", "completed", 40.0, when=when)
+            recorder.step_finished("orders", "reserve", "stock", "completed", 10.0 * count, when=when)
+        recorder.event_finished("orders", "failed", 400.0, when=when)
+        assert recorder.flush() == 1
+    [doc] = store.rollups_since(bucket - timedelta(hours=1))
+    assert doc["bucket"].replace(tzinfo=None) == bucket
+    assert (doc["n"], doc["completed"], doc["failed"]) == (7, 5, 2)
+    assert doc["steps"]["reserve"] == {"service": "stock", "n": 5, "ms": 130.0, "max_ms": 30.0}
+    assert sum(doc["h"].values()) == 7
+    assert store.rollups_since(bucket + timedelta(minutes=5)) == []
+    expiry = {index["name"]: index for index in store.rollups.list_indexes()}["rollups_expiry"]
+    assert expiry["expireAfterSeconds"] == rollups.RETAIN_S

@@ -1,0 +1,270 @@
+"""The dashboard's numbers, kept as rollups rather than counted from the events at each view.
+
+Every process counts what ends in it, in memory: per workflow and per five-minute bucket, how many
+events ended and how (completed, failed, cancelled), a histogram of their durations, and per step
+how many runs ended, how many failed, their total and longest time. Every FLUSH_S seconds (and
+before this process draws the dashboard) it adds what it counted to the store with one `$inc`
+upsert per bucket and workflow: a write per flush, never a write per step or per event. Several
+processes add to the same documents, so the figures are the sum over all of them. What a process
+counted in its last FLUSH_S seconds before it was killed is lost: the dashboard is a view, the
+events stay the record.
+
+A bucket document:
+
+    {"_id": "<workflow>|<bucket start, ISO>", "workflow": ..., "bucket": <datetime>, "n": 12,
+     "completed": 11, "failed": 1, "h": {"<bin>": <count>, ...},
+     "steps": {"<step id>": {"service": ..., "n": 12, "failed": 1, "ms": 420.5, "max_ms": 80.1}}}
+
+Durations go into logarithmic bins (each BIN_RATIO wider than the one before), so p50 and p95 read
+from merged buckets are within that ratio of the truth. Buckets expire after RETAIN_S (a TTL index
+on `bucket`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any, Iterable, Mapping
+
+LOG = logging.getLogger(__name__)
+
+BUCKET_S = 300
+FLUSH_S = 2.0
+IDLE_STOP_S = 30.0  # the flushing thread ends after this long with nothing to flush, and starts again when needed
+RETAIN_S = 3 * 24 * 3600
+BIN_RATIO = 1.2
+MAX_BIN = 120  # 1.2 ** 120 ms is past a year
+ENDINGS = ("completed", "failed", "cancelled")
+
+
+def bucket_of(when: datetime) -> datetime:
+    """The start of the five-minute bucket `when` falls in, as a naive UTC datetime (as the store keeps dates)."""
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC).replace(tzinfo=None)
+    seconds = int(when.replace(tzinfo=UTC).timestamp())
+    return datetime.fromtimestamp(seconds - seconds % BUCKET_S, UTC).replace(tzinfo=None)
+
+
+def duration_bin(ms: float) -> int:
+    """The histogram bin of a duration: 0 holds everything up to 1 ms, bin k up to BIN_RATIO ** k ms."""
+    if ms <= 1.0:
+        return 0
+    return min(MAX_BIN, math.ceil(math.log(ms) / math.log(BIN_RATIO)))
+
+
+def bin_value(index: int) -> float:
+    """A bin's representative duration in ms: the geometric middle of its bounds."""
+    if index <= 0:
+        return 1.0
+    return BIN_RATIO ** (index - 0.5)
+
+
+def percentile(histogram: Mapping[str, int] | Mapping[int, int], fraction: float) -> float | None:
+    """The duration (ms) below which `fraction` of the histogram's counts fall; None when it is empty."""
+    counts = sorted((int(key), value) for key, value in histogram.items() if value)
+    total = sum(value for _key, value in counts)
+    if not total:
+        return None
+    rank = fraction * total
+    seen = 0
+    for index, value in counts:
+        seen += value
+        if seen >= rank:
+            return round(bin_value(index), 3)
+    return round(bin_value(counts[-1][0]), 3)
+
+
+def event_duration_ms(event: Mapping[str, Any], finished: datetime) -> float | None:
+    """How long an event took from its acknowledgement to `finished`, in ms."""
+    started = event.get("ack_date")
+    if not isinstance(started, datetime):
+        return None
+    if (started.tzinfo is None) != (finished.tzinfo is None):
+        started = started.replace(tzinfo=None) if finished.tzinfo is None else started.replace(tzinfo=UTC)
+    return max(0.0, (finished - started).total_seconds() * 1000)
+
+
+class Recorder:
+    """Counts in memory what ends in this process, and adds it to the store's rollups now and then."""
+
+    def __init__(self, store, flush_s: float = FLUSH_S):
+        self.store = store
+        self.flush_s = flush_s
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._pending: dict[tuple[str, datetime], dict] = {}
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def _bucket(self, workflow: str, when: datetime) -> dict:
+        key = (workflow, bucket_of(when))
+        entry = self._pending.get(key)
+        if entry is None:
+            entry = self._pending[key] = {"inc": defaultdict(int), "max": {}, "services": {}}
+        return entry
+
+    def event_finished(self, workflow: str, status: str, duration_ms: float | None,
+                       when: datetime | None = None) -> None:
+        if not workflow or status not in ENDINGS:
+            return
+        with self._lock:
+            entry = self._bucket(workflow, when or datetime.now(UTC))
+            inc = entry["inc"]
+            inc["n"] += 1
+            inc[status] += 1
+            if duration_ms is not None:
+                inc[f"h.{duration_bin(duration_ms)}"] += 1
+        self._wake()
+
+    def step_finished(self, workflow: str, step: str, service: str, status: str, duration_ms: float,
+                      when: datetime | None = None) -> None:
+        if not workflow or not step or status == "waiting":
+            return
+        with self._lock:
+            entry = self._bucket(workflow, when or datetime.now(UTC))
+            inc = entry["inc"]
+            inc[f"steps.{step}.n"] += 1
+            if status == "failed":
+                inc[f"steps.{step}.failed"] += 1
+            inc[f"steps.{step}.ms"] += duration_ms
+            key = f"steps.{step}.max_ms"
+            entry["max"][key] = max(entry["max"].get(key, 0.0), duration_ms)
+            entry["services"][f"steps.{step}.service"] = service
+        self._wake()
+
+    def _wake(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopped.clear()
+            self._thread = threading.Thread(target=self._run, name="rollups", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        idle_since = time.monotonic()
+        while not self._stopped.wait(self.flush_s):
+            try:
+                if self.flush():
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > IDLE_STOP_S:
+                    with self._lock:
+                        if not self._pending:
+                            self._thread = None
+                            return
+            except Exception as error:  # the store may be down for a while: keep the counts, try again
+                LOG.warning("rollups: flush failed, kept for the next one: %s", getattr(error, "message", error))
+
+    def stop(self) -> None:
+        """Flush what is counted and end the thread (at process exit)."""
+        self._stopped.set()
+        self.flush()
+
+    def flush(self) -> int:
+        """Add what was counted to the store; answer how many bucket documents were written."""
+        with self._flush_lock:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            written = 0
+            for (workflow, bucket), entry in pending.items():
+                try:
+                    self.store.add_rollup(workflow, bucket, dict(entry["inc"]), entry["max"], entry["services"])
+                except Exception:
+                    with self._lock:  # put it back, merged with what came meanwhile
+                        self._merge_back(workflow, bucket, entry)
+                    raise
+                written += 1
+            return written
+
+    def _merge_back(self, workflow: str, bucket: datetime, entry: dict) -> None:
+        mine = self._pending.setdefault((workflow, bucket), {"inc": defaultdict(int), "max": {}, "services": {}})
+        for key, value in entry["inc"].items():
+            mine["inc"][key] += value
+        for key, value in entry["max"].items():
+            mine["max"][key] = max(mine["max"].get(key, 0.0), value)
+        mine["services"].update(entry["services"])
+
+
+class RollupObserver:
+    """The executor's hooks: passed on to another observer (the metrics), and counted for the dashboard."""
+
+    def __init__(self, inner, recorder: Recorder):
+        self.inner = inner
+        self.recorder = recorder
+
+    def call_attempt(self, service: str, outcome: str) -> None:
+        self.inner.call_attempt(service, outcome)
+
+    def step_finished(self, service: str, status: str, duration_s: float, *, workflow: str = "",
+                      step: str = "") -> None:
+        self.inner.step_finished(service, status, duration_s)
+        self.recorder.step_finished(workflow, step, service, status, duration_s * 1000)
+
+    def event_finished(self, workflow: str, status: str, *, duration_ms: float | None = None) -> None:
+        self.inner.event_finished(workflow, status)
+        self.recorder.event_finished(workflow, status, duration_ms)
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def summarise(buckets: Iterable[Mapping[str, Any]], now: datetime, hours: int) -> dict[str, dict]:
+    """Per workflow over the last `hours`: totals, success rate, p50 and p95, and a series of points
+    (one per bucket for an hour, one per hour for longer) for the charts."""
+    now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
+    since = now - timedelta(hours=hours)
+    step_s = BUCKET_S if hours <= 1 else 3600
+    slots = int(hours * 3600 // step_s)
+    first = _floor(now, step_s) - timedelta(seconds=step_s * (slots - 1))
+    out: dict[str, dict] = {}
+    for doc in buckets:
+        bucket = doc["bucket"].replace(tzinfo=None) if doc["bucket"].tzinfo else doc["bucket"]
+        if bucket < since - timedelta(seconds=BUCKET_S) or bucket > now:
+            continue
+        entry = out.setdefault(doc["workflow"], {
+            "workflow": doc["workflow"], "n": 0, "completed": 0, "failed": 0, "cancelled": 0, "h": defaultdict(int),
+            "series": [{"at": first + timedelta(seconds=step_s * k), "n": 0, "completed": 0, "failed": 0,
+                        "h": defaultdict(int)} for k in range(slots)],
+            "steps": {}})
+        slot = int((_floor(bucket, step_s) - first).total_seconds() // step_s)
+        point = entry["series"][slot] if 0 <= slot < slots else None
+        for field in ("n", *ENDINGS):
+            value = int(doc.get(field, 0))
+            entry[field] += value
+            if point is not None and field in point:
+                point[field] += value
+        for key, value in (doc.get("h") or {}).items():
+            entry["h"][key] += int(value)
+            if point is not None:
+                point["h"][key] += int(value)
+        for step, stats in (doc.get("steps") or {}).items():
+            mine = entry["steps"].setdefault(step, {"step": step, "service": stats.get("service"), "n": 0,
+                                                    "failed": 0, "ms": 0.0, "max_ms": 0.0})
+            mine["n"] += int(stats.get("n", 0))
+            mine["failed"] += int(stats.get("failed", 0))
+            mine["ms"] += float(stats.get("ms", 0.0))
+            mine["max_ms"] = max(mine["max_ms"], float(stats.get("max_ms", 0.0)))
+    for entry in out.values():
+        entry["success_rate"] = entry["completed"] / entry["n"] if entry["n"] else None
+        entry["p50_ms"] = percentile(entry["h"], 0.5)
+        entry["p95_ms"] = percentile(entry["h"], 0.95)
+        for point in entry["series"]:
+            point["per_minute"] = point["n"] / (step_s / 60)
+            point["success_rate"] = point["completed"] / point["n"] if point["n"] else None
+            point["p50_ms"] = percentile(point["h"], 0.5)
+            point["p95_ms"] = percentile(point["h"], 0.95)
+        for stats in entry["steps"].values():
+            stats["mean_ms"] = stats["ms"] / stats["n"] if stats["n"] else 0.0
+            stats["failure_rate"] = stats["failed"] / stats["n"] if stats["n"] else 0.0
+    return out
+
+
+def _floor(when: datetime, step_s: int) -> datetime:
+    seconds = int(when.replace(tzinfo=UTC).timestamp())
+    return datetime.fromtimestamp(seconds - seconds % step_s, UTC).replace(tzinfo=None)

@@ -7,7 +7,8 @@ lists, kept for all events and for its workflow's: ("attr", scope, k, value) for
 scope, k) for every event with the attribute, and ("attr_values", scope, k) by value, then newest first,
 for ranges. A query is answered from the list of the condition that matches fewest events (each count a
 bisection); the others, and the status, are checked on the pairs the indexes keep of each event, and
-anything else in the query by mongomock's own matcher.
+anything else in the query by mongomock's own matcher. A query with other conditions only (a bulk
+action's dates, error kind or step) walks the newest-first list of its workflow and status instead.
 """
 
 from __future__ import annotations
@@ -127,9 +128,17 @@ class AttrQuery:
         for part in scope["$and"]:
             condition = _condition(part)
             (self.conditions if condition else rest).append(condition or part)
-        if not self.conditions:
-            return
         self.rest = {"$and": rest} if rest else None
+        if not self.conditions:
+            # Only other conditions (a bulk filter's dates, error kind, step): the newest-first list of
+            # the workflow and status, each event checked on the rest.
+            if self.rest is None:
+                return
+            self.scope = ("newest", tuple(item for field in ("workflow_id", "status") if field in scope
+                                          for item in (field, scope[field])))
+            self.chosen, self.others, self.status, self.count_of = None, [], None, 0
+            self.ok = True
+            return
         counted = [(self._count(condition), position) for position, condition in enumerate(self.conditions)]
         self.count_of, position = min(counted)
         self.chosen = self.conditions[position]
@@ -177,6 +186,8 @@ class AttrQuery:
 
     def _candidates(self) -> Iterator[tuple]:
         """The newest-first positions of the events meeting the chosen condition."""
+        if self.chosen is None:
+            return self._walk_list(self._list(*self.scope))
         name, operator, wanted = self.chosen
         if operator == "$eq":
             return self._walk_list(self._list("attr", self.workflow, name, wanted))

@@ -29,10 +29,14 @@ documents = st.fixed_dictionaries({
     "status": st.sampled_from(["failed", "completed"]),
     "ack_date": st.sampled_from([BASE, BASE + timedelta(seconds=1), BASE + timedelta(seconds=2)]),
     "attrs": attrs,
+    "error": st.sampled_from([None, {"kind": "timeout", "step": 0}, {"kind": "contract", "step": "s1"}]),
 }).map(lambda document: {key: value for key, value in document.items() if value is not None})
 operators = st.sampled_from(["eq", "gt", "gte", "lt", "lte", "ne"])
 filters = st.lists(st.tuples(st.sampled_from(["customer_id", "total", "other"]), operators, values),
-                   min_size=1, max_size=3)
+                   min_size=0, max_size=3)
+others = st.lists(st.sampled_from([{"error.kind": "timeout"}, {"error.step": {"$in": ["s1", 1]}},
+                                   {"ack_date": {"$gte": BASE + timedelta(seconds=1)}},
+                                   {"ack_date": {"$gte": BASE, "$lt": BASE + timedelta(seconds=2)}}]), max_size=2)
 scopes = st.fixed_dictionaries({}, optional={"workflow_id": st.sampled_from(["w1", "w2"]),
                                              "status": st.sampled_from(["failed", "completed"])})
 positions = st.one_of(st.none(), st.tuples(st.sampled_from([BASE, BASE + timedelta(seconds=1)]),
@@ -59,8 +63,8 @@ def answers(events, query, position):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(documents, max_size=12, unique_by=lambda document: document["_id"]),
-       st.lists(st.tuples(st.sampled_from(IDS), attrs), max_size=4), filters, scopes, positions)
-def test_attribute_queries_answer_as_stock_mongomock(inserted, changes, wanted, scope, position):
+       st.lists(st.tuples(st.sampled_from(IDS), attrs), max_size=4), filters, others, scopes, positions)
+def test_attribute_queries_answer_as_stock_mongomock(inserted, changes, wanted, extra, scope, position):
     stock, embedded = both_stores()
     for events in (stock, embedded):
         for document in inserted:
@@ -69,6 +73,8 @@ def test_attribute_queries_answer_as_stock_mongomock(inserted, changes, wanted, 
             change = {"$set": {"attrs": value}} if value is not None else {"$unset": {"attrs": ""}}
             events.update_one({"_id": oid}, change)
     query = {**scope, **attr_query(wanted)}
+    if extra:
+        query["$and"] = query.get("$and", []) + extra
     assert answers(embedded, query, position) == answers(stock, query, position)
 
 
@@ -96,5 +102,18 @@ def test_searches_read_the_attribute_indexes_without_a_scan(scans):  # noqa: F81
     assert ranged["total"] == 10 and [e["event_id"] for e in ranged["items"]] == inserted[:-6:-1]
     assert narrow["total"] == 4 and [e["event_id"] for e in narrow["items"]] == [inserted[n] for n in (97, 67, 37, 7)]
     assert not_c7["total"] == 2900 and [e["event_id"] for e in not_c7["items"]] == inserted[:-6:-1]
+    # AND a bulk action's filter (dates, error kind, step, with or without attributes) is read the same way
+    from machinery.runtime import bulk
+    from machinery.store.event_filters import event_query
+
+    failed_c7 = event_query(status="failed", attrs=[("customer_id", "eq", "c7")], error_kind="timeout",
+                            created_after=BASE + timedelta(seconds=100), created_before=BASE + timedelta(seconds=2000))
+    assert store.bulk_jobs.count_events(failed_c7, 10_000) == 0
+    dated = event_query(workflow_id="w1", created_after=BASE + timedelta(seconds=2990))
+    ids, position = store.bulk_jobs.event_page(dated, None, 3)
+    assert ids == [inserted[n] for n in (2999, 2997, 2995)] and position is not None
+    assert store.bulk_jobs.event_page(dated, position, 10)[0] == [inserted[n] for n in (2993, 2991)]
+    counted = bulk.dry_run(store, {"action": "replay", "filter": {"attrs": [["total", "gte", 2990]]}})
+    assert (counted["matched"], counted["applicable"]) == (10, 10)
     # AND no whole-collection scan was made
     assert scans == []

@@ -6,7 +6,8 @@ import importlib
 import sys
 import time
 
-NAMES = ("overhead", "throughput", "scale", "memory", "hotpath", "peers", "versions", "tree", "dashboard")
+NAMES = ("overhead", "throughput", "scale", "memory", "hotpath", "peers", "versions", "tree", "dashboard",
+         "search")
 
 
 def main(argv: list[str]) -> int:

@@ -164,10 +164,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             raise StoreUnavailable("the store is not reachable")
 
     api = Api(app)
-    from machinery.api import control, events, graph, health, schedules, services, spec, ui, workflows
+    from machinery.api import bulk, control, events, graph, health, schedules, services, spec, ui, workflows
 
     for blueprint in (services.bp, services.alias, workflows.bp, workflows.alias,
-                      events.ingest, events.bp, events.callbacks, graph.bp, control.bp):
+                      events.ingest, bulk.bp, events.bp, events.callbacks, graph.bp, control.bp):
         api.register_blueprint(blueprint)
     api.register_blueprint(schedules.bp)
     api.register_blueprint(secrets_api.bp)

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from machinery import guard, registry
+from machinery import guard, registry, search
 from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound, ServiceCallError, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
@@ -128,6 +128,7 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
     if key is not None:
         event["idempotency_key"] = key
     event.update(held)
+    search.fold(plan, event)
     event["size_bound"] = new_event_bound(event)
     stored, created = store.insert_event(event)
     if created and held:
@@ -249,16 +250,17 @@ def context_types(plan: Mapping[str, Any], index: int) -> dict[str, Any]:
 
 def retry_event(store: Store, event_id: str, from_step: int | str | None = None,
                 context: Mapping[str, Any] | None = None, owner: str | None = None,
-                lease_s: float = 30.0, item: int | None = None) -> dict:
+                lease_s: float = 30.0, item: int | None = None, note: Mapping[str, Any] | None = None) -> dict:
     """Resume a failed event from its failed step, or replay it from an earlier step with edited values.
 
     The event is set pending for a worker, or running and held by `owner` for the caller to run at
     once; it stays pinned to the plan it started with, and every earlier step record stays. A version
     1 step may be named by its id (``step-2``); a tree event's by its step id, and a map's by `item`.
+    `note`: fields kept in the new run's entry of `runs`, written with it (what a bulk job marks).
     """
     event = store.get_event(event_id)
     if event["plan"].get("version") == 2:
-        return _retry_tree(store, event, from_step, item, context, owner, lease_s)
+        return _retry_tree(store, event, from_step, item, context, owner, lease_s, note)
     if item is not None:
         raise InvalidData("item names an item of a map step: this event's workflow has none",
                           errors={"item": ["this event's plan has no map"]})
@@ -296,11 +298,11 @@ def retry_event(store: Store, event_id: str, from_step: int | str | None = None,
     now = utcnow()
     # The run records the values changed only: context_before rebuilds the rest from the run before.
     entry = {"run": run, "from_step": from_step, "at": now, "overrides": overrides, "previous_status": status,
-             **_cancel_of(event)}
+             **_cancel_of(event), **(note or {})}
     fields = {**held_by(owner, lease_s, now), "next_step": from_step, "context": base, "run": run, "cancelled": None,
               "outputs": None, "error": None, "finished_at": None, "updated_at": now, "webhook": None,
               "claims_without_progress": 1 if owner else 0}
-    update: dict[str, Any] = {"$set": fields, "$push": {"runs": entry}}
+    update: dict[str, Any] = {"$set": search.fold(event["plan"], fields), "$push": {"runs": entry}}
     size = RecordSize(event).after(update, base)
     if size > EVENT_LIMIT_BYTES:
         raise TooLarge(f"event {event_id} cannot be replayed: its record would take about {mib(size)}, past "
@@ -334,7 +336,8 @@ def check_overrides(overrides: Mapping[str, Any], available: Mapping[str, Any], 
 
 
 def _retry_tree(store: Store, event: Mapping[str, Any], from_step: Any, item: int | None,
-                context: Mapping[str, Any] | None, owner: str | None, lease_s: float) -> dict:
+                context: Mapping[str, Any] | None, owner: str | None, lease_s: float,
+                note: Mapping[str, Any] | None = None) -> dict:
     """A new run of a tree event: a retry reruns what did not complete (completed records serve it);
     a replay also redoes `from_step` (or one map `item`) and what follows it. Edited values replace
     the workflow's inputs the run starts from, checked against their declared types."""
@@ -359,12 +362,12 @@ def _retry_tree(store: Store, event: Mapping[str, Any], from_step: Any, item: in
     run = event.get("run", 0) + 1
     now = utcnow()
     entry = {"run": run, "from_step": from_step, "item": item, "overrides": overrides, "redo": redo, "at": now,
-             "previous_status": status, **_cancel_of(event)}
+             "previous_status": status, **_cancel_of(event), **(note or {})}
     fields = {**held_by(owner, lease_s, now), "run": run, "cancelled": None,
               "context": {**(event.get("context") or {}), **overrides},
               "outputs": None, "error": None, "finished_at": None, "updated_at": now, "webhook": None,
               "claims_without_progress": 1 if owner else 0}
-    update: dict[str, Any] = {"$set": fields, "$push": {"runs": entry}}
+    update: dict[str, Any] = {"$set": search.fold(event["plan"], fields), "$push": {"runs": entry}}
     if owner:
         update["$push"]["claims"] = {"$each": [{"owner": owner, "at": now}], "$slice": -CLAIMS_KEPT}
         update["$inc"] = {"claim_count": 1}
@@ -411,7 +414,8 @@ def complete_callback(store: Store, token: str, body: Any, headers: Mapping[str,
             fields["webhook"] = pending_webhook()
     else:
         fields["status"] = "pending"
-    update = {"$set": fields, "$unset": {"waiting": ""}, "$push": {"steps": record, "spent_tokens": token_hash}}
+    update = {"$set": search.fold(event["plan"], fields), "$unset": {"waiting": ""},
+              "$push": {"steps": record, "spent_tokens": token_hash}}
     expect = {"status": "waiting", "waiting.token_hash": token_hash}
     size = RecordSize(event).after(update, changes)
     try:

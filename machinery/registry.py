@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from machinery import secrets
+from machinery import search, secrets
 from machinery.exceptions import Conflict, DataflowError, InvalidData, NotFound
 from machinery.language import dataflow, plan
 from machinery.runtime import calls
@@ -20,13 +20,30 @@ def plan_workflow(store: Store, workflow: Mapping[str, Any],
         services = store.find_services(workflow["services"])
         if replacing is not None:
             services[replacing["name"]] = dict(replacing)
-        return dataflow.plan(workflow, services)
+        planned = dataflow.plan(workflow, services)
+        return _with_search(planned, workflow, lambda: _chain_context(planned))
     names, children = plan.called(workflow["steps"])
     services = store.find_services(names)
     if replacing is not None and replacing["name"] in names:
         services[replacing["name"]] = dict(replacing)
     workflows = _children(store, workflow, children, replacing_workflow)
-    return plan.plan_tree(workflow, services, workflows)
+    planned = plan.plan_tree(workflow, services, workflows)
+    return _with_search(planned, workflow, lambda: plan.final_context(workflow, services, workflows))
+
+
+def _with_search(planned: dict, workflow: Mapping[str, Any], context) -> dict:
+    """The plan with the workflow's search paths (search.checked_paths), checked over the context a run ends with."""
+    if workflow.get("search"):
+        planned["search"] = search.checked_paths(workflow["search"], context())
+    return planned
+
+
+def _chain_context(planned: Mapping[str, Any]) -> dict[str, dict]:
+    """The context keys a chain's run may end with, each possibly absent (a run may fail before)."""
+    from machinery.events import context_types
+
+    return {key: {"type": kind, "required": False}
+            for key, kind in context_types(planned, len(planned["steps"])).items()}
 
 
 def _children(store: Store, workflow: Mapping[str, Any], names: list[str],

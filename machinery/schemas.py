@@ -347,6 +347,9 @@ class WorkflowSchema(Schema):
                        "with an id; give this or services"})
     inputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
     outputs = fields.List(fields.Nested(FieldSchema), required=True, validate=validate.Length(max=100))
+    search = fields.List(fields.String(validate=validate.Length(min=1, max=200)), validate=validate.Length(max=20),
+                         metadata={"description": "JMESPath expressions over the context whose values events "
+                                                  "keep, indexed, for GET /events?attr.<path>=<value>"})
     operations = OperationList(fields.Nested(OperationSchema), load_default=list,
                                validate=validate.Length(max=200))
     ingest_token = fields.String(load_only=True, validate=SECRET_RULE, metadata={
@@ -610,6 +613,8 @@ class EventSummarySchema(EventAckSchema):
     next_step = fields.Integer()
     updated_at = fields.DateTime()
     finished_at = fields.DateTime(allow_none=True)
+    attrs = fields.List(fields.Dict(), metadata={
+        "description": "the values of the workflow's search paths, as of the last write of the context"})
 
 
 class ErrorSchema(Schema):

@@ -10,7 +10,7 @@ from flask.views import MethodView
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from werkzeug.sansio.utils import get_current_url
 
-from machinery import events, metrics
+from machinery import events, metrics, search
 from machinery.api.body import BadBody, Blueprint, page, read_json
 from machinery.exceptions import InvalidData, NotFound
 from machinery.ids import random_hex
@@ -158,12 +158,15 @@ class Events(MethodView):
     @bp.arguments(EventPageArgsSchema(), location="query")
     @bp.response(200, EventPageSchema)
     def get(self, args):
-        """List events, newest first, by workflow and status; page on with next_cursor"""
+        """List events, newest first, by workflow, status and search attributes (attr.<path>[__op]=value)"""
         store = _runtime().store
-        workflow_id = store.get_workflow(args["workflow"])["workflow_id"] if args.get("workflow") else None
+        workflow = store.get_workflow(args["workflow"]) if args.get("workflow") else None
+        attrs = search.parse_filters(request.args.items(multi=True),
+                                     workflow.get("search") or [] if workflow else None)
         listed = store.list_events_page(args["page_size"], page=args["page"],
                                         after=args.get("cursor") or args.get("after"),
-                                        workflow_id=workflow_id, status=args.get("status"))
+                                        workflow_id=workflow["workflow_id"] if workflow else None,
+                                        status=args.get("status"), attrs=attrs)
         return {**page(listed["items"], listed["total"], args), "next_cursor": listed["next_cursor"],
                 "total_is_lower_bound": listed["total_is_lower_bound"]}
 

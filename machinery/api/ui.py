@@ -15,7 +15,7 @@ from machinery import __version__, event_view, graph, graph_tree, registry
 from machinery.api import control, dashboard
 from machinery.api.errors import STATUS_OF
 from machinery.events import for_display, retry_event
-from machinery.exceptions import DataflowError, MachineryError, NotFound
+from machinery.exceptions import DataflowError, InvalidData, MachineryError, NotFound
 from machinery.language import types
 from machinery.runtime import flow
 from machinery.runtime.tree import run_lineage
@@ -204,29 +204,36 @@ def schedules():
 
 @bp.get("/events")
 def events():
-    """List events, newest first, filtered by workflow and status."""
+    """List events, newest first, filtered by workflow, status and search attributes."""
     store = _runtime().store
     page = _page()
     workflow_ref = request.args.get("workflow", "").strip()
     status = request.args.get("status", "").strip()
+    query = request.args.get("q", "").strip()
     notice = None
-    workflow_id = None
+    workflow = None
     if status and status not in STATUSES:
         notice = f"unknown status {status!r}; showing every status"
         status = ""
     if workflow_ref:
         try:
-            workflow_id = store.get_workflow(workflow_ref)["workflow_id"]
+            workflow = store.get_workflow(workflow_ref)
         except NotFound:
             notice = f"no workflow {workflow_ref!r}"
-    if notice and workflow_ref and workflow_id is None:
+    try:
+        attrs = ui_bulk.listed_filters(workflow, query)
+    except InvalidData as error:
+        notice, attrs = error.message, None
+    if (notice and workflow_ref and workflow is None) or attrs is None:
         items, total = [], 0
     else:
-        items, total = store.list_events(page, PAGE_SIZE, workflow_id=workflow_id, status=status or None)
+        items, total = store.list_events(page, PAGE_SIZE, workflow_id=workflow["workflow_id"] if workflow else None,
+                                         status=status or None, attrs=attrs)
     names, _ = store.list_workflows(1, 100)
     return render_template("events.html", events=items, page=page, pages=_pages(total, PAGE_SIZE), total=total,
                            workflow_ref=workflow_ref, status=status, statuses=STATUSES, notice=notice,
-                           workflow_names=[w["name"] for w in names],
+                           workflow_names=[w["name"] for w in names], query=query, actions=ui_bulk.UI_ACTIONS,
+                           bulk=ui_bulk.dry_run_shown(request.args),
                            active=any(event["status"] in ACTIVE for event in items))
 
 
@@ -361,3 +368,6 @@ def _same_origin() -> bool:
     if origin is None or origin == "null":
         return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
     return urlsplit(origin).netloc == request.host
+
+
+from machinery.api import ui_bulk  # noqa: E402 - its pages are this blueprint's, so it imports it

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Mapping
 
-from machinery import guard, secrets
+from machinery import guard, search, secrets
 from machinery.exceptions import InvalidData, MachineryError, ServiceCallError, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
@@ -355,6 +355,7 @@ class Executor:
             after = {**context, **changes}
             update = {"$push": {"steps": record}, "$set": {
                 "context": after, "next_step": index + 1, "updated_at": finished_at, "claims_without_progress": 0}}
+            search.fold(event["plan"], update["$set"])
             grown = size.after(update, changes, record_bound(record))
             if grown > EVENT_LIMIT_BYTES:
                 return self._too_large(event, owner, record, context, index, size, grown=grown)
@@ -390,6 +391,7 @@ class Executor:
         }}
         if event.get("callback_url"):
             update["$set"]["webhook"] = pending_webhook()
+        search.fold(event["plan"], update["$set"])
         if record is not None:
             update["$push"] = {"steps": record}
         if event.get("waiting"):

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping
 
+from machinery import search
 from machinery.language import dataflow
 from machinery.language.expressions import compile_expression
 from machinery.rollups import event_duration_ms
@@ -276,6 +277,7 @@ class TreeRun:
             fields["webhook"] = pending_webhook()
         if self.event.get("queued"):
             fields["queued"] = None
+        search.fold(self.plan, fields)
         if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner, expect=RUNNING):
             if self.settle_cancelled(context):
                 return self.store.get_event(self.event_id)
@@ -297,6 +299,7 @@ class TreeRun:
                           status="pending" if len(self.held) == len(self.deadlines) else "waiting")
         elif self.event.get("queued"):
             fields["queued"] = None
+        search.fold(self.plan, fields)
         if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner, expect=RUNNING):
             if self.settle_cancelled(context):
                 return self.store.get_event(self.event_id)

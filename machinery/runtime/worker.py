@@ -156,6 +156,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self.ran = 0
         self.scheduler = Scheduler(store, config)  # fires the ticks of due schedules, one look per loop
+        self.bulk = None  # the BulkRunner applying bulk jobs, once started
 
     def start(self) -> Worker:
         for number in range(self.size):
@@ -163,6 +164,9 @@ class Worker:
                                       name=f"machinery-{self.name}-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        from machinery.runtime.bulk import BulkRunner
+
+        self.bulk = BulkRunner(self.store, self.config, f"{self.owner}/{self.name}-bulk", self.wake).start()
         LOG.info("%s: %d threads claiming events as %s", self.name, self.size, self.owner)
         return self
 
@@ -266,6 +270,8 @@ class Worker:
         """Stop claiming; let running events finish for up to `grace_s`, then release what is still held."""
         self._stop.set()
         self._wake.set()
+        if self.bulk is not None:
+            self.bulk.stop(grace_s)
         deadline = time.monotonic() + grace_s
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -24,6 +24,9 @@ import bson
 from bson import ObjectId
 from pymongo.errors import DocumentTooLarge, OperationFailure, WriteError
 
+from machinery.store.embedded_attrs import AttrQuery
+from machinery.store.embedded_attrs import memberships as attr_memberships
+from machinery.store.embedded_attrs import read as attr_read
 from machinery.store.limits import COMMAND_OVERHEAD_BYTES, INSERT_TOO_LARGE, MAX_DOCUMENT_BYTES, UPDATE_TOO_LARGE
 
 _IN_PLACE_OPERATORS = {"$set", "$unset", "$push", "$inc"}
@@ -237,6 +240,7 @@ def _expiring(ttl_indexes: dict) -> tuple[str, ...]:
 
 
 _WORKFLOW, _STATUS = _EQUALITY_FIELDS.index("workflow_id"), _EQUALITY_FIELDS.index("status")
+_SORTED_KINDS = frozenset({"newest", "due", "expires", "attr", "attr_key", "attr_values"})
 _DUE_BY = tuple((_EQUALITY_FIELDS.index(field), date_field) for field, date_field in _DUE.items())
 _EQUALITY_PATHS = tuple((_path(field), field == _MANY_VALUED) for field in _EQUALITY_FIELDS)
 _DUE_PATHS = tuple(_path(date_field) for date_field in _DUE.values())
@@ -248,7 +252,8 @@ def _read(document: dict) -> tuple:
     them (most of a step's) costs no more than reading them."""
     return (tuple([_strings(_field(document, path), many) for path, many in _EQUALITY_PATHS]),
             (_sort_key(document.get("ack_date", _MISSING)), _sort_key(document["_id"])),
-            tuple([_sort_key(_field(document, path)) for path in _DUE_PATHS]))
+            tuple([_sort_key(_field(document, path)) for path in _DUE_PATHS]),
+            attr_read(document))
 
 
 def _memberships(read: tuple, number: int) -> dict:
@@ -256,8 +261,10 @@ def _memberships(read: tuple, number: int) -> dict:
     the number in an equality index; in an ordered one, a tuple that sorts as mongomock's stable sort
     would (ties in insertion order) and ends in the number. An ("unordered", field) index holds the
     documents whose value of a field the indexes cannot answer for, so that queries on it fall back."""
-    strings, newest, due = read
+    strings, newest, due, attrs = read
     entries = {}
+    if attrs is None:
+        entries["unordered", "attrs"] = number
     for field, values in zip(_EQUALITY_FIELDS, strings, strict=True):
         if values is None:
             entries["unordered", field] = number
@@ -276,6 +283,8 @@ def _memberships(read: tuple, number: int) -> dict:
             entries["newest", ("status", status[0])] = entry
         if workflow and status:
             entries["newest", ("workflow_id", workflow[0], "status", status[0])] = entry
+        if attrs:
+            attr_memberships(attrs, workflow[0] if workflow else None, entry, entries)
     for (position, date_field), date in zip(_DUE_BY, due, strict=True):
         for value in strings[position] or ():
             if date is None:
@@ -293,6 +302,7 @@ class _Indexes:
         from sortedcontainers import SortedList
 
         self._sorted_list = SortedList
+        self.status_position = _STATUS
         self.documents = documents
         self.expiring = expiring  # the fields TTL indexes expire documents by
         self._numbers = itertools.count()
@@ -337,8 +347,8 @@ class _Indexes:
 
     def _entries(self, read: tuple, number: int) -> dict:
         """A document's _memberships, and its entries in the expiry indexes its TTL indexes walk."""
-        entries = _memberships(read[:3], number)
-        for field, date in zip(self.expiring, read[3] if self.expiring else (), strict=True):
+        entries = _memberships(read[:4], number)
+        for field, date in zip(self.expiring, read[4] if self.expiring else (), strict=True):
             if date is _UNORDERED:
                 entries["unordered expiry", field] = number
             elif date is not None:
@@ -349,7 +359,7 @@ class _Indexes:
         entries = self._indexes.get(index)
         if entries is None:
             entries = self._indexes[index] = (
-                self._sorted_list() if index[0] in ("newest", "due", "expires") else set())
+                self._sorted_list() if index[0] in _SORTED_KINDS else set())
         entries.add(entry)
 
     def _remove(self, index: tuple, entry: Any) -> None:
@@ -403,16 +413,23 @@ class _Indexes:
                 return scope, (date,), (date, _sort_key(oid["$lt"]))
         return None
 
-    def count(self, filter: dict) -> int | None:
-        """How many documents match a list_events filter; None for any other filter."""
+    def count(self, filter: dict, limit: int | None = None) -> int | None:
+        """How many documents match a list_events filter (with search attributes, up to `limit`); None
+        for any other filter."""
         if not filter:
             return len(self._number)
+        if "$and" in filter:
+            query = AttrQuery(self, filter)
+            return query.count(limit) if query.ok else None
         scope = self._newest_scope(filter)
         return None if scope is None else len(self._indexes.get(scope, ()))
 
     def page(self, filter: dict, sort: Any, skip: int, limit: int) -> list | None:
         """One page of the documents matching a filter in a sort's order, for the shapes list_events
         and the claims ask; None for any other."""
+        if sort == _NEWEST_FIRST and "$and" in filter:
+            query = AttrQuery(self, filter)
+            return query.page(skip, limit) if query.ok else None
         if sort == _NEWEST_FIRST:
             keyset = self._keyset(filter)
             scope = None if keyset is None else self._newest_scope(keyset[0])
@@ -570,7 +587,7 @@ def _embedded_classes() -> tuple[type, type]:
             if (indexes is not None and set(kwargs) <= {"limit"} and isinstance(filter, dict)
                     and (limit is None or (type(limit) is int and limit > 0))):
                 self._store._remove_expired_documents()
-                count = indexes.count(filter)
+                count = indexes.count(filter, limit)
                 if count is not None:
                     return count if limit is None else min(count, limit)
             return super().count_documents(filter, **kwargs)

@@ -41,8 +41,10 @@ from machinery.exceptions import (
 )
 from machinery.language.plan import children_of
 from machinery.rollups import RETAIN_S as ROLLUP_RETAIN_S
+from machinery.store.bulk_jobs import BulkJobs
 from machinery.store.embedded import embedded_events
 from machinery.store.embedded_steps import embedded_step_runs
+from machinery.store.event_filters import ATTR_INDEX, ATTR_KEYS, attr_query
 from machinery.store.flow import FlowStore
 from machinery.store.limits import LIMIT, MAX_DOCUMENT_BYTES, is_too_large
 from machinery.store.secrets import SecretStore
@@ -266,6 +268,7 @@ class Store:
         self.events = embedded_events(database[EVENTS]) if embedded else database[EVENTS]
         self.secrets = SecretStore(database, self._guard, embedded=embedded)
         self.flow = FlowStore(database, self._guard, self.events)  # limited services' slots, buckets and breakers
+        self.bulk_jobs = BulkJobs(self)
         self.locks = database[LOCKS]
         self.step_runs = embedded_step_runs(database[STEP_RUNS]) if embedded else database[STEP_RUNS]
         self.rollups = database[ROLLUPS]
@@ -327,6 +330,8 @@ class Store:
         index(self.workflows, [("workflows", 1)], name=RUNNING_INDEX, partialFilterExpression=TREES)
         for name, keys in LIST_INDEXES.items():
             index(self.events, keys, name=name)
+        index(self.events, ATTR_KEYS, name=ATTR_INDEX)
+        self.bulk_jobs.ensure_indexes(index)
         index(self.events, [("status", 1), ("lease_expires", 1)])
         index(self.events, [("workflow_id", 1), ("idempotency_key", 1)], unique=True, name="idempotency",
               partialFilterExpression={"idempotency_key": {"$exists": True}})
@@ -690,23 +695,27 @@ class Store:
 
     @_serialised
     def list_events(self, page: int, page_size: int, workflow_id: str | None = None,
-                    status: str | None = None) -> tuple[list[dict], int]:
+                    status: str | None = None,
+                    attrs: Iterable[tuple[str, str, Any]] | None = None) -> tuple[list[dict], int]:
         """One page of events, newest first, and their total (a lower bound past COUNT_LIMIT)."""
-        listed = self.list_events_page(page_size, page=page, workflow_id=workflow_id, status=status)
+        listed = self.list_events_page(page_size, page=page, workflow_id=workflow_id, status=status, attrs=attrs)
         return listed["items"], listed["total"]
 
     @_serialised
     def list_events_page(self, page_size: int, *, page: int = 1, after: str | None = None,
-                         workflow_id: str | None = None, status: str | None = None) -> dict:
+                         workflow_id: str | None = None, status: str | None = None,
+                         attrs: Iterable[tuple[str, str, Any]] | None = None) -> dict:
         """A page of events, newest first: the `page`-th (at most MAX_PAGE_OFFSET events skipped), or
         the one after the position `after` (a next_cursor: keyset paging, any depth at one cost, no
         duplicate and no gap while new events arrive). Returns items, total, total_is_lower_bound
-        (the total counted up to COUNT_LIMIT only), and next_cursor (None on the last page)."""
+        (the total counted up to COUNT_LIMIT only), and next_cursor (None on the last page). `attrs`:
+        search filters, (path, operator, value) as machinery.search parses them (event_filters)."""
         query: dict[str, Any] = {}
         if workflow_id:
             query["workflow_id"] = workflow_id
         if status:
             query["status"] = status
+        query.update(attr_query(attrs))
         skip = (page - 1) * page_size
         if after is None and skip > MAX_PAGE_OFFSET:
             raise InvalidData(f"page {page} would skip {skip} events; ?page skips at most {MAX_PAGE_OFFSET}: "

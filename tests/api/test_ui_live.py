@@ -43,7 +43,8 @@ def test_the_live_part_asks_for_a_key_as_the_ui_does(example_services):
         register_examples(client, example_services)
         event = send(client, mode="async")
         anonymous = app.test_client().get(f"/ui/events/{event['event_id']}/live")
-        assert anonymous.status_code == 401 and 'Basic realm="machinery"' in anonymous.headers["WWW-Authenticate"]
+        assert anonymous.status_code == 401
+        assert 'Basic realm="machinery", charset="UTF-8"' in anonymous.headers.getlist("WWW-Authenticate")
         reader = app.test_client().get(f"/ui/events/{event['event_id']}/live", headers=basic(READ_KEY))
         assert reader.status_code == 200 and 'data-status="pending"' in reader.get_data(as_text=True)
     finally:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+import yaml
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from markupsafe import Markup
 
@@ -164,7 +165,48 @@ def workflow(ref: str):
     example = {field["name"]: _example_value(field) for field in item["inputs"]}
     return render_template("workflow.html", workflow=item, plan=plan, drawing=drawing, problem=problem,
                            events=events, events_total=total,
-                           example=json.dumps({"data": example}, ensure_ascii=False))
+                           example=json.dumps({"data": example}, ensure_ascii=False),
+                           definition=definition_text(definition_of(item)))
+
+
+def definition_of(workflow: Mapping[str, Any]) -> dict:
+    """A registered workflow as the definition that registers it again: what was given, without what the
+    registry adds (ids, versions, dates, the services a tree calls) and without its ingestion secrets."""
+    definition = {key: workflow[key] for key in ("name", "description") if workflow.get(key) is not None}
+    definition["inputs"] = list(workflow.get("inputs") or [])
+    definition["outputs"] = list(workflow.get("outputs") or [])
+    if workflow.get("steps") is not None:
+        definition["steps"] = workflow["steps"]
+    else:
+        definition["services"] = list(workflow.get("services") or [])
+        if workflow.get("operations"):
+            definition["operations"] = workflow["operations"]
+    return definition
+
+
+def definition_text(definition: Mapping[str, Any]) -> str:
+    """A definition as YAML to edit: keys in the order given, block style, text as written."""
+    return yaml.safe_dump(dict(definition), sort_keys=False, allow_unicode=True, width=100)
+
+
+STARTER_SERVICE = "upper"
+
+
+@bp.get("/editor")
+def editor():
+    """A new workflow: a definition checked as it is typed, drawn, and registered."""
+    services, _ = _runtime().store.list_services(1, 1)
+    service = services[0] if services else {"name": STARTER_SERVICE, "inputs": [{"name": "message", "type": "string"}],
+                                            "outputs": [{"name": "message", "type": "string"}]}
+    starter = {"name": "my-workflow", "description": "Edit me: the check runs as you type",
+               "inputs": [_starter_field(field) for field in service.get("inputs") or []],
+               "outputs": [_starter_field(field) for field in service.get("outputs") or []],
+               "steps": [{"id": "first", "call": service["name"]}]}
+    return render_template("editor.html", definition=definition_text(starter))
+
+
+def _starter_field(field: Mapping[str, Any]) -> dict:
+    return {key: field[key] for key in ("name", "type", "required") if key in field}
 
 
 def _example_value(field: Mapping[str, Any]) -> Any:

@@ -281,3 +281,20 @@ def test_with_api_keys_the_live_page_follows_the_event_with_a_read_key(secured, 
         expect(page.locator(".event-title .badge")).to_have_text("completed", timeout=10_000)
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("width", (1280, 390))
+def test_the_tree_pages_fit_the_width(tree, open_page, width):
+    event_id = tree.send("fan-out")
+    page = open_page(width=width)
+    for name, path in {"editor": "/ui/editor", "event-tree": f"/ui/events/{event_id}",
+                       "workflow-tree": "/ui/workflows/fan-out"}.items():
+        page.goto(tree.url + path)
+        if name == "workflow-tree":
+            page.get_by_text("Edit the definition").click()
+        expect(page.locator("#check-status, .timeline.lanes").first).to_be_visible()
+        if name != "event-tree":
+            expect(page.locator("#check-status")).to_have_attribute("data-state", "ok")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} is {overflow}px wider than {width}px"
+        shoot(page, f"{name}-{width}")

@@ -282,7 +282,8 @@ def _event_page(item: dict, message: str | None = None, code: int = 200, templat
 def _event_view(item: dict) -> dict:
     store = _runtime().store
     item = for_display(item, store)
-    view = {"event": item, "active": item["status"] in ACTIVE, "tree": None, "failed": [], "failed_total": 0}
+    view = {"event": item, "active": item["status"] in ACTIVE, "tree": None, "failed": [], "failed_total": 0,
+            "record_link": record_link}
     if item.get("plan", {}).get("version") != 2:
         drawn = event_view.timeline(item)
         return {**view, "timeline": drawn, "details": drawn["bars"]}

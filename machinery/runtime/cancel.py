@@ -48,13 +48,15 @@ def cancel_event(store: Store, event_id: str, by: str = ANONYMOUS, reason: str |
             raise Conflict(f"event {event_id} is {status}: only a pending, running or waiting event can be "
                            "cancelled", errors={"status": [status]})
         now = utcnow()
-        cancelled = {"by": by, "at": now, "reason": reason, "previous_status": status,
-                     "in_flight": status == "running"}
+        lease = event.get("lease_expires")
+        held = status == "running" and lease is not None and lease.replace(tzinfo=None) > now
+        cancelled = {"by": by, "at": now, "reason": reason, "previous_status": status, "in_flight": held}
         fields: dict[str, Any] = {"status": "cancelled", "cancelled": cancelled, "outputs": None,
                                   "finished_at": now, "updated_at": now}
-        if status != "running":
-            # No one holds it: nothing is in flight, so it lets go of its lease now. A running event keeps
-            # its holder's lease until the holder has recorded what it was doing (settle).
+        if not held:
+            # No one holds it (or its holder died: its lease expired), so nothing is in flight: it lets go
+            # of its lease now. A held event keeps its holder's lease until the holder has recorded what
+            # it was doing (settle).
             fields.update(lease_owner=None, lease_expires=EPOCH)
         if event.get("callback_url"):
             fields["webhook"] = pending_webhook()

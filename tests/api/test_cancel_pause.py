@@ -193,3 +193,27 @@ def test_the_served_spec_lists_cancelled_and_the_new_operations(client):
     assert "cancelled" in spec["components"]["schemas"]["EventAck"]["properties"]["status"]["enum"]
     for path in ("/events/{event_id}/cancel", "/workflows/{ref}/pause", "/workflows/{ref}/resume"):
         assert "post" in spec["paths"][path]
+
+
+def test_a_running_event_whose_holder_died_is_cancelled_with_nothing_in_flight(registered, store):
+    event_id = queue(registered)
+    store.claim_event("died", -1)  # its lease has expired: the process holding it is gone
+
+    body = registered.post(f"/events/{event_id}/cancel").get_json()
+
+    assert body["cancelled"]["previous_status"] == "running" and body["cancelled"]["in_flight"] is False
+    assert store.get_event(event_id)["lease_owner"] is None
+
+
+def test_a_running_event_keeps_its_holder_until_the_holder_settles_it(registered, store):
+    event_id = queue(registered)
+    store.claim_event("holder", 30)
+
+    body = registered.post(f"/events/{event_id}/cancel").get_json()
+
+    assert body["cancelled"]["in_flight"] is True and store.get_event(event_id)["lease_owner"] == "holder"
+    assert cancel.settle(store, event_id, "other", {"$set": {"next_step": 1}}) is False
+    assert cancel.settle(store, event_id, "holder", {"$set": {"next_step": 1, "status": "completed"}}) is True
+    settled = store.get_event(event_id)
+    assert settled["status"] == "cancelled" and settled["next_step"] == 1 and settled["lease_owner"] is None
+    assert settled["cancelled"]["in_flight"] is False

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from machinery.exceptions import Conflict, NotFound
+from machinery.exceptions import Conflict, NotFound, TooLarge
 from machinery.store import EPOCH, FINISHED, HELD, Store, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -107,7 +107,13 @@ def settle(store: Store, event_id: str, owner: str, update: Mapping[str, Any]) -
     settled: dict[str, Any] = {"$set": kept}
     if update.get("$push"):
         settled["$push"] = dict(update["$push"])
-    return store.update_event(event_id, settled, owner=owner, expect={"status": "cancelled"})
+    try:
+        return store.update_event(event_id, settled, owner=owner, expect={"status": "cancelled"})
+    except TooLarge:  # what the step brought does not fit in the record: let the event go without it
+        LOG.error("event %s: cancelled, and what its step in flight brought does not fit in its record", event_id)
+        return store.update_event(event_id, {"$set": {"lease_owner": None, "lease_expires": EPOCH,
+                                                      "cancelled.in_flight": False}},
+                                  owner=owner, expect={"status": "cancelled"})
 
 
 def is_cancelled(store: Store, event_id: str) -> bool:

@@ -217,3 +217,24 @@ def test_a_running_event_keeps_its_holder_until_the_holder_settles_it(registered
     settled = store.get_event(event_id)
     assert settled["status"] == "cancelled" and settled["next_step"] == 1 and settled["lease_owner"] is None
     assert settled["cancelled"]["in_flight"] is False
+
+
+def test_a_step_in_flight_too_large_for_the_record_still_lets_the_cancelled_event_go():
+    from machinery.exceptions import TooLarge
+
+    class FullStore:
+        def __init__(self):
+            self.writes = []
+
+        def update_event(self, event_id, update, owner=None, expect=None):
+            self.writes.append(update)
+            if "$push" in update:
+                raise TooLarge("past 16 MiB")
+            return True
+
+    store = FullStore()
+
+    assert cancel.settle(store, "e1", "holder", {"$set": {"next_step": 1}, "$push": {"steps": {"big": "x"}}})
+
+    assert store.writes[-1] == {"$set": {"lease_owner": None, "lease_expires": cancel.EPOCH,
+                                         "cancelled.in_flight": False}}

@@ -130,6 +130,25 @@ def test_cancel_during_a_map_starts_no_item_after_it_and_records_what_ran(http, 
     assert final["progress"]["each"]["done"] == len(starts)
 
 
+def test_a_cancelled_map_retried_runs_only_the_items_that_had_not_run(http, api, service):
+    register(http, api, service, delay=0.1)
+    tree(http, api, "some", [{"id": "each", "map": "values", "as": "v", "max_concurrency": 2,
+                              "steps": [{"id": "one", "call": "slow", "in": {"n": "v"}}], "collect": {"got": "n"}}],
+         inputs=[INTS], outputs=[{"name": "got", "type": {"type": "array", "items": "int"}}])
+    sent = http.post(f"{api}/e/some?mode=async", json={"values": list(range(20))}, timeout=10).json()
+    wait_until(lambda: len(http.get(f"{service}/starts", timeout=5).json()) >= 4, 20, message="items started")
+    http.post(f"{api}/events/{sent['event_id']}/cancel", timeout=10)
+    wait_until(lambda: event(http, api, sent["event_id"])["cancelled"]["in_flight"] is False, 20, message="settled")
+    ran = len(http.get(f"{service}/starts", timeout=5).json())
+
+    retried = http.post(f"{api}/events/{sent['event_id']}/retry", timeout=30)
+
+    assert retried.status_code == 200 and retried.json()["status"] == "completed"
+    assert retried.json()["outputs"] == {"got": list(range(20))}
+    called = sorted(n for _, n in http.get(f"{service}/starts", timeout=5).json())
+    assert called == list(range(20)) and ran < 20  # each item called once: the ones that ran are not again
+
+
 def test_cancel_of_a_waiting_callback_revokes_its_url(http, api, service):
     register(http, api, service)
     tree(http, api, "waits", [{"id": "ask", "call": "accept", "in": {"n": "n"}, "out": {"n": "n"}}],

@@ -165,22 +165,3 @@ def recheck_held(store: Store, event: Mapping[str, Any]) -> None:
         return
     if not workflow.get("paused"):
         store.release_events(event["workflow_id"], event["event_id"])
-
-
-def held_back(store: Store, event: Mapping[str, Any], owner: str) -> bool:
-    """A worker's first claim of a new event whose workflow was paused after the event was stored (a
-    pause that came between its check and its write): give it back held. True when it was."""
-    if event.get("claim_count") != 1 or event.get("run", 0) or event.get("held"):
-        return False
-    try:
-        workflow = store.get_workflow(event["workflow_id"])
-    except NotFound:
-        return False
-    if not workflow.get("paused"):
-        return False
-    held = store.update_event(event["event_id"], {"$set": {
-        "status": "pending", "lease_owner": None, "lease_expires": HELD, "held": "paused", "claim_count": 0,
-        "claims_without_progress": 0}}, owner=owner, expect={"status": "running"})
-    if held:
-        recheck_held(store, {**event, "held": "paused"})
-    return held

@@ -97,20 +97,6 @@ def test_pause_holds_queued_and_new_events_and_resume_releases_them_in_order(reg
     assert claimed == [event["event_id"] for event in held]
 
 
-def test_a_worker_gives_back_a_new_event_whose_workflow_was_paused_after_it_was_stored(registered, store):
-    event_id = queue(registered)
-    # The pause lands between the event's check and its write: the store holds it unheld.
-    workflow = store.get_workflow("w")
-    store.set_workflow_paused(workflow["workflow_id"], {"by": "ops", "at": None}, expect_paused=False)
-    claimed = store.claim_event("tester", 30)
-
-    assert cancel.held_back(store, claimed, "tester") is True
-
-    event = store.get_event(event_id)
-    assert event["status"] == "pending" and event["held"] == "paused" and event["lease_owner"] is None
-    assert store.claim_event("tester", 30) is None
-
-
 def test_an_event_stored_held_after_a_resume_is_released(registered, store):
     # The resume's release ran before this event was stored with the pause it had read.
     event_id = queue(registered)

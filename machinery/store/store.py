@@ -955,8 +955,11 @@ class Store:
         if event_id is not None:
             query["_id"] = ObjectId(event_id)
         released = 0
-        for document in self.events.find(query, {"_id": 1}).sort([("ack_date", 1), ("_id", 1)]):
-            result = self.events.update_one({**query, "_id": document["_id"]}, {
+        # Read whole before the writes: no cursor is walked over documents it is changing.
+        found = [document["_id"] for document in
+                 self.events.find(query, {"_id": 1}).sort([("ack_date", 1), ("_id", 1)])]
+        for oid in found:
+            result = self.events.update_one({**query, "_id": oid}, {
                 "$set": {"lease_expires": EPOCH + timedelta(milliseconds=released)}, "$unset": {"held": ""}})
             self.writes += 1
             released += result.modified_count

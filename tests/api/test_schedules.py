@@ -316,3 +316,28 @@ def test_catch_up_all_with_overlap_queue_sends_the_missed_ticks_in_order_one_aft
     assert [b - a for a, b in zip(ticks, ticks[1:], strict=False)] == [timedelta(seconds=10)] * 3
     # the three missed ones, then the first on time (no more than 60 s late)
     assert datetime.now(UTC) - ticks[2] > timedelta(seconds=60) >= datetime.now(UTC) - ticks[3]
+
+
+def test_only_an_admin_key_makes_changes_or_deletes_a_schedule_and_a_read_key_reads_them():
+    from tests.security.conftest import ADMIN_KEY, API_KEYS, READ_KEY, SEND_KEY, bearer, make_app
+
+    app = make_app(API_KEYS=API_KEYS)
+    try:
+        client = app.test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = bearer(ADMIN_KEY)["Authorization"]
+        register_examples(client)
+        del client.environ_base["HTTP_AUTHORIZATION"]
+        for key in (READ_KEY, SEND_KEY):
+            refused = client.post("/schedules", json=NIGHTLY, headers=bearer(key))
+            assert refused.status_code == 403, key
+        assert client.post("/schedules", json=NIGHTLY).status_code == 401
+        assert client.post("/schedules", json=NIGHTLY, headers=bearer(ADMIN_KEY)).status_code == 201
+        for method, path in (("patch", "/schedules/nightly"), ("delete", "/schedules/nightly"),
+                             ("post", "/schedules/nightly/pause"), ("post", "/schedules/nightly/resume")):
+            response = getattr(client, method)(path, json={} if method == "patch" else None, headers=bearer(READ_KEY))
+            assert response.status_code == 403, (method, path)
+        assert client.get("/schedules/nightly", headers=bearer(READ_KEY)).status_code == 200
+        assert client.get("/schedules", headers=bearer(SEND_KEY)).status_code == 403
+        assert client.get("/ui/schedules", headers=bearer(READ_KEY)).status_code == 200
+    finally:
+        app.extensions["machinery"].close(grace_s=1)

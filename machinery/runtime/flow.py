@@ -174,11 +174,12 @@ class Held(Exception):
     def __init__(self, service: str, kind: str, message: str, due: datetime):
         super().__init__(message)
         self.service, self.kind, self.message, self.due = service, kind, message, due
+        self.since: datetime | None = None  # when the step was first queued, if it already was
 
     def note(self, step: Any) -> dict:
         """What the event shows while its step is queued."""
         return {"service": self.service, "why": self.kind, "message": f"queued: {self.message}", "step": step,
-                "since": utcnow(), "until": self.due}
+                "since": self.since or utcnow(), "until": self.due}
 
 
 class Ticket:
@@ -220,7 +221,11 @@ class Flow:
     def through(self, limits: Limits, call: Callable[[], T], event: dict | None = None) -> T:
         """Make `call` once admitted; release its slot and tell the breaker how it went. Raises Held
         when it is not admitted within MACHINERY_FLOW_WAIT_S."""
-        ticket = self.admit(limits)
+        try:
+            ticket = self.admit(limits)
+        except Held as held:
+            held.since = ((event or {}).get("queued") or {}).get("since")
+            raise
         if event is not None and event.get("queued"):
             self._unqueue(event)
         failed = False

@@ -18,7 +18,7 @@ from machinery import guard, secrets
 from machinery.exceptions import InvalidData, MachineryError, ServiceCallError, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
-from machinery.runtime import calls, flow, tree
+from machinery.runtime import calls, flow, tree, turns
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, MAX_DOCUMENT_BYTES, RecordSize, element_size, mib
@@ -290,6 +290,10 @@ class Executor:
         raises has its error noted in the event (`last_error`), for the claim that gives up on it.
         """
         try:
+            if event.get("concurrency"):  # the workflow limits its running events per key: wait for the turn
+                queued = turns.take(self.store, event, owner)
+                if queued is not None:
+                    return queued
             if (event.get("plan") or {}).get("version") == 2:
                 return tree.run_tree(self, event, owner)
             return self._run(event, owner)
@@ -405,6 +409,7 @@ class Executor:
                         extra=log_fields(event, index))
             return {**event, "status": "running"}
         tree.wake_parent(self.store, event)
+        turns.give_up(self.store, event)
         self.observer.event_finished(event.get("workflow_name", ""), status)
         # Debug: a sync event's outcome is in the access log line of its request, and the worker logs
         # the events it runs; a line per event here cost 4 % of a loaded API process.

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from machinery.language import dataflow
 from machinery.language.expressions import compile_expression
+from machinery.runtime import turns
 from machinery.store import EPOCH, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -261,6 +262,7 @@ class TreeRun:
             LOG.warning("event %s: lease lost before it could finish", self.event_id)
             return {**self.event, "status": "running"}
         wake_parent(self.store, self.event)
+        turns.give_up(self.store, self.event)
         self.executor.observer.event_finished(self.event.get("workflow_name", ""), status)
         return {**self.event, **fields}
 

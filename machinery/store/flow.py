@@ -1,5 +1,6 @@
-"""The flow collection: one document per limited service, holding its calls in flight (a lease per
-holder), its token bucket and its circuit breaker, changed by compare-and-set on a revision.
+"""The flow collection: one document per limited service, holding its calls in flight (a lease per holder),
+its token bucket and its circuit breaker, and one per concurrency key of a workflow (the events holding
+it), each changed by compare-and-set on a revision.
 
 A document::
 
@@ -21,6 +22,7 @@ import functools
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
+from bson import ObjectId
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from machinery.exceptions import StoreUnavailable
@@ -105,6 +107,32 @@ class FlowStore:
             self.collection.update_one({"_id": name, "breaker.trial": holder},
                                        {"$set": {"breaker.trial_expires": expires}})
 
+    # -- a workflow's concurrency key (machinery.runtime.turns) -----------------------------------
+
+    @_guarded
+    def ended_events(self, event_ids: list[str]) -> list[str]:
+        """Which of these events are no longer active (ended, or gone)."""
+        oids = [ObjectId(event_id) for event_id in event_ids if ObjectId.is_valid(event_id)]
+        active = {str(document["_id"]) for document in
+                  self.events.find({"_id": {"$in": oids}, "status": {"$in": list(ACTIVE)}}, {"_id": 1})}
+        return [event_id for event_id in event_ids if event_id not in active]
+
+    @_guarded
+    def earlier_waiting(self, key: str, ack_date: datetime, event_id: str, limit: int) -> int:
+        """How many active events of `key` that came before this one wait for their turn (counted up to `limit`)."""
+        ack_date = _naive_utc(ack_date)
+        return self.events.count_documents({
+            "concurrency.key": key, "concurrency.held": False, "status": {"$in": list(ACTIVE)},
+            "$or": [{"ack_date": {"$lt": ack_date}}, {"ack_date": ack_date, "_id": {"$lt": ObjectId(event_id)}}],
+        }, limit=limit)
+
+    @_guarded
+    def next_waiting(self, key: str, limit: int) -> list[str]:
+        """The first events of `key`, in the order they came, that wait for their turn."""
+        return [str(document["_id"]) for document in self.events.find(
+            {"concurrency.key": key, "concurrency.held": False, "status": "pending"}, {"_id": 1}
+        ).sort([("ack_date", 1), ("_id", 1)]).limit(limit)]
+
     @_guarded
     def queued_events(self, limit: int = QUEUED_COUNTED) -> dict[tuple[str, str], int]:
         """The events a step of which is queued now, counted by (service, why), up to `limit` events
@@ -116,6 +144,13 @@ class FlowStore:
             key = (str(queued.get("service")), str(queued.get("why")))
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """A date as the store keeps it: naive, in UTC."""
+    if value.tzinfo is not None:
+        value = (value - value.utcoffset()).replace(tzinfo=None)
+    return value
 
 
 def _inserted(update: Mapping[str, Any]) -> dict:

@@ -239,3 +239,62 @@ def test_a_tree_step_held_back_parks_its_event_pending_with_the_note(http, live_
     events = ended(http, api, [first, second])
     assert [e["status"] for e in events] == ["completed", "completed"]
     assert not events[1].get("queued")
+
+
+def per_key_workflow(http, api, address, limit=1):
+    register(http, api, address)
+    reply = http.post(f"{api}/workflows", json={
+        "name": "per-customer", "services": ["upper"], "concurrency": {"key": "customer", "limit": limit},
+        "inputs": [*TEXT, {"name": "customer", "type": "string"}], "outputs": TEXT}, timeout=10)
+    assert reply.status_code == 201, reply.text
+
+
+def assert_one_at_a_time_in_order(events):
+    """Per customer: the events ran one after another, in the order they came."""
+    by_customer: dict[str, list] = {}
+    for event in events:
+        by_customer.setdefault(event["data"]["customer"], []).append(event)
+    for customer, runs in by_customer.items():
+        runs.sort(key=lambda event: (event["ack_date"], event["event_id"]))
+        steps = [event["steps"][0] for event in runs]
+        for earlier, later in zip(steps, steps[1:], strict=False):
+            assert earlier["finished_at"] <= later["started_at"], (customer, earlier, later)
+    return by_customer
+
+
+def test_a_per_key_limit_of_one_runs_one_event_per_key_at_a_time_in_their_order(http, live_app, watch, watched):
+    # GIVEN a workflow limited to 1 running event per customer, over a service taking 80 ms
+    api, app = live_app
+    watch.latency_s = 0.08
+    per_key_workflow(http, api, watched)
+    # WHEN 6 events of each of two customers are sent, interleaved
+    ids = [send_keyed(http, api, f"m{number}", "c1" if number % 2 else "c2") for number in range(12)]
+    # THEN a later one of a customer is queued, saying why
+    event = wait_until(lambda: (e := http.get(f"{api}/events/{ids[-1]}", timeout=10).json()).get("queued") and e,
+                       10, message="a queued event")
+    assert event["queued"]["message"] == 'queued: workflow per-customer at concurrency 1 for key "c1"'
+    # AND all complete, each customer's one at a time and in order, the two customers side by side
+    events = ended(http, api, ids)
+    assert [e["status"] for e in events] == ["completed"] * 12
+    by_customer = assert_one_at_a_time_in_order(events)
+    assert sorted(by_customer) == ["c1", "c2"] and watch.max_in_flight == 2
+
+
+def send_keyed(http, api, message, customer):
+    reply = http.post(f"{api}/e/per-customer?mode=async", json={"message": message, "customer": customer}, timeout=30)
+    assert reply.status_code == 202, reply.text
+    return reply.json()["event_id"]
+
+
+@pytest.mark.parametrize("concurrency", [
+    {"key": "customer"}, {"limit": 1}, {"key": "customer", "limit": 0}, {"key": "customer", "limit": 10001},
+    {"key": "customer[", "limit": 1}, {"key": "", "limit": 1},
+])
+def test_a_bad_concurrency_is_refused_naming_it(http, live_app, watched, concurrency):
+    api, app = live_app
+    register(http, api, watched)
+    reply = http.post(f"{api}/workflows", json={"name": "per-customer", "services": ["upper"],
+                                                "concurrency": concurrency, "inputs": TEXT, "outputs": TEXT},
+                      timeout=10)
+    assert reply.status_code == 422 and "concurrency" in reply.json()["message"], reply.text
+    assert http.get(f"{api}/workflows/per-customer", timeout=10).status_code == 404

@@ -134,3 +134,39 @@ def test_a_burst_of_200_events_at_a_rate_of_20_a_second_fits_the_bucket(env, sto
     # AND no step spent an attempt on being held back
     for document in store.events.find({}, {"steps": 1}):
         assert [step["attempts"] for step in document["steps"]] == [1], document["_id"]
+
+
+def test_a_per_key_limit_of_one_holds_across_workers_and_keeps_the_order(env, store, watch, watched):
+    # GIVEN a workflow limited to 1 running event per customer, a service taking 50 ms, two worker processes
+    watch.latency_s = 0.05
+    workers = [start_worker(env, "--threads", "4") for _ in range(2)]
+    try:
+        with gunicorn_api(env) as api:
+            register(api, watched)
+            assert requests.post(f"{api}/workflows", json={
+                "name": "per-customer", "services": ["upper"], "concurrency": {"key": "customer", "limit": 1},
+                "inputs": [*TEXT, {"name": "customer", "type": "string"}], "outputs": TEXT},
+                timeout=30).status_code == 201
+            # WHEN 10 events of each of three customers are sent, one after another, interleaved
+            for number in range(30):
+                reply = requests.post(f"{api}/e/per-customer?mode=async",
+                                      json={"message": f"m{number}", "customer": f"c{number % 3}"}, timeout=60)
+                assert reply.status_code == 202, reply.text
+            wait_until(lambda: store.count_events("completed") == 30, 180, 0.5, "30 events completed")
+    finally:
+        for worker in workers:
+            assert stop(worker) == 0
+    # THEN per customer, each event's call began after the one before it ended, in the order they came
+    runs: dict[str, list] = {}
+    for document in store.events.find({}, {"data": 1, "steps": 1, "ack_date": 1, "claims": 1}).sort(
+            [("ack_date", 1), ("_id", 1)]):
+        runs.setdefault(document["data"]["customer"], []).append(document)
+    assert sorted(runs) == ["c0", "c1", "c2"] and all(len(events) == 10 for events in runs.values())
+    for customer, events in runs.items():
+        steps = [event["steps"][0] for event in events]
+        for earlier, later in zip(steps, steps[1:], strict=False):
+            assert earlier["finished_at"] <= later["started_at"], (customer, earlier, later)
+    owners = {claim["owner"].rsplit("/", 1)[0] for events in runs.values() for event in events
+              for claim in event["claims"]}
+    assert len(owners) >= 2, owners
+    assert 2 <= watch.max_in_flight <= 3

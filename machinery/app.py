@@ -115,6 +115,7 @@ class Runtime:
         if self.worker is not None:
             self.worker.stop(grace_s)
         self.keeper.stop()
+        self.executor.flow.stop()
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

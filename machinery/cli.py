@@ -270,6 +270,7 @@ def cmd_worker(args) -> int:
         pass
     worker.stop(args.grace)
     keeper.stop()
+    executor.flow.stop()
     if exporter is not None:
         exporter.shutdown()
         exporter.server_close()

@@ -205,6 +205,7 @@ class Flow:
         self._ended: dict[str, threading.Condition] = {}  # per service: a call of this process ended
         self._holding: dict[str, tuple[str, float]] = {}  # holder -> (service, admitted at, monotonic)
         self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def _holder(self) -> str:
         with self._lock:
@@ -299,8 +300,7 @@ class Flow:
 
     def _renew(self) -> None:
         """Every third of a lease, renew the slots (and trial calls) held for longer than that."""
-        while True:
-            time.sleep(self.lease_s / 3)
+        while not self._stop.wait(self.lease_s / 3):
             cutoff = time.monotonic() - self.lease_s / 3
             by_service: dict[str, list[str]] = {}
             with self._lock:
@@ -312,6 +312,11 @@ class Flow:
                     self.store.flow.renew(name, holders, utcnow() + timedelta(seconds=self.lease_s))
                 except Exception as error:
                     LOG.warning("service %s: call leases not renewed: %s", name, error)
+
+
+    def stop(self) -> None:
+        """Stop renewing leases (the process is stopping: what it still holds expires by itself)."""
+        self._stop.set()
 
 
 # -- what the API, the UI and the metrics show ------------------------------------------------

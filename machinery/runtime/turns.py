@@ -13,6 +13,7 @@ turn (failed by the store at its size limit, removed by its TTL) is dropped when
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -27,7 +28,7 @@ from machinery.store import EPOCH, utcnow
 LOG = logging.getLogger(__name__)
 
 RECHECK_S = 5.0  # when an event queued for its turn looks again if no event of its key woke it
-KEY_TEXT = 200  # the characters of a key's value kept
+KEY_TEXT = 200  # the most characters of a key's value kept
 
 
 def event_fields(workflow: Mapping[str, Any], data: Mapping[str, Any]) -> dict:
@@ -40,7 +41,9 @@ def event_fields(workflow: Mapping[str, Any], data: Mapping[str, Any]) -> dict:
         value = jmespath.search(setting["key"], data)
     except jmespath.exceptions.JMESPathError:
         value = None  # an expression this data cannot take (a comparison of two types): the null key
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)[:KEY_TEXT]
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    if len(text) > KEY_TEXT:  # kept short, and told apart from other long ones by a digest of the whole
+        text = text[:KEY_TEXT - 17] + "#" + hashlib.sha256(text.encode()).hexdigest()[:16]
     return {"concurrency": {"key": f"{workflow['workflow_id']}:{text}", "value": text,
                             "limit": int(setting["limit"]), "held": False}}
 

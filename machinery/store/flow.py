@@ -134,14 +134,15 @@ class FlowStore:
         ).sort([("ack_date", 1), ("_id", 1)]).limit(limit)]
 
     @_guarded
-    def queued_events(self, limit: int = QUEUED_COUNTED) -> dict[tuple[str, str], int]:
-        """The events a step of which is queued now, counted by (service, why), up to `limit` events
-        (through the `queued` index: only queued events are in it)."""
-        counts: dict[tuple[str, str], int] = {}
-        for document in self.events.find({"queued.service": {"$exists": True}, "status": {"$in": list(ACTIVE)}},
-                                         {"queued.service": 1, "queued.why": 1}).limit(limit):
+    def queued_events(self, limit: int = QUEUED_COUNTED) -> dict[tuple[str, str, str], int]:
+        """The events queued now (a step held back by its service, or the event by its workflow's
+        concurrency), counted by (service, workflow, why), one of the first two empty, up to `limit`
+        events (through the `queued` index: only queued events are in it)."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for document in self.events.find({"queued.why": {"$exists": True}, "status": {"$in": list(ACTIVE)}},
+                                         {"queued.service": 1, "queued.workflow": 1, "queued.why": 1}).limit(limit):
             queued = document.get("queued") or {}
-            key = (str(queued.get("service")), str(queued.get("why")))
+            key = (str(queued.get("service") or ""), str(queued.get("workflow") or ""), str(queued.get("why")))
             counts[key] = counts.get(key, 0) + 1
         return counts
 

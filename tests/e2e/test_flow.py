@@ -263,9 +263,9 @@ def assert_one_at_a_time_in_order(events):
 
 
 def test_a_per_key_limit_of_one_runs_one_event_per_key_at_a_time_in_their_order(http, live_app, watch, watched):
-    # GIVEN a workflow limited to 1 running event per customer, over a service taking 80 ms
+    # GIVEN a workflow limited to 1 running event per customer, over a service taking 150 ms
     api, app = live_app
-    watch.latency_s = 0.08
+    watch.latency_s = 0.15
     per_key_workflow(http, api, watched)
     # WHEN 6 events of each of two customers are sent, interleaved
     ids = [send_keyed(http, api, f"m{number}", "c1" if number % 2 else "c2") for number in range(12)]
@@ -273,6 +273,7 @@ def test_a_per_key_limit_of_one_runs_one_event_per_key_at_a_time_in_their_order(
     event = wait_until(lambda: (e := http.get(f"{api}/events/{ids[-1]}", timeout=10).json()).get("queued") and e,
                        10, message="a queued event")
     assert event["queued"]["message"] == 'queued: workflow per-customer at concurrency 1 for key "c1"'
+    assert 'machinery_workflow_events_queued{workflow="per-customer"}' in http.get(f"{api}/metrics", timeout=10).text
     # AND all complete, each customer's one at a time and in order, the two customers side by side
     events = ended(http, api, ids)
     assert [e["status"] for e in events] == ["completed"] * 12

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import mongomock
 import pytest
 
-from machinery.runtime import flow
+from machinery.runtime import flow, turns
 from machinery.runtime.flow import Limits, admit, after_call, limits_of
 from machinery.store.flow import FlowStore
 
@@ -232,3 +232,30 @@ def test_the_state_shown_counts_only_live_slots():
     shown = flow.state_of(document, service, at(1))
     assert shown == {"in_flight": 1, "max_concurrency": 4, "tokens": 3.0, "breaker": {
         "state": "closed", "failures": 0, "opened_at": None, "failure_threshold": 5, "cool_down_s": 30.0}}
+
+
+# -- a workflow's concurrency key ------------------------------------------------------------------
+
+WORKFLOW = {"workflow_id": "w1", "name": "per-customer", "concurrency": {"key": "customer.id", "limit": 2}}
+
+
+@pytest.mark.parametrize("data, value", [
+    ({"customer": {"id": "c1"}}, '"c1"'),
+    ({"customer": {"id": 7}}, "7"),
+    ({"customer": {}}, "null"),
+    ({"customer": {"id": {"b": 1, "a": 2}}}, '{"a":2,"b":1}'),
+])
+def test_an_event_takes_its_key_from_its_data(data, value):
+    fields = turns.event_fields(WORKFLOW, data)
+    assert fields == {"concurrency": {"key": f"w1:{value}", "value": value, "limit": 2, "held": False}}
+
+
+def test_an_event_of_a_workflow_without_concurrency_has_no_key():
+    assert turns.event_fields({"workflow_id": "w1", "name": "plain"}, {"customer": "c1"}) == {}
+
+
+def test_a_key_longer_than_its_bound_is_cut_and_told_apart_by_a_digest():
+    workflow = {**WORKFLOW, "concurrency": {"key": "customer", "limit": 1}}
+    one = turns.event_fields(workflow, {"customer": "x" * 500})["concurrency"]["value"]
+    other = turns.event_fields(workflow, {"customer": "x" * 499 + "y"})["concurrency"]["value"]
+    assert len(one) == len(other) == turns.KEY_TEXT and one != other

@@ -137,7 +137,7 @@ class FlowStore:
     def queued_events(self, limit: int = QUEUED_COUNTED) -> dict[tuple[str, str, str], int]:
         """The events queued now (a step held back by its service, or the event by its workflow's
         concurrency), counted by (service, workflow, why), one of the first two empty, up to `limit`
-        events (through the `queued` index: only queued events are in it)."""
+        events (through the `queued_notes` index: only queued events are in it)."""
         counts: dict[tuple[str, str, str], int] = {}
         for document in self.events.find({"queued.why": {"$exists": True}, "status": {"$in": list(ACTIVE)}},
                                          {"queued.service": 1, "queued.workflow": 1, "queued.why": 1}).limit(limit):

@@ -170,3 +170,33 @@ def test_a_per_key_limit_of_one_holds_across_workers_and_keeps_the_order(env, st
               for claim in event["claims"]}
     assert len(owners) >= 2, owners
     assert 2 <= watch.max_in_flight <= 3
+
+
+def test_after_the_cool_down_one_process_makes_the_one_trial_call(env, store, watch, watched):
+    # GIVEN a service that is down, with a breaker of 2 failures and a cool-down of 2 s, and two workers
+    watch.down = True
+    workers = [start_worker(env, "--threads", "4") for _ in range(2)]
+    try:
+        with gunicorn_api(env) as api:
+            register(api, watched, breaker={"failure_threshold": 2, "cool_down_s": 2},
+                     retry={"max_attempts": 1, "backoff_s": 0})
+            # WHEN two events fail on it, opening the breaker
+            for number in range(2):
+                assert requests.post(f"{api}/e/via-upper", json={"message": f"f{number}"},
+                                     timeout=60).status_code == 502
+            assert requests.get(f"{api}/services/upper", timeout=30).json()["flow"]["breaker"]["state"] == "open"
+            # AND, the service back but slow (0.5 s), 16 events wait for the breaker in both workers
+            before = watch.calls()
+            watch.down, watch.latency_s = False, 0.5
+            send_async(api, 16)
+            wait_until(lambda: store.count_events("completed") == 16, 120, 0.2, "16 events completed")
+            state = requests.get(f"{api}/services/upper", timeout=30).json()["flow"]["breaker"]
+    finally:
+        for worker in workers:
+            assert stop(worker) == 0
+    # THEN the first call after the cool-down was alone until it answered, then the others came
+    later = sorted(watch.arrivals[before:])
+    assert len(later) == 16 and later[1] - later[0] >= 0.45, later[:3]
+    assert state["state"] == "closed" and state["failures"] == 0
+    queued = [document for document in store.events.find({"status": "completed"}, {"steps": 1})]
+    assert all(document["steps"][0]["attempts"] == 1 for document in queued)

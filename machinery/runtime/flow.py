@@ -229,9 +229,11 @@ class Flow:
             raise
         if event is not None and event.get("queued"):
             self._unqueue(event)
-        failed = False
+        failed = True  # no reply, as far as the breaker can tell, until one comes
         try:
-            return call()
+            result = call()
+            failed = False
+            return result
         except ServiceCallError as error:
             failed = error.retryable
             raise

@@ -392,6 +392,8 @@ class Executor:
             update["$push"] = {"steps": record}
         if event.get("waiting"):
             update["$unset"] = {"waiting": ""}
+        if event.get("queued"):  # it ended (stuck, too large) before its queued step was admitted
+            update.setdefault("$unset", {})["queued"] = ""
         grown = size.after(update, changes, record_bound(record) if record is not None else None)
         if grown > EVENT_LIMIT_BYTES and not last_resort:
             return self._too_large(event, owner, record, context, record["step"] if record else index, size,

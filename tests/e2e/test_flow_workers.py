@@ -124,11 +124,11 @@ def test_a_burst_of_200_events_at_a_rate_of_20_a_second_fits_the_bucket(env, sto
     finally:
         for worker in workers:
             assert stop(worker) == 0
-    # THEN the calls fit the bucket: in any window of w seconds at most 20 + 20 w (one call of slack for the
-    # clocks' milliseconds), and over all about 200 - 20 in 9 s at least
+    # THEN the calls fit the bucket: in any window of w seconds at most 20 + 20 w, give or take what the
+    # calls' own latencies (up to 0.1 s here) move their arrivals by; and over all 200 - 20 took 9 s at least
     assert watch.calls() == 200
     for window in (0.5, 1.0, 2.0, 5.0):
-        assert watch.most_in_any(window) <= 20 + 20 * window + 1, (window, watch.most_in_any(window))
+        assert watch.most_in_any(window) <= 20 + 20 * (window + 0.1), (window, watch.most_in_any(window))
     arrivals = sorted(watch.arrivals)
     assert arrivals[-1] - arrivals[0] >= (200 - 20) / 20 * 0.95
     # AND no step spent an attempt on being held back

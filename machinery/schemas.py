@@ -8,8 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import jmespath
-import jmespath.exceptions
 from marshmallow import (
     EXCLUDE,
     INCLUDE,
@@ -25,7 +23,7 @@ from marshmallow import (
 )
 
 from machinery import auth
-from machinery.language import types
+from machinery.language import expressions, types
 
 # Patterns mean the same to Python and to ECMA regexes (what OpenAPI's `pattern` is): `$(?!\n)`
 # because Python's `$` also matches before a final newline, and a name must not end with one.
@@ -344,9 +342,9 @@ class ConcurrencySchema(Schema):
     @validates("key")
     def _compiles(self, value, **_):
         try:
-            jmespath.compile(value)
-        except jmespath.exceptions.JMESPathError as error:
-            raise ValidationError(f"not a JMESPath expression: {str(error).splitlines()[0]}") from None
+            expressions.compile_expression(value)
+        except expressions.ExpressionError as error:
+            raise ValidationError(f"not a JMESPath expression: {error}") from None
 
 
 class WorkflowSchema(Schema):

@@ -20,9 +20,7 @@ import random
 from datetime import timedelta
 from typing import Any, Mapping
 
-import jmespath
-import jmespath.exceptions
-
+from machinery.language.expressions import ExpressionError, compile_expression
 from machinery.store import EPOCH, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -38,8 +36,8 @@ def event_fields(workflow: Mapping[str, Any], data: Mapping[str, Any]) -> dict:
     if not setting:
         return {}
     try:
-        value = jmespath.search(setting["key"], data)
-    except jmespath.exceptions.JMESPathError:
+        value = compile_expression(setting["key"]).search(data)
+    except ExpressionError:
         value = None  # an expression this data cannot take (a comparison of two types): the null key
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     if len(text) > KEY_TEXT:  # kept short, and told apart from other long ones by a digest of the whole

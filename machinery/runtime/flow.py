@@ -194,16 +194,15 @@ class Ticket:
 class Flow:
     """This process's side of flow control: admits calls, releases them, renews their leases."""
 
-    def __init__(self, store, config: Mapping[str, Any], observer=None):
+    def __init__(self, store, config: Mapping[str, Any]):
         self.store = store
         self.lease_s = float(config.get("LEASE_S", 30.0))
         self.wait_s = float(config.get("FLOW_WAIT_S", DEFAULT_WAIT_S))
-        self.observer = observer
         self._prefix = os.urandom(6).hex()
         self._count = 0
         self._lock = threading.Lock()
         self._ended: dict[str, threading.Condition] = {}  # per service: a call of this process ended
-        self._holding: dict[str, tuple[str, float]] = {}  # holder -> (service, admitted at, monotonic)
+        self._holding: dict[str, tuple[str, float]] = {}  # holder -> (service, when admitted, monotonic)
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
 

@@ -34,7 +34,8 @@ SETTINGS = {
 
 def limiter_cost(calls: int = CALLS) -> dict[str, float]:
     """Microseconds flow control adds to one call (admit and release; the call itself does nothing), by
-    setting, on a fresh embedded store; the median of five runs."""
+    setting, on a fresh embedded store: the least of five runs, and their median. On a machine shared
+    with other work the least is what the limiter itself costs; the median adds what the others took."""
     costs = {}
     for name, settings in SETTINGS.items():
         store = Store.connect(f"mongomock://localhost/bench-flow-{name.replace(' ', '-')}")
@@ -49,9 +50,9 @@ def limiter_cost(calls: int = CALLS) -> dict[str, float]:
                 else:
                     gate.through(limits, _call)
             runs.append((time.perf_counter() - started) / calls * 1e6)
-        costs[name] = statistics.median(runs)
-    base = costs["none"]
-    return {name: max(0.0, cost - base) for name, cost in costs.items()}
+        costs[name] = (min(runs), statistics.median(runs))
+    least, middle = costs["none"]
+    return {name: (max(0.0, low - least), max(0.0, mid - middle)) for name, (low, mid) in costs.items()}
 
 
 def _call() -> None:
@@ -116,9 +117,10 @@ def burst(latency_s: float, events: int = BURST, limit: int = LIMIT) -> dict:
 def run() -> dict:
     costs = limiter_cost()
     cost_text = common.table(
-        f"Flow control's cost per call on the embedded store ({CALLS} calls, median of 5 runs; target ≤ "
-        f"{TARGET_MS * 1000:.0f} µs)", ["setting", "µs per call", "÷ target"],
-        [[name, round(cost, 1), common.ratio(cost, TARGET_MS * 1000) or 0.0] for name, cost in costs.items()])
+        f"Flow control's cost per call on the embedded store ({CALLS} calls, 5 runs; target ≤ "
+        f"{TARGET_MS * 1000:.0f} µs)", ["setting", "µs per call (least)", "÷ target", "µs per call (median)"],
+        [[name, round(low, 1), common.ratio(low, TARGET_MS * 1000) or 0.0, round(mid, 1)]
+         for name, (low, mid) in costs.items()])
     bursts = [burst(latency) for latency in LATENCIES_S]
     burst_text = common.table(
         f"A burst of {BURST} async events against a service at max_concurrency {LIMIT}",

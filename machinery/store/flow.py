@@ -94,8 +94,7 @@ class FlowStore:
     @_guarded
     def release(self, name: str, holder: str) -> None:
         """Give back a call's slot: removing one holder only frees room, so it needs no revision."""
-        self.collection.update_one({"_id": name, f"holders.{holder}": {"$exists": True}},
-                                   {"$unset": {f"holders.{holder}": ""}})
+        self.collection.update_one({"_id": name}, {"$unset": {f"holders.{holder}": ""}})  # gone already: a no-op
 
     @_guarded
     def renew(self, name: str, holders: Iterable[str], expires: datetime) -> None:

@@ -38,7 +38,7 @@ def _cancel_error(by: str, reason: str | None) -> dict:
 def cancel_event(store: Store, event_id: str, by: str = ANONYMOUS, reason: str | None = None) -> dict:
     """Cancel an event that has not ended; Conflict naming its status when it has, NotFound when there
     is no such event. Returns the event as stored after the cancel."""
-    from machinery.runtime import tree
+    from machinery.runtime import tree, turns
     from machinery.runtime.executor import close_waiting
 
     for _ in range(CANCEL_TRIES):
@@ -78,6 +78,7 @@ def cancel_event(store: Store, event_id: str, by: str = ANONYMOUS, reason: str |
     if (event.get("plan") or {}).get("version") == 2:
         revoke(store, event_id, by, reason)
     tree.wake_parent(store, event)
+    turns.give_up(store, event)  # the next event of its concurrency key may start
     return store.get_event(event_id)
 
 

@@ -338,8 +338,10 @@ class Store:
         index(self.events, [("waiting.token_hash", 1)], name="callback_token",
               partialFilterExpression={"waiting.token_hash": {"$exists": True}})
         index(self.events, [("spent_tokens", 1)])
-        index(self.events, [("queued.service", 1)], name="queued",
-              partialFilterExpression={"queued.service": {"$exists": True}})
+        index(self.events, [("concurrency.key", 1), ("ack_date", 1)], name="concurrency",
+              partialFilterExpression={"concurrency.key": {"$exists": True}})
+        index(self.events, [("queued.why", 1)], name="queued_notes",
+              partialFilterExpression={"queued.why": {"$exists": True}})
         index(self.events, [("webhook.status", 1), ("webhook.next_at", 1)], name="webhooks",
               partialFilterExpression={"webhook.status": "pending"})
         for name in SUPERSEDED_INDEXES:

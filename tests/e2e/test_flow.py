@@ -299,3 +299,24 @@ def test_a_bad_concurrency_is_refused_naming_it(http, live_app, watched, concurr
                       timeout=10)
     assert reply.status_code == 422 and "concurrency" in reply.json()["message"], reply.text
     assert http.get(f"{api}/workflows/per-customer", timeout=10).status_code == 404
+
+
+def test_a_cancelled_event_gives_up_its_turn_to_the_next_of_its_key(http, live_app, watch, watched):
+    # GIVEN a workflow limited to 1 running event per customer, over a service taking 2 s
+    api, app = live_app
+    watch.latency_s = 2.0
+    per_key_workflow(http, api, watched)
+    first = send_keyed(http, api, "first", "c1")
+    wait_until(lambda: watch.calls() == 1, 10, message="the first event's call")
+    second = send_keyed(http, api, "second", "c1")
+    wait_until(lambda: http.get(f"{api}/events/{second}", timeout=10).json().get("queued"), 10,
+               message="the second event queued behind the first")
+    # WHEN the first is cancelled while its call is in flight
+    reply = http.post(f"{api}/events/{first}/cancel", json={"reason": "runaway"}, timeout=10)
+    assert reply.status_code == 200, reply.text
+    # THEN the second starts without waiting for the first's call to end, and completes
+    watch.latency_s = 0.0
+    wait_until(lambda: watch.calls() == 2, 1.5, message="the second event's call before the first's ended")
+    [event] = ended(http, api, [second])
+    assert event["status"] == "completed" and event["outputs"] == {"message": "SECOND"}
+    assert http.get(f"{api}/events/{first}", timeout=10).json()["status"] == "cancelled"

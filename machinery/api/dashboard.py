@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 from markupsafe import Markup, escape
 
 from machinery import rollups
+from machinery.runtime import flow
 
 TOP_STEPS = 10
 SERVICES_SHOWN = 100
@@ -47,6 +48,9 @@ def dashboard(runtime, now: datetime | None = None) -> dict[str, Any]:
         })
     steps = [{**stats, "workflow": name} for name, entry in day.items() for stats in entry["steps"].values()]
     services, _total = store.list_services(1, SERVICES_SHOWN)
+    flow.show_states(store, services)
+    queued = [{"service": service, "workflow": workflow, "why": why, "count": count}
+              for (service, workflow, why), count in sorted(store.flow.queued_events().items())]
     return {
         "now": now, "workflows": workflows,
         "slowest": sorted(steps, key=lambda s: (-s["mean_ms"], s["workflow"], s["step"]))[:TOP_STEPS],
@@ -54,6 +58,7 @@ def dashboard(runtime, now: datetime | None = None) -> dict[str, Any]:
                                                                              s["workflow"], s["step"]))[:TOP_STEPS],
         "services": [_service_row(service) for service in services],
         "active": store.pending_events_by_status(),
+        "queued": queued,
     }
 
 
@@ -63,11 +68,11 @@ def _service_row(service: Mapping[str, Any]) -> dict[str, Any]:
         limits.append(f"at most {service['max_concurrency']} in flight")
     rate = service.get("rate_limit")
     if isinstance(rate, Mapping) and rate.get("per_s"):
-        limits.append(f"{rate['per_s']}/s, burst {rate.get('burst', rate['per_s'])}")
+        limits.append(f"{rate['per_s']:g}/s, burst {rate.get('burst') or rate['per_s']:g}")
     breaker = service.get("breaker")
     return {"name": service["name"], "address": service.get("address"), "limits": limits,
             "breaker": breaker if isinstance(breaker, Mapping) else None,
-            "state": service.get("flow_state")}
+            "state": service.get("flow") or {}}
 
 
 def _scale(values: Iterable[float | None], top: float | None) -> float:

@@ -102,6 +102,11 @@ def test_a_step_held_back_is_queued_and_shows_why(http, live_app, watch, watched
     assert 'machinery_steps_queued_total{service="upper",why="max_concurrency"}' in metrics
     assert 'machinery_events_queued{service="upper",why="max_concurrency"} 1.0' in metrics
     assert 'machinery_service_in_flight{service="upper"} 1.0' in metrics
+    dashboard = http.get(f"{api}/ui/", timeout=10).text
+    queued = dashboard[dashboard.index('id="queued"'):]
+    assert 'service <a href="/ui/services#service-upper">upper</a></td>\n    <td>max_concurrency</td><td>1</td>' \
+        in queued[:queued.index("</table>")]
+    assert '<span data-state="in-flight">1</span> of 1 in flight' in dashboard
     # AND once the slot is free it runs, its one attempt spent on the call, the note gone
     events = ended(http, api, [first, second])
     assert [e["status"] for e in events] == ["completed", "completed"]

@@ -199,3 +199,33 @@ def test_cancel_says_it_is_not_available(client):
 def test_an_unknown_job_is_a_404(client):
     assert client.get("/events/bulk/nope").status_code == 404
     assert client.get("/events/bulk/0123456789abcdef01234567").status_code == 404
+
+
+def test_a_bulk_replay_of_tree_events_redoes_them_from_their_first_step(client, store):
+    # GIVEN tree events failed at a service that refuses connections
+    from machinery.serving import free_port
+
+    double = {"name": "double", "address": f"http://127.0.0.1:{free_port()}/", "retry": {"max_attempts": 1},
+              "inputs": [{"name": "n", "type": "int"}], "outputs": [{"name": "n", "type": "int"}]}
+    assert client.post("/services", json=double).status_code == 201
+    tree = {"name": "tree", "inputs": [{"name": "n", "type": "int"}], "outputs": [],
+            "steps": [{"id": "twice", "call": "double"}, {"id": "again", "call": "double"}]}
+    assert client.post("/workflows", json=tree).status_code == 201
+    sent = [client.post("/e/tree", json={"n": n}).get_json()["event_id"] for n in range(3)]
+    assert all(store.get_event(event_id)["status"] == "failed" for event_id in sent)
+    # WHEN they are replayed in bulk, from the default step and from a named one
+    first = client.post("/events/bulk", json={"action": "replay", "filter": {"workflow": "tree"}}).get_json()
+    run_all(store, first["job_id"])
+    # THEN each is pending again, its new run redoing the tree from its first step, through the replay path
+    for event_id in sent:
+        event = store.get_event(event_id)
+        assert event["status"] == "pending" and event["runs"][-1]["from_step"] == "twice"
+        assert event["runs"][-1]["redo"] and event["runs"][-1]["bulk_job"] == first["job_id"]
+    # AND a step the plan does not hold is a skip saying why, for each event
+    for event_id in sent:
+        store.update_event(event_id, {"$set": {"status": "failed"}})
+    named = client.post("/events/bulk", json={"action": "replay", "from_step": "nope",
+                                              "filter": {"workflow": "tree"}}).get_json()
+    job = run_all(store, named["job_id"])
+    assert (job["done"], job["skipped"]) == (0, 3)
+    assert "not a step of this event's plan" in bulk.shown_job(job)["skipped_why"][0]["why"]

@@ -25,6 +25,7 @@ setup(
         "openapi-spec-validator>=0.7,<1",
         "referencing>=0.30",
         "PyYAML>=6,<7",
+        "croniter>=6,<8",
     ],
     entry_points={"console_scripts": ["machinery = machinery.cli:main"]},
 )

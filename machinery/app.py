@@ -21,7 +21,7 @@ from machinery.rollups import Recorder, RollupObserver
 from machinery.runtime.executor import Executor, Observer
 from machinery.runtime.worker import LeaseKeeper, Worker, process_owner
 from machinery.schemas import ErrorSchema, json_default
-from machinery.store import Store
+from machinery.store import FINISHED, Store
 
 LOG = logging.getLogger(__name__)
 EMBEDDED_MAX_IDLE_S = 1.0
@@ -100,7 +100,7 @@ class Runtime:
             event = self.executor.run(event, owner)
         finally:
             self.keeper.drop(event["event_id"])
-        if event.get("callback_url") and event["status"] in ("completed", "failed"):
+        if event.get("callback_url") and event["status"] in FINISHED:
             self.queued()  # its completion webhook is due
         return event
 
@@ -164,11 +164,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             raise StoreUnavailable("the store is not reachable")
 
     api = Api(app)
-    from machinery.api import bulk, events, graph, health, services, spec, ui, workflows
+    from machinery.api import bulk, control, events, graph, health, schedules, services, spec, ui, workflows
 
     for blueprint in (services.bp, services.alias, workflows.bp, workflows.alias,
-                      events.ingest, bulk.bp, events.bp, events.callbacks, graph.bp):
+                      events.ingest, bulk.bp, events.bp, events.callbacks, graph.bp, control.bp):
         api.register_blueprint(blueprint)
+    api.register_blueprint(schedules.bp)
     api.register_blueprint(secrets_api.bp)
     spec.document(api, keyed=bool(app.extensions["machinery_keys"]))
     app.register_blueprint(health.bp)

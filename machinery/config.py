@@ -147,6 +147,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_CALLS", 64, _positive_int,
             "Service calls one process has in flight at once, over all the branches and map items of the "
             "step trees it runs."),
+    Setting("FLOW_WAIT_S", 2.0, _positive_float,
+            "How long a call to a service at its max_concurrency, rate_limit or open breaker waits in its "
+            "thread before its step is queued in the store (no attempt spent) and the thread moves on."),
     Setting("LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"),
             "Logging level."),
     Setting("LOG_FORMAT", "text", _choice("text", "json"),

@@ -12,7 +12,7 @@ from machinery import guard, registry, search
 from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound, ServiceCallError, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
-from machinery.runtime import replay, tree
+from machinery.runtime import cancel, replay, tree
 from machinery.runtime.executor import callback_outputs, close_waiting, hash_token, too_large_error
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, RecordSize, mib, new_event_bound
@@ -21,6 +21,8 @@ from machinery.store.store import CLAIMS_KEPT
 ENVELOPE_KEYS = {"data", "callback_url", "idempotency_key"}
 MAX_KEY_LENGTH = 200
 EARLY_CALLBACK_WAIT_S = 2.0
+RETRIABLE = ("failed", "cancelled")
+REPLAYABLE = ("failed", "completed", "cancelled")
 
 
 def parse_envelope(body: Any) -> tuple[Any, dict]:
@@ -69,12 +71,14 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
               owner: str | None = None, lease_s: float = 30.0, callback_base: str | None = None,
               trace: Mapping[str, str] | None = None, allowed_hosts: Any = None,
               workflow: Mapping[str, Any] | None = None,
-              parent: Mapping[str, Any] | None = None) -> tuple[dict, bool]:
+              parent: Mapping[str, Any] | None = None,
+              schedule: Mapping[str, Any] | None = None) -> tuple[dict, bool]:
     """Check an event against its workflow and store it before anything runs.
 
     A `callback_url` whose host `allowed_hosts` (MACHINERY_ALLOWED_HOSTS) does not admit is refused.
     `workflow` may be given when the caller already read it by `workflow_ref`. `parent`: the
-    {event_id, instance, run} of the tree event whose `workflow` step this event is.
+    {event_id, instance, run} of the tree event whose `workflow` step this event is. `schedule`: the
+    {name, tick} of the schedule whose tick this event is.
 
     With an `owner` the event is stored running and held by that owner (a sync event, run at once);
     without, it is stored pending for any worker. Returns (event, created): an idempotency key
@@ -101,6 +105,9 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
     except DataflowError as error:
         raise Conflict(f"workflow {workflow['name']!r} no longer checks against the registered services: "
                        f"{error.message}", errors=error.errors) from None
+    held = cancel.held_fields(workflow)  # a paused workflow's event waits, even a sync one
+    if held:
+        owner = None
     now = utcnow()
     event = {
         "workflow_id": workflow["workflow_id"], "workflow_name": workflow["name"],
@@ -116,11 +123,17 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
         event["progress"] = {}
     if parent is not None:
         event["parent"] = dict(parent)
+    if schedule is not None:
+        event["schedule"] = dict(schedule)
     if key is not None:
         event["idempotency_key"] = key
+    event.update(held)
     search.fold(plan, event)
     event["size_bound"] = new_event_bound(event)
-    return store.insert_event(event)
+    stored, created = store.insert_event(event)
+    if created and held:
+        cancel.recheck_held(store, stored)
+    return stored, created
 
 
 def context_before(event: Mapping[str, Any], index: int, completed: Mapping[tuple, Mapping] | None = None) -> dict:
@@ -259,16 +272,17 @@ def retry_event(store: Store, event_id: str, from_step: int | str | None = None,
                               errors={"from_step": [f"not a step id: {from_step!r}"]})
         from_step = int(position.group(1))
     status, steps = event["status"], event["plan"]["steps"]
+    stopped = status in RETRIABLE  # a cancelled event is retried as a failed one: from where it stopped
     if from_step is None and not context:
-        if status != "failed":
-            raise Conflict(f"event {event_id} is {status}; only a failed event can be retried "
+        if not stopped:
+            raise Conflict(f"event {event_id} is {status}; only a failed event can be retried, or a cancelled one "
                            "(send from_step to replay a finished event)")
         from_step = event["next_step"]
-    elif status not in ("failed", "completed"):
+    elif status not in REPLAYABLE:
         raise Conflict(f"event {event_id} is {status}; only a finished event can be replayed")
     if from_step is None:
-        from_step = event["next_step"] if status == "failed" else 0
-    furthest = event["next_step"] if status == "failed" else len(steps) - 1
+        from_step = event["next_step"] if stopped else 0
+    furthest = event["next_step"] if stopped else len(steps) - 1
     if not 0 <= from_step <= furthest:
         raise InvalidData(f"from_step must be between 0 and {furthest} for this event",
                           errors={"from_step": [f"not between 0 and {furthest}"]})
@@ -284,8 +298,8 @@ def retry_event(store: Store, event_id: str, from_step: int | str | None = None,
     now = utcnow()
     # The run records the values changed only: context_before rebuilds the rest from the run before.
     entry = {"run": run, "from_step": from_step, "at": now, "overrides": overrides, "previous_status": status,
-             **(note or {})}
-    fields = {**held_by(owner, lease_s, now), "next_step": from_step, "context": base, "run": run,
+             **_cancel_of(event), **(note or {})}
+    fields = {**held_by(owner, lease_s, now), "next_step": from_step, "context": base, "run": run, "cancelled": None,
               "outputs": None, "error": None, "finished_at": None, "updated_at": now, "webhook": None,
               "claims_without_progress": 1 if owner else 0}
     update: dict[str, Any] = {"$set": search.fold(event["plan"], fields), "$push": {"runs": entry}}
@@ -300,6 +314,11 @@ def retry_event(store: Store, event_id: str, from_step: int | str | None = None,
     if not updated:
         raise Conflict(f"event {event_id} changed while it was being retried; try again")
     return store.get_event(event_id)
+
+
+def _cancel_of(event: Mapping[str, Any]) -> dict:
+    """What a run entry keeps of the cancel it follows (the event's own `cancelled` is cleared)."""
+    return {"cancelled": event["cancelled"]} if event.get("cancelled") else {}
 
 
 def check_overrides(overrides: Mapping[str, Any], available: Mapping[str, Any], unknown: str, against: str) -> None:
@@ -324,10 +343,10 @@ def _retry_tree(store: Store, event: Mapping[str, Any], from_step: Any, item: in
     the workflow's inputs the run starts from, checked against their declared types."""
     event_id, status = event["event_id"], event["status"]
     if from_step is None and item is None and not context:
-        if status != "failed":
-            raise Conflict(f"event {event_id} is {status}; only a failed event can be retried "
+        if status not in RETRIABLE:
+            raise Conflict(f"event {event_id} is {status}; only a failed event can be retried, or a cancelled one "
                            "(send from_step to replay a finished event)")
-    elif status not in ("failed", "completed"):
+    elif status not in REPLAYABLE:
         raise Conflict(f"event {event_id} is {status}; only a finished event can be replayed")
     if item is not None and from_step is None:
         raise InvalidData("item needs from_step: the map whose item to replay",
@@ -343,8 +362,9 @@ def _retry_tree(store: Store, event: Mapping[str, Any], from_step: Any, item: in
     run = event.get("run", 0) + 1
     now = utcnow()
     entry = {"run": run, "from_step": from_step, "item": item, "overrides": overrides, "redo": redo, "at": now,
-             "previous_status": status, **(note or {})}
-    fields = {**held_by(owner, lease_s, now), "run": run, "context": {**(event.get("context") or {}), **overrides},
+             "previous_status": status, **_cancel_of(event), **(note or {})}
+    fields = {**held_by(owner, lease_s, now), "run": run, "cancelled": None,
+              "context": {**(event.get("context") or {}), **overrides},
               "outputs": None, "error": None, "finished_at": None, "updated_at": now, "webhook": None,
               "claims_without_progress": 1 if owner else 0}
     update: dict[str, Any] = {"$set": search.fold(event["plan"], fields), "$push": {"runs": entry}}
@@ -452,6 +472,8 @@ def _complete_tree_callback(store: Store, record: Mapping[str, Any], token_hash:
                             headers: Mapping[str, str] | None = None,
                             secret: Callable[[str], str] | None = None) -> dict:
     """Complete a tree event's waiting call record with the outputs its service POSTed, then wake the event."""
+    if record["status"] == "cancelled":
+        raise Gone("this callback was revoked: its event was cancelled")
     if record["status"] != "waiting":
         raise Gone("this callback was already used, or its deadline passed")
     if record["expires"].replace(tzinfo=None) < utcnow():

@@ -43,7 +43,7 @@ def _counts(progress: Mapping[str, Any] | None, node_id: str) -> str:
     entry = (progress or {}).get(node_id)
     if not isinstance(entry, Mapping):
         return ""
-    parts = [f"{entry.get(key)} {key}" for key in ("done", "failed", "running", "waiting") if entry.get(key)]
+    parts = [f"{entry.get(key)} {key}" for key in ("done", "failed", "running", "waiting", "queued") if entry.get(key)]
     total = entry.get("n")
     return (", ".join(parts) + (f" of {total}" if total else "")) if parts else ""
 

@@ -37,6 +37,9 @@ SERVICE_CALLS = Counter(
     "machinery_service_calls_total", "HTTP calls made to services, by outcome "
     "(ok, accepted, contract, timeout, connection, http_status, redirect, too_large).",
     ["service", "outcome"], registry=REGISTRY)
+STEPS_QUEUED = Counter(
+    "machinery_steps_queued_total", "Steps held back by their service's flow control and queued in the store, "
+    "by why (max_concurrency, rate_limit, breaker).", ["service", "why"], registry=REGISTRY)
 HTTP_DURATION = Histogram(
     "machinery_http_request_duration_seconds", "Time the API took to answer, by route and status.",
     ["method", "endpoint", "status"], registry=REGISTRY)
@@ -53,6 +56,9 @@ class MetricsObserver(Observer):
 
     def event_finished(self, workflow: str, status: str, **_how) -> None:
         EVENTS_FINISHED.labels(workflow, status).inc()
+
+    def step_queued(self, service: str, why: str) -> None:
+        STEPS_QUEUED.labels(service, why).inc()
 
 
 def event_received(workflow: str, run_async: bool) -> None:
@@ -84,6 +90,45 @@ class StoreCollector:
         yield active
 
 
+class FlowCollector:
+    """Gauges of the services' flow control, read from the store at scrape time: calls in flight, each
+    breaker's state, and the events queued now, by service and why."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        from machinery.runtime import flow
+
+        in_flight = GaugeMetricFamily("machinery_service_in_flight",
+                                      "Calls in flight to a service with max_concurrency, across every process.",
+                                      labels=["service"])
+        breaker = GaugeMetricFamily("machinery_service_breaker_state",
+                                    "1 for the state a service's circuit breaker is in (closed, open, half_open).",
+                                    labels=["service", "state"])
+        failures = GaugeMetricFamily("machinery_service_breaker_failures",
+                                     "Consecutive retryable failures its breaker has counted.", labels=["service"])
+        queued = GaugeMetricFamily("machinery_events_queued",
+                                   "Events with a step held back by its service's flow control, by why.",
+                                   labels=["service", "why"])
+        try:
+            shown = flow.states_shown(self.store)
+            waiting = self.store.flow.queued_events()
+        except StoreUnavailable as error:
+            LOG.warning("metrics: flow gauges skipped: %s", error.message)
+            return
+        for name, state in shown.items():
+            if "in_flight" in state:
+                in_flight.add_metric([name], state["in_flight"])
+            if "breaker" in state:
+                for each in ("closed", "open", "half_open"):
+                    breaker.add_metric([name, each], 1 if state["breaker"]["state"] == each else 0)
+                failures.add_metric([name], state["breaker"]["failures"])
+        for (name, why), count in sorted(waiting.items()):
+            queued.add_metric([name, why], count)
+        yield from (in_flight, breaker, failures, queued)
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
@@ -99,6 +144,7 @@ def exposition(store) -> tuple[bytes, str]:
         registry = CollectorRegistry()
         registry.register(_Forward(REGISTRY))
     registry.register(StoreCollector(store))
+    registry.register(FlowCollector(store))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

@@ -210,6 +210,10 @@ class RollupObserver:
         self.inner.event_finished(workflow, status)
         self.recorder.event_finished(workflow, status, duration_ms)
 
+    def __getattr__(self, name: str):
+        """Every other hook (a step queued by flow control, ...) goes to the inner observer as it is."""
+        return getattr(self.inner, name)
+
 
 # -- reading ------------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ ADDRESS_RULE = [validate.Length(max=2000),
                 validate.Regexp(ADDRESS_PATTERN, error="must be an http:// or https:// URL")]
 SECRET_RULE = validate.Length(min=16, max=256)
 MAX_STEP_INDEX = 1_000_000  # a bound the spec can state; a step beyond the plan is refused by the core anyway
-STATUSES = ("pending", "running", "waiting", "completed", "failed")
+STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 
 
 MAX_SCHEMA_TEXT = 256 * 1024
@@ -209,6 +209,20 @@ class RetrySchema(Schema):
                              allow_nan=False)
 
 
+class RateLimitSchema(Schema):
+    """A token bucket: `per_s` calls a second on average, up to `burst` at once (default: per_s, at least 1)."""
+
+    per_s = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0.001, max=100000))
+    burst = fields.Integer(load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1, max=100000))
+
+
+class BreakerSchema(Schema):
+    """A circuit breaker: opened by `failure_threshold` consecutive retryable failures, for `cool_down_s`."""
+
+    failure_threshold = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=1000))
+    cool_down_s = fields.Float(load_default=30.0, allow_nan=False, validate=validate.Range(min=0.01, max=86400))
+
+
 class ServiceSchema(Schema):
     """A service definition as registered."""
 
@@ -231,6 +245,11 @@ class ServiceSchema(Schema):
     callback_timeout_s = fields.Float(load_default=None, allow_nan=False,
                                       validate=validate.Range(min=0.001, max=30 * 86400))
     retry = fields.Nested(RetrySchema, load_default=None)
+    max_concurrency = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                     validate=validate.Range(min=1, max=10000), metadata={
+                                         "description": "calls in flight to it at most, across every process"})
+    rate_limit = fields.Nested(RateLimitSchema, load_default=None, allow_none=True)
+    breaker = fields.Nested(BreakerSchema, load_default=None, allow_none=True)
     reply = fields.Nested(ReplySchema, load_default=None, allow_none=True, metadata={
         "description": "the type of a successful reply's body, when known; outputs are checked against it"})
     warnings = fields.List(fields.String(), metadata={
@@ -369,6 +388,9 @@ class ServiceOutSchema(ServiceSchema):
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
     used_by = fields.List(fields.String())
+    flow = fields.Dict(dump_only=True, metadata={
+        "description": "read-only, with max_concurrency, rate_limit or breaker set: calls in flight, tokens left, "
+                       "the breaker's state (closed, open, half_open), failures and opened_at"})
 
 
 class WorkflowOutSchema(WorkflowSchema):
@@ -382,6 +404,9 @@ class WorkflowOutSchema(WorkflowSchema):
     ack_date = fields.DateTime(required=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
+    paused = fields.Dict(allow_none=True, dump_only=True, dump_default=None, metadata={
+        "description": "read-only: while the workflow is paused, who paused it and when ({by, at}); new "
+                       "events wait, pending, until it is resumed"})
 
 
 class PageArgsSchema(Schema):
@@ -467,7 +492,7 @@ class StepRunSchema(StepSchema):
 class StepRunArgsSchema(PageArgsSchema):
     node = fields.String(validate=validate.Length(min=1, max=64), metadata={"description": "a node id"})
     item = fields.Integer(validate=validate.Range(min=0), metadata={"description": "a map item's index"})
-    status = fields.String(validate=validate.OneOf(["completed", "failed", "waiting"]))
+    status = fields.String(validate=validate.OneOf(["completed", "failed", "waiting", "cancelled"]))
 
 
 StepRunPageSchema = page_of(StepRunSchema)
@@ -540,6 +565,8 @@ class EventAckSchema(Schema):
     status = fields.String(required=True, validate=validate.OneOf(STATUSES))
     outputs = fields.Dict(allow_none=True)
     error = fields.Dict(allow_none=True)
+    held = fields.String(allow_none=True, metadata={
+        "description": "paused: a pending event its paused workflow holds until it is resumed"})
 
 
 class EventSchema(EventAckSchema):
@@ -556,6 +583,11 @@ class EventSchema(EventAckSchema):
                                                     "taken ({branch: count})"})
     parent = fields.Dict(allow_none=True, metadata={"description": "a child workflow's event: the "
                                                                    "{event_id, instance, run} that started it"})
+    queued = fields.Dict(allow_none=True, metadata={
+        "description": "a step its service's flow control holds back: service, why (max_concurrency, rate_limit "
+                       "or breaker), message, step, since, and until (when it is due again)"})
+    schedule = fields.Dict(allow_none=True, metadata={"description": "an event a schedule sent: the "
+                                                                     "{name, tick} it was sent for"})
     next_step = fields.Integer()
     run = fields.Integer()
     runs = fields.List(fields.Dict())
@@ -563,6 +595,10 @@ class EventSchema(EventAckSchema):
     claim_count = fields.Integer(metadata={"description": "how many times it was claimed in all"})
     last_error = fields.Dict(allow_none=True, metadata={
         "description": "the last error a run of it raised, if any (what kind stuck names)"})
+    cancelled = fields.Dict(allow_none=True, metadata={
+        "description": "a cancelled event: who cancelled it, when, why, the status it had, and whether "
+                       "what it was running is still in flight ({by, at, reason, previous_status, in_flight}: "
+                       "in_flight turns false once the calls in flight have finished and are recorded)"})
     callback_url = fields.String(allow_none=True)
     webhook = fields.Nested(WebhookSchema, allow_none=True)
     idempotency_key = fields.String(allow_none=True)

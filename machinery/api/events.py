@@ -115,6 +115,8 @@ def answer(event: dict, created: bool = True):
         return event, 201, headers
     if status == "failed":
         return event, 502, headers
+    if status == "cancelled":  # cancelled while the caller waited: the answer is the event as it ended
+        return event, 200, headers
     return event, 202, headers
 
 
@@ -144,7 +146,7 @@ class Ingest(MethodView):
         )
         if created:
             metrics.event_received(event.get("workflow_name", workflow_ref), run_async)
-        if created and run_async:
+        if created and (run_async or event["status"] != "running"):  # not running: its workflow is paused
             runtime.queued(event["event_id"])
         elif created:
             event = runtime.run_now(event)

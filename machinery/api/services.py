@@ -14,7 +14,7 @@ from machinery.api.errors import _invalid
 from machinery.exceptions import InvalidData, MachineryError, NotFound, StoreUnavailable
 from machinery.import_schemas import ImportBodySchema, ImportOptionsSchema, ImportReportSchema
 from machinery.language import openapi
-from machinery.runtime import calls
+from machinery.runtime import calls, flow
 from machinery.schemas import PageArgsSchema, ServiceOutSchema, ServiceSchema, page_of
 
 
@@ -79,6 +79,8 @@ class Service(MethodView):
         """Read a service by id or name, with the workflows that use it"""
         service = _store().get_service(ref)
         service["used_by"] = [workflow["name"] for workflow in _store().workflows_using(service["name"])]
+        if flow.limits_of(service) is not None:
+            service["flow"] = flow.state_of(_store().flow.state(service["name"]), service)
         return service
 
     @bp.arguments(ServiceSchema)

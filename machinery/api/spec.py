@@ -28,6 +28,8 @@ CONFLICTS = {
     ("delete", "/services/{ref}"): (409,), ("post", "/events/{event_id}/retry"): (409, 422),
     ("post", "/e/{workflow_ref}"): (409, 422), ("post", "/callbacks/{token}"): (410, 422),
     ("post", "/workflows"): (409, 422), ("post", "/w"): (409, 422), ("delete", "/workflows/{ref}"): (409,),
+    ("post", "/schedules"): (409,), ("patch", "/schedules/{name}"): (409,),
+    ("post", "/schedules/{name}/resume"): (409, 422),
 }
 METHODS = ("get", "put", "post", "delete", "patch")
 

@@ -11,12 +11,14 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from markupsafe import Markup
 
-from machinery import __version__, graph, graph_tree, registry
-from machinery.api import dashboard
+from machinery import __version__, event_view, graph, graph_tree, registry
+from machinery.api import control, dashboard
 from machinery.api.errors import STATUS_OF
 from machinery.events import for_display, retry_event
 from machinery.exceptions import DataflowError, InvalidData, MachineryError, NotFound
 from machinery.language import types
+from machinery.runtime import flow
+from machinery.runtime.tree import run_lineage
 from machinery.schemas import STATUSES, json_default
 from machinery.store import ACTIVE
 
@@ -24,7 +26,8 @@ from machinery.store import ACTIVE
 bp = Blueprint("ui", __name__, url_prefix="/ui")
 
 PAGE_SIZE = 25
-STATUS_COLOURS = {"pending": "grey", "running": "blue", "waiting": "amber", "completed": "green", "failed": "red"}
+STATUS_COLOURS = {"pending": "grey", "running": "blue", "waiting": "amber", "completed": "green", "failed": "red",
+                  "cancelled": "grey"}
 # Inline style attributes position the timeline bars; nothing else inline is allowed.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -150,7 +153,7 @@ def workflows():
 
 
 @bp.get("/workflows/<ref>")
-def workflow(ref: str):
+def workflow(ref: str, message: str | None = None, code: int = 200):
     """One workflow, drawn from its resolved plan, with its latest events."""
     store = _runtime().store
     item = store.get_workflow(ref)
@@ -164,8 +167,8 @@ def workflow(ref: str):
     events, total = store.list_events(1, 10, workflow_id=item["workflow_id"])
     example = {field["name"]: _example_value(field) for field in item["inputs"]}
     return render_template("workflow.html", workflow=item, plan=plan, drawing=drawing, problem=problem,
-                           events=events, events_total=total,
-                           example=json.dumps({"data": example}, ensure_ascii=False))
+                           events=events, events_total=total, message=message,
+                           example=json.dumps({"data": example}, ensure_ascii=False)), code
 
 
 def _example_value(field: Mapping[str, Any]) -> Any:
@@ -183,7 +186,20 @@ def services():
     items, total = store.list_services(page, PAGE_SIZE)
     for item in items:
         item["used_by"] = [workflow["name"] for workflow in store.workflows_using(item["name"])]
+    flow.show_states(store, items)
     return render_template("services.html", services=items, page=page, pages=_pages(total, PAGE_SIZE), total=total)
+
+
+SCHEDULE_RESULT_COLOURS = {"fired": "green", "skipped": "amber", "missed": "amber", "failed": "red"}
+
+
+@bp.get("/schedules")
+def schedules():
+    """List schedules with their next run and their last tick."""
+    page = _page()
+    items, total = _runtime().store.list_schedules(page, PAGE_SIZE)
+    return render_template("schedules.html", schedules=items, page=page, pages=_pages(total, PAGE_SIZE), total=total,
+                           result_colours=SCHEDULE_RESULT_COLOURS)
 
 
 @bp.get("/events")
@@ -227,22 +243,62 @@ def event(event_id: str):
     return _event_page(_runtime().store.get_event(event_id))
 
 
+@bp.get("/events/<event_id>/live")
+def event_live(event_id: str):
+    """The part of an event's page that follows the event, alone: what the page swaps in while it runs."""
+    response = current_app.make_response(
+        render_template("_event.html", **_event_view(_runtime().store.get_event(event_id)), message=None))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 FAILED_SHOWN = 50
+# Step runs drawn on a tree event's timeline, map items among them (the first, in the order they started).
+TIMELINE_RECORDS = 2000
 
 
-def _event_page(item: dict, message: str | None = None, code: int = 200):
+def _event_page(item: dict, message: str | None = None, code: int = 200, template: str = "event.html"):
+    return render_template(template, **_event_view(item), message=message), code
+
+
+def _event_view(item: dict) -> dict:
     store = _runtime().store
     item = for_display(item, store)
-    tree, failed, failed_total = None, [], 0
-    if item.get("plan", {}).get("version") == 2:
-        # A tree event: its tree with each step's progress and the branches taken, and its failed
-        # step records (map items among them), each linked to its record.
-        tree = Markup(graph_tree.svg(item["plan"], item.get("workflow_name"), progress=item.get("progress"),
-                                     link=lambda kind, name: url_for("ui.services") + "#service-" + name
-                                     if kind == "call" else url_for("ui.workflow", ref=name)))
-        failed, failed_total = store.page_step_runs(item["event_id"], status="failed", page_size=FAILED_SHOWN)
-    return render_template("event.html", event=item, timeline=timeline(item), active=item["status"] in ACTIVE,
-                           message=message, tree=tree, failed=failed, failed_total=failed_total), code
+    view = {"event": item, "active": item["status"] in ACTIVE, "tree": None, "failed": [], "failed_total": 0}
+    if item.get("plan", {}).get("version") != 2:
+        drawn = event_view.timeline(item)
+        return {**view, "timeline": drawn, "details": drawn["bars"]}
+    # A tree event: its tree with each step's progress and the branches taken, its maps' progress, its
+    # failed step records (map items among them), each linked to its record, and a timeline of every
+    # step run, map items included, in lanes.
+    view["tree"] = Markup(graph_tree.svg(item["plan"], item.get("workflow_name"), progress=item.get("progress"),
+                                         link=lambda kind, name: url_for("ui.services") + "#service-" + name
+                                         if kind == "call" else url_for("ui.workflow", ref=name)))
+    view["failed"], view["failed_total"] = store.page_step_runs(item["event_id"], status="failed",
+                                                                page_size=FAILED_SHOWN)
+    view["summary"] = event_view.summary(item["plan"], item.get("progress"))
+    latest: dict[str, dict] = {}
+    records = store.step_runs_of(item["event_id"], run_lineage(item), limit=TIMELINE_RECORDS + 1)
+    for record in records[:TIMELINE_RECORDS]:
+        latest[record["instance"]] = record
+    shown = {record["instance"]: number for number, record in enumerate(item.get("steps") or [])}
+    drawn = event_view.timeline(item, latest.values())
+    for bar in drawn["bars"]:
+        record = bar["record"]
+        if record.get("instance") in shown and record.get("item") is None:
+            bar["href"] = f"#step-record-{shown[record['instance']]}"
+        else:
+            bar["href"] = record_link(item["event_id"], record)
+    drawn["lanes"], drawn["folded"] = event_view.lanes(drawn["bars"])
+    drawn["cut"] = len(records) > TIMELINE_RECORDS
+    return {**view, "timeline": drawn, "details": event_view.timeline(item)["bars"]}
+
+
+def record_link(event_id: str, record: Mapping[str, Any]) -> str:
+    """The JSON page of the API holding one step record: its node, and its map item if it has one."""
+    if record.get("item") is not None:
+        return url_for("events.Steps", event_id=event_id, node=record.get("node"), item=record["item"])
+    return url_for("events.Steps", event_id=event_id, node=record.get("node"))
 
 
 @bp.post("/events/<event_id>/retry")
@@ -262,42 +318,56 @@ def retry(event_id: str):
     return redirect(url_for("ui.event", event_id=event_id), code=303)
 
 
+@bp.post("/events/<event_id>/cancel")
+def cancel(event_id: str):
+    """Cancel an event that has not ended (a form, as retry is)."""
+    if not _same_origin():
+        abort(403)
+    runtime = _runtime()
+    try:
+        event = control.cancel.cancel_event(runtime.store, event_id, by=control.principal(), reason="from the UI")
+    except NotFound:
+        raise
+    except MachineryError as error:
+        code = next((status for kind, status in STATUS_OF.items() if isinstance(error, kind)), 500)
+        return _event_page(runtime.store.get_event(event_id), message=error.message, code=code)
+    runtime.executor.observer.event_finished(event.get("workflow_name", ""), "cancelled")
+    return redirect(url_for("ui.event", event_id=event_id), code=303)
+
+
+@bp.post("/workflows/<ref>/pause")
+def pause(ref: str):
+    """Pause a workflow (a form)."""
+    return _pause_or_resume(ref, control.cancel.pause_workflow)
+
+
+@bp.post("/workflows/<ref>/resume")
+def resume(ref: str):
+    """Resume a paused workflow (a form)."""
+    return _pause_or_resume(ref, control.cancel.resume_workflow)
+
+
+def _pause_or_resume(ref: str, action):
+    if not _same_origin():
+        abort(403)
+    runtime = _runtime()
+    try:
+        action(runtime.store, ref, by=control.principal())
+    except NotFound:
+        raise
+    except MachineryError as error:
+        code = next((status for kind, status in STATUS_OF.items() if isinstance(error, kind)), 500)
+        return workflow(ref, message=error.message, code=code)
+    runtime.queued()
+    return redirect(url_for("ui.workflow", ref=ref), code=303)
+
+
 def _same_origin() -> bool:
     """Refuse a form posted from another site: browsers send Origin on cross-site POSTs."""
     origin = request.headers.get("Origin")
     if origin is None or origin == "null":
         return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
     return urlsplit(origin).netloc == request.host
-
-
-def timeline(event: Mapping[str, Any]) -> dict:
-    """Bars for an event's step runs, placed on one time axis from the ack date to the end (or now)."""
-    records = [dict(record) for record in event.get("steps") or []]
-    if event.get("waiting"):
-        records.append({**event["waiting"], "status": "waiting"})
-    start = event.get("ack_date")
-    now = datetime.now(UTC)
-    ends = [event.get("finished_at") or None]
-    for record in records:
-        ends.append(record.get("finished_at") or (now if record["status"] == "waiting" else record.get("started_at")))
-    end = max([moment for moment in ends if moment is not None] + [start]) if start else None
-    if event.get("status") in ACTIVE:
-        end = now
-    span_ms = max((end - start).total_seconds() * 1000, 1.0) if start and end else 1.0
-    bars = []
-    for record in records:
-        started = record.get("started_at")
-        finished = record.get("finished_at")
-        if record["status"] == "waiting":
-            length = (now - started).total_seconds() * 1000 if started else 0.0
-        else:
-            length = record.get("duration_ms") or 0.0
-        offset = (started - start).total_seconds() * 1000 if started and start else 0.0
-        left = min(max(offset / span_ms * 100, 0.0), 99.5)
-        width = min(max(length / span_ms * 100, 0.5), 100.0 - left)
-        bars.append({"record": record, "left": round(left, 3), "width": round(width, 3), "ms": length,
-                     "finished": finished})
-    return {"bars": bars, "span_ms": span_ms, "start": start, "end": end}
 
 
 from machinery.api import ui_bulk  # noqa: E402 - its pages are this blueprint's, so it imports it

@@ -10,7 +10,7 @@ from machinery.language import types
 
 # What a plan keeps of each service: enough to call it without reading the registry again.
 SERVICE_FIELDS = ("name", "address", "inputs", "outputs", "timeout_s", "retry", "callback_timeout_s",
-                  "request", "success", "fingerprint")
+                  "request", "success", "fingerprint", "max_concurrency", "rate_limit", "breaker")
 
 
 def _operations_for(workflow: Mapping[str, Any], problems: list[dict]) -> dict[int, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ from machinery.exceptions import InvalidData, MachineryError, ServiceCallError, 
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
 from machinery.rollups import event_duration_ms
-from machinery.runtime import calls, tree
+from machinery.runtime import calls, cancel, flow, tree
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, MAX_DOCUMENT_BYTES, RecordSize, element_size, mib
@@ -26,6 +27,7 @@ from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, MAX_DOCUMENT_BYTES,
 LOG = logging.getLogger(__name__)
 
 DEFAULT_RETRY = {"max_attempts": 3, "backoff_s": 0.5}
+RUNNING = {"status": "running"}  # what the holder's writes expect: a cancel makes them miss
 MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 300.0
 CONNECT_TIMEOUT_S = 5.0
@@ -38,6 +40,7 @@ class Observer:
     def step_finished(self, service: str, status: str, duration_s: float, *, workflow: str = "",
                       step: str = "") -> None: ...
     def event_finished(self, workflow: str, status: str, *, duration_ms: float | None = None) -> None: ...
+    def step_queued(self, service: str, why: str) -> None: ...
 
 
 def backoff_delay(attempt: int, backoff_s: float, rand: Callable[[], float] = random.random) -> float:
@@ -76,6 +79,7 @@ class Outcome:
     attempts: int = 0
     attempt_log: list = field(default_factory=list)
     request: dict | None = None  # what a version 2 call sent: method, URL, its templated headers (secrets as ***)
+    queued: dict | None = None  # held back by the service's flow control: why, and until when (status queued)
 
 
 def new_span_id() -> str:
@@ -99,6 +103,7 @@ class Executor:
         self.max_response_bytes = config.get("MAX_RESPONSE_BYTES", 10 * 1024 * 1024)
         self.secrets = secrets.Keeper(store, config)
         self.secrets.check_at_start()
+        self.flow = flow.Flow(store, config)
 
     # -- one call -----------------------------------------------------------------------
 
@@ -218,6 +223,7 @@ class Executor:
         attempt and masked in whatever is kept of the reply."""
         service = step["service"]
         compiled = calls.compiled_for(service)
+        limits = flow.limits_of(service)
         retry = {**DEFAULT_RETRY, **(service.get("retry") or {})}
         headers = self._headers(event, step["index"], run, span_id, callback_url)
         body = json.dumps(inputs, separators=(",", ":")).encode() if compiled is None else None
@@ -231,7 +237,15 @@ class Executor:
                 if compiled is not None:
                     prepared = compiled.prepare(inputs, headers, self.secrets.value)
                     used = prepared.secrets
-                status, payload = self.call(service, body, headers, compiled, prepared)
+                if limits is None:
+                    status, payload = self.call(service, body, headers, compiled, prepared)
+                else:
+                    status, payload = self.flow.through(
+                        limits, functools.partial(self.call, service, body, headers, compiled, prepared), event)
+            except flow.Held as held:
+                # Not called: no attempt is spent; the step runs again, from its first attempt, when due.
+                self.observer.step_queued(service["name"], held.kind)
+                return Outcome("queued", attempts=attempt - 1, attempt_log=log, queued=held.note(step["index"]))
             except ServiceCallError as error:
                 text = calls.mask(error.message, used) if used else error.message
                 entry.update(outcome=error.kind, status=error.status, error=text, duration_ms=_ms(started))
@@ -309,6 +323,8 @@ class Executor:
                 token = new_callback_token(event["event_id"])
                 callback_url = f"{base.rstrip('/')}/callbacks/{token}"
             outcome = self.run_step(event, step, inputs, run, span_id, callback_url)
+            if outcome.status == "queued":
+                return self._queue(event, owner, context, index, outcome.queued, size)
             # The inputs sent are not stored: the plan and the context before the step give them back
             # (events.for_display), and storing them would copy the context into every step.
             record = {
@@ -344,9 +360,11 @@ class Executor:
             if grown > EVENT_LIMIT_BYTES:
                 return self._too_large(event, owner, record, context, index, size, grown=grown)
             try:
-                held = self.store.update_event(event["event_id"], update, owner=owner)
+                held = self.store.update_event(event["event_id"], update, owner=owner, expect=RUNNING)
             except TooLarge as refused:
                 return self._too_large(event, owner, record, context, index, size, refused=refused)
+            if not held and (cancelled := self._cancelled(event, owner, update)) is not None:
+                return cancelled
             size.commit(update)
             context = after
             index += 1
@@ -383,13 +401,15 @@ class Executor:
             return self._too_large(event, owner, record, context, record["step"] if record else index, size,
                                    grown=grown)
         try:
-            held = self.store.update_event(event["event_id"], update, owner=owner)
+            held = self.store.update_event(event["event_id"], update, owner=owner, expect=RUNNING)
         except TooLarge as refused:
             if not last_resort:
                 return self._too_large(event, owner, record, context, record["step"] if record else index, size,
                                        refused=refused)
             # Even the failure does not fit: fail it with writes that make the record smaller.
             held = self.store.fail_too_large(event["event_id"], error, owner=owner)
+        if not held and (cancelled := self._cancelled(event, owner, update)) is not None:
+            return cancelled
         if not held:
             LOG.warning("event %s: lease lost before it could finish", event["event_id"],
                         extra=log_fields(event, index))
@@ -456,14 +476,47 @@ class Executor:
         if grown > EVENT_LIMIT_BYTES:
             return self._too_large(event, owner, record, context, index, size, grown=grown)
         try:
-            held = self.store.update_event(event["event_id"], update, owner=owner)
+            held = self.store.update_event(event["event_id"], update, owner=owner, expect=RUNNING)
         except TooLarge as refused:
             return self._too_large(event, owner, record, context, index, size, refused=refused)
+        if not held:
+            # Cancelled while the service took the work: its callback is refused (410) like any spent one.
+            ended = close_waiting(waiting, status="cancelled", error={
+                "kind": "cancelled", "message": "the event was cancelled while this step was called"})
+            revoked = {"$set": {"context": context, "next_step": index}, "$push": {"steps": ended}}
+            if waiting.get("token_hash"):
+                revoked["$push"]["spent_tokens"] = waiting["token_hash"]
+            cancelled = self._cancelled(event, owner, revoked)
+            if cancelled is not None:
+                return cancelled
         if not held:
             LOG.warning("event %s: lease lost while parking it", event["event_id"],
                         extra=log_fields(event, index, record["service"]))
             return {**event, "status": "running"}
         return {**event, "status": "waiting", "waiting": waiting, "context": context, "next_step": index}
+
+    def _cancelled(self, event, owner, update) -> dict | None:
+        """A write that expected the event running missed. If it was cancelled, keep what the step in
+        flight did (`update` without its status) and let the event go: its final state is returned. None
+        when the lease was lost instead."""
+        if not cancel.settle(self.store, event["event_id"], owner, update):
+            return None
+        LOG.info("event %s: cancelled; the step in flight was recorded and nothing more runs", event["event_id"],
+                 extra=log_fields(event))
+        return self.store.get_event(event["event_id"])
+
+    def _queue(self, event, owner, context, index, queued, size) -> dict:
+        """The service's flow control held the step back: hand the event back to the store, pending until
+        the note's due time, saying why. Not a claim without progress: the service is what is busy."""
+        update = {"$set": {
+            "status": "pending", "queued": queued, "context": context, "next_step": index, "updated_at": utcnow(),
+            "lease_owner": None, "lease_expires": queued["until"], "claims_without_progress": 0}}
+        size.after(update, {})
+        if not self.store.update_event(event["event_id"], update, owner=owner):
+            LOG.warning("event %s: lease lost while queueing it", event["event_id"], extra=log_fields(event, index))
+            return {**event, "status": "running"}
+        size.commit(update)
+        return {**event, "status": "pending", "queued": queued, "context": context, "next_step": index}
 
     def _expire_waiting(self, event, owner, size) -> dict:
         """Claimed while waiting: the callback deadline passed, so the step fails."""

@@ -15,9 +15,7 @@ from machinery.language import types
 from machinery.language.expressions import ExpressionError
 from machinery.runtime.executor import close_waiting, hash_token, new_callback_token, new_span_id
 from machinery.runtime.tree import FAIL, OK, STOP, WAIT, Scope, TreeRun, after_seconds, parse_until
-from machinery.store import utcnow
-
-FINISHED = ("completed", "failed")
+from machinery.store import FINISHED, utcnow
 
 
 def block(walk: TreeRun, steps: list, context: dict, scope: Scope) -> str:
@@ -82,6 +80,8 @@ def call(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) ->
     record = walk.record(instance)
     if record is not None:
         return _resume_call(walk, node, record, context, instance)
+    if not walk.may_start():
+        return STOP
     inputs, failed = _inputs(walk, node, service["inputs"], context, scope)
     if failed:
         return failed
@@ -96,6 +96,9 @@ def call(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) ->
     with walk.calls:
         outcome = walk.executor.run_step(walk.event, {"service": service, "index": instance}, inputs, walk.run,
                                          span_id, callback_url)
+    if outcome.status == "queued":
+        walk.count(node["id"], running=-1, queued=1)
+        return walk.hold(outcome.queued)
     record = walk.new_record(node, instance, scope, service=service["name"], status=outcome.status,
                              attempts=outcome.attempts, attempt_log=outcome.attempt_log, span_id=span_id,
                              started_at=started_at)
@@ -233,6 +236,8 @@ def sleep(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) -
                                    f"expected an ISO 8601 date-time string, got {types.json_type(value)}")
         else:
             until = after_seconds(node.get("seconds") or 0)
+        if not walk.may_start():
+            return STOP
         now = utcnow()
         record = walk.write(walk.new_record(node, instance, scope, status="waiting", until=until, started_at=now))
     if record["status"] == "waiting":
@@ -262,6 +267,8 @@ def poll(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) ->
     if record is not None and record["next_poll_at"].replace(tzinfo=None) > utcnow():
         walk.count(node["id"], n=1, waiting=1)
         return walk.wait(record["next_poll_at"], record)
+    if not walk.may_start():
+        return STOP
     service = walk.plan["services"][node["service"]]
     inputs, failed = _inputs(walk, node, service["inputs"], context, scope)
     if failed:
@@ -271,6 +278,9 @@ def poll(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) ->
     with walk.calls:
         outcome = walk.executor.run_step(walk.event, {"service": service, "index": instance}, inputs, walk.run,
                                          new_span_id(), None)
+    if outcome.status == "queued":
+        walk.count(node["id"], running=-1, queued=1)
+        return walk.hold(outcome.queued)
     walk.executor.observer.step_finished(service["name"], outcome.status, time.monotonic() - started,
                                          workflow=walk.event.get("workflow_name", ""), step=node["id"])
     now = utcnow()
@@ -338,6 +348,8 @@ def workflow(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope
         inputs, failed = _inputs(walk, node, child_ref["inputs"], context, scope)
         if failed:
             return failed
+        if not walk.may_start():
+            return STOP
         key = f"{walk.event_id}:{instance}:{walk.run}"
         try:
             child, _ = events.new_event(walk.store, child_ref.get("workflow_id") or node["workflow"],
@@ -363,6 +375,10 @@ def workflow(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope
         if child["status"] == "completed":
             record = walk.change(record, {"status": "completed", "outputs": child.get("outputs") or {},
                                           "finished_at": now})
+        elif child["status"] == "cancelled":
+            record = walk.change(record, {"status": "failed", "finished_at": now, "error": {
+                "kind": "cancelled", "message": f"child workflow {node['workflow']!r} (event {child.get('event_id')}) "
+                                                f"was cancelled by {(child.get('cancelled') or {}).get('by')}"}})
         else:
             error = child.get("error") or {}
             record = walk.change(record, {"status": "failed", "finished_at": now, "error": {

@@ -19,11 +19,13 @@ from machinery import search
 from machinery.language import dataflow
 from machinery.language.expressions import compile_expression
 from machinery.rollups import event_duration_ms
-from machinery.store import EPOCH, pending_webhook, utcnow
+from machinery.runtime import cancel
+from machinery.store import EPOCH, FINISHED, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
 
 OK, WAIT, FAIL, STOP = "ok", "waiting", "failed", "stopped"
+RUNNING = {"status": "running"}  # what the holder's writes expect: a cancel makes them miss
 FAR_FUTURE = datetime(9999, 1, 1)  # the deadline of a wait with none of its own (a child workflow)
 PROGRESS_EVERY_S = 1.0
 EXPRESSION_PLANS = 256  # plans whose compiled expressions are kept
@@ -101,8 +103,10 @@ class TreeRun:
         self.stopped = threading.Event()
         self.error: dict | None = None
         self.lost = False
+        self.cancelled = False
         self.deadlines: list[datetime] = []
         self.watched: list[dict] = []  # the waiting records, looked at once more after parking
+        self.held: list[dict] = []  # the calls the services' flow control queued (machinery.runtime.flow)
         self.progress: dict[str, dict] = {}
         self.last_write = time.monotonic()
         self.records = self._load()
@@ -186,6 +190,12 @@ class TreeRun:
                 self.watched.append(record)
         return WAIT
 
+    def hold(self, note: Mapping[str, Any]) -> str:
+        """A call its service's flow control held back: this path waits until the note's due time."""
+        with self.lock:
+            self.held.append(dict(note))
+        return self.wait(note["until"])
+
     def count(self, node_id: str, **changes: int) -> None:
         """Move a node's progress counters (n, done, failed, running, waiting)."""
         with self.lock:
@@ -201,6 +211,17 @@ class TreeRun:
             entry["done"] += 1
             taken = entry.setdefault("taken", {})
             taken[branch] = taken.get(branch, 0) + 1
+
+    def may_start(self) -> bool:
+        """Whether new work may start: False once the event is cancelled (read from the store, which
+        every process writes its cancels to), and the walk stops; in-flight work finishes."""
+        if self.stopped.is_set():
+            return False
+        if cancel.is_cancelled(self.store, self.event_id):
+            self.cancelled = True
+            self.stopped.set()
+            return False
+        return True
 
     # -- concurrency --------------------------------------------------------------------
 
@@ -234,8 +255,12 @@ class TreeRun:
             self.last_write = now
             progress = _copy(self.progress)
         held = self.store.update_event(self.event_id, {"$set": {
-            "progress": progress, "updated_at": utcnow(), "claims_without_progress": 0}}, owner=self.owner)
-        if not held:
+            "progress": progress, "updated_at": utcnow(), "claims_without_progress": 0}}, owner=self.owner,
+            expect=RUNNING)
+        if not held and cancel.is_cancelled(self.store, self.event_id):
+            self.cancelled = True
+            self.stopped.set()
+        elif not held:
             LOG.warning("event %s: lease lost; another worker resumes it", self.event_id)
             self.lost = True
             self.stopped.set()
@@ -250,8 +275,12 @@ class TreeRun:
         }
         if self.event.get("callback_url"):
             fields["webhook"] = pending_webhook()
+        if self.event.get("queued"):
+            fields["queued"] = None
         search.fold(self.plan, fields)
-        if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner):
+        if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner, expect=RUNNING):
+            if self.settle_cancelled(context):
+                return self.store.get_event(self.event_id)
             LOG.warning("event %s: lease lost before it could finish", self.event_id)
             return {**self.event, "status": "running"}
         wake_parent(self.store, self.event)
@@ -265,14 +294,33 @@ class TreeRun:
         earliest = min(self.deadlines)
         fields = {"status": "waiting", "context": context, "progress": _copy(self.progress), "updated_at": utcnow(),
                   "lease_owner": None, "lease_expires": earliest, "claims_without_progress": 0}
+        if self.held:  # pending when all it waits for is its turn at a service
+            fields.update(queued={**self.held[0], "steps": len(self.held)},
+                          status="pending" if len(self.held) == len(self.deadlines) else "waiting")
+        elif self.event.get("queued"):
+            fields["queued"] = None
         search.fold(self.plan, fields)
-        if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner):
+        if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner, expect=RUNNING):
+            if self.settle_cancelled(context):
+                return self.store.get_event(self.event_id)
             LOG.warning("event %s: lease lost while parking it", self.event_id)
             return {**self.event, "status": "running"}
         if self.ready():
             wake(self.store, self.event_id)
             fields["lease_expires"] = EPOCH
         return {**self.event, **fields}
+
+    def settle_cancelled(self, context: dict) -> bool:
+        """The event was cancelled during this walk: record its progress and context, end what waits
+        (what a call in flight parked after the cancel too) and let the event go. False when it was not
+        cancelled (the lease was lost)."""
+        update = {"$set": {"context": context, "progress": _copy(self.progress), "claims_without_progress": 0}}
+        if not cancel.settle(self.store, self.event_id, self.owner, update):
+            return False
+        done = (self.store.get_event(self.event_id).get("cancelled") or {})
+        cancel.revoke(self.store, self.event_id, done.get("by", cancel.ANONYMOUS), done.get("reason"))
+        LOG.info("event %s: cancelled; what was in flight is recorded and nothing more runs", self.event_id)
+        return True
 
     def ready(self) -> bool:
         """Whether one of the waits ended while the event was being parked."""
@@ -289,7 +337,7 @@ class TreeRun:
                     child = self.store.get_event(record["child_event_id"])
                 except Exception:  # a child removed by its TTL: the next claim fails the step
                     return True
-                if child["status"] in ("completed", "failed"):
+                if child["status"] in FINISHED:
                     return True
         return False
 
@@ -323,6 +371,10 @@ def run_tree(executor, event: dict, owner: str) -> dict:
     context = base_context(event)
     result = nodes.block(walk, event["plan"]["tree"], context, Scope())
     if walk.lost:
+        return {**event, "status": "running"}
+    if walk.cancelled:
+        if walk.settle_cancelled(context):
+            return executor.store.get_event(walk.event_id)
         return {**event, "status": "running"}
     if result == FAIL or walk.error is not None:
         return walk.finish("failed", context, error=walk.error)

@@ -17,7 +17,9 @@ from typing import Any, Callable, Mapping
 from machinery import guard
 from machinery.events import for_display
 from machinery.exceptions import StoreUnavailable, TooLarge
+from machinery.runtime import cancel
 from machinery.runtime.executor import Executor, backoff_delay, log_fields
+from machinery.runtime.scheduler import Scheduler
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.schemas import event_schema, to_json
 from machinery.store import Store, utcnow
@@ -153,6 +155,7 @@ class Worker:
         self._next_scan = 0.0
         self._threads: list[threading.Thread] = []
         self.ran = 0
+        self.scheduler = Scheduler(store, config)  # fires the ticks of due schedules, one look per loop
         self.bulk = None  # the BulkRunner applying bulk jobs, once started
 
     def start(self) -> Worker:
@@ -211,7 +214,11 @@ class Worker:
                 idle = min(idle * 2, bound)
 
     def work_once(self, owner: str, lease_s: float) -> bool:
-        """Run one claimed event or deliver one webhook; False when there was nothing to do."""
+        """Fire a due schedule's tick, then run one claimed event or deliver one webhook; False when
+        there was nothing to do."""
+        scheduled = self.scheduler.look(owner)
+        if isinstance(scheduled, str):
+            self._hints.append(scheduled)  # the tick's event, run here at once
         event = self._claim_hinted(owner, lease_s)
         if event is None and self._scan_due():
             started = time.monotonic()
@@ -226,7 +233,9 @@ class Worker:
                 cost = time.monotonic() - started
                 self._next_scan = time.monotonic() + max(self.max_idle_s or 0.0, SCAN_SHARE * cost)
         if event is None:
-            return False
+            return bool(scheduled)
+        if cancel.held_back(self.store, event, owner):
+            return True
         self.keeper.hold(event["event_id"], owner)
         try:
             ended = self.executor.run(event, owner)

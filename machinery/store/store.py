@@ -45,6 +45,7 @@ from machinery.store.bulk_jobs import BulkJobs
 from machinery.store.embedded import embedded_events
 from machinery.store.embedded_steps import embedded_step_runs
 from machinery.store.event_filters import ATTR_INDEX, ATTR_KEYS, attr_query
+from machinery.store.flow import FlowStore
 from machinery.store.limits import LIMIT, MAX_DOCUMENT_BYTES, is_too_large
 from machinery.store.secrets import SecretStore
 
@@ -52,9 +53,11 @@ LOG = logging.getLogger(__name__)
 
 SERVICES, WORKFLOWS, EVENTS, LOCKS, STEP_RUNS = "services", "workflows", "events", "locks", "step_runs"
 ROLLUPS = "rollups"  # the dashboard's five-minute buckets (machinery/rollups.py)
-FINISHED = ("completed", "failed")
+SCHEDULES = "schedules"
+FINISHED = ("completed", "failed", "cancelled")
 ACTIVE = ("pending", "running", "waiting")
 EPOCH = datetime(1970, 1, 1)
+HELD = datetime(9999, 1, 1)  # the lease_expires of a pending event no claim takes (its workflow is paused)
 CLAIMS_KEPT = 20  # an event keeps its last claims (who held it, when) and counts them all
 UNCLAIMABLE_TRIES = 5  # events at the size limit a claim fails, and skips, before it gives up for now
 
@@ -79,6 +82,22 @@ def _aware(value: Any) -> Any:
         return {key: _aware(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_aware(item) for item in value]
+    return value
+
+
+def due_schedules(now: datetime) -> dict:
+    """The query of the schedules whose tick is due at `now` and that no process holds."""
+    return {"paused": False, "next_run": {"$lte": now}, "lease_expires": {"$lte": now}}
+
+
+def _naive(value: Any) -> Any:
+    """Every aware datetime in a document as the naive UTC one the store keeps, recursively."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    if isinstance(value, dict):
+        return {key: _naive(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_naive(item) for item in value]
     return value
 
 
@@ -201,6 +220,10 @@ MAX_EXPIRE_AFTER_S = 2**31 - 1  # MongoDB accepts expireAfterSeconds from 0 to t
 INDEX_BUILD_TIMEOUT_S = 300.0  # what the API gives an index build; `machinery init-db` waits as long as it takes
 INDEX_NOT_FOUND = 27
 
+# The due schedules, soonest first: what every worker's look for a tick to fire walks (claim_schedule).
+SCHEDULES_DUE = [("paused", 1), ("next_run", 1)]
+SCHEDULE_TICKS_KEPT = 10  # a schedule keeps its last ticks (fired, skipped, missed, failed)
+
 # -- paging -------------------------------------------------------------------------------
 
 COUNT_LIMIT = 10_000  # a filtered total is counted up to this, then reported as a lower bound
@@ -244,10 +267,12 @@ class Store:
         self.workflows = database[WORKFLOWS]
         self.events = embedded_events(database[EVENTS]) if embedded else database[EVENTS]
         self.secrets = SecretStore(database, self._guard, embedded=embedded)
+        self.flow = FlowStore(database, self._guard, self.events)  # limited services' slots, buckets and breakers
         self.bulk_jobs = BulkJobs(self)
         self.locks = database[LOCKS]
         self.step_runs = embedded_step_runs(database[STEP_RUNS]) if embedded else database[STEP_RUNS]
         self.rollups = database[ROLLUPS]
+        self.schedules = database[SCHEDULES]
         self.clock_skew_s: float | None = None  # this host's clock minus the server's, once checked
         self._build_timeout_s: float | None = INDEX_BUILD_TIMEOUT_S  # what ensure_indexes gives a build
         self.writes = 0  # store writes made, for benchmarks and metrics
@@ -313,10 +338,14 @@ class Store:
         index(self.events, [("waiting.token_hash", 1)], name="callback_token",
               partialFilterExpression={"waiting.token_hash": {"$exists": True}})
         index(self.events, [("spent_tokens", 1)])
+        index(self.events, [("queued.service", 1)], name="queued",
+              partialFilterExpression={"queued.service": {"$exists": True}})
         index(self.events, [("webhook.status", 1), ("webhook.next_at", 1)], name="webhooks",
               partialFilterExpression={"webhook.status": "pending"})
         for name in SUPERSEDED_INDEXES:
             self._drop_index(self.events, name)
+        index(self.schedules, [("name", 1)], unique=True)
+        index(self.schedules, SCHEDULES_DUE, name="schedules_due")
         index(self.step_runs, [("event_id", 1), ("run", 1), ("instance", 1)], unique=True, name="step_run")
         index(self.step_runs, [("event_id", 1), ("node", 1), ("item", 1)], name="step_runs_by_node")
         index(self.step_runs, [("token_hash", 1)], name="step_run_token",
@@ -887,6 +916,52 @@ class Store:
         spent = self.events.find_one({"spent_tokens": token_hash}, {"_id": 1})
         return None, spent is not None
 
+    @_serialised
+    def event_status(self, event_id: str) -> str | None:
+        """An event's status alone (one indexed read of one field); None for an unknown event."""
+        oid = _object_id(event_id)
+        document = self.events.find_one({"_id": oid}, {"status": 1}) if oid else None
+        return document["status"] if document else None
+
+    # -- paused workflows -------------------------------------------------------------------
+
+    @_serialised
+    def set_workflow_paused(self, workflow_id: str, paused: Mapping[str, Any] | None,
+                            expect_paused: bool) -> bool:
+        """Pause a workflow (`paused`: who and when) or resume it (None), if it is paused as
+        `expect_paused` says it is not yet; False when it is not."""
+        self._workflows_read.clear()
+        query: dict[str, Any] = {"_id": ObjectId(workflow_id),
+                                 "paused": {"$ne": None} if expect_paused else None}
+        update = {"$set": {"paused": dict(paused)}} if paused is not None else {"$set": {"paused": None}}
+        result = self.workflows.update_one(query, update)
+        self.writes += 1
+        return result.matched_count == 1
+
+    @_serialised
+    def hold_events(self, workflow_id: str) -> int:
+        """Keep a paused workflow's pending events that never started from being claimed; how many
+        were held."""
+        query = {"workflow_id": workflow_id, "status": "pending", "lease_owner": None, "claim_count": 0}
+        result = self.events.update_many(query, {"$set": {"held": "paused", "lease_expires": HELD}})
+        self.writes += 1
+        return result.modified_count
+
+    @_serialised
+    def release_events(self, workflow_id: str, event_id: str | None = None) -> int:
+        """Make a resumed workflow's held events claimable (all of them, or the one `event_id`), due
+        one millisecond apart in the order they arrived, so that claims take them in that order."""
+        query: dict[str, Any] = {"workflow_id": workflow_id, "status": "pending", "held": "paused"}
+        if event_id is not None:
+            query["_id"] = ObjectId(event_id)
+        released = 0
+        for document in self.events.find(query, {"_id": 1}).sort([("ack_date", 1), ("_id", 1)]):
+            result = self.events.update_one({**query, "_id": document["_id"]}, {
+                "$set": {"lease_expires": EPOCH + timedelta(milliseconds=released)}, "$unset": {"held": ""}})
+            self.writes += 1
+            released += result.modified_count
+        return released
+
     # -- step records of tree events ---------------------------------------------------------
 
     @_serialised
@@ -945,9 +1020,106 @@ class Store:
         return [_aware(document) for document in cursor], total
 
     @_serialised
+    def cancel_step_runs(self, event_id: str, fields: Mapping[str, Any]) -> list[dict]:
+        """End an event's waiting step records with `fields` (a cancel): their callback tokens answer
+        410, their timers and polls are dropped. Returns the records as they were (their children)."""
+        query = {"event_id": event_id, "status": "waiting"}
+        found = [_aware(document) for document in self.step_runs.find(query, {"_id": 0})]
+        if found:
+            self.step_runs.update_many(query, {"$set": dict(fields)})
+            self.writes += 1
+        return found
+
+    @_serialised
     def find_step_run_by_token(self, token_hash: str) -> dict | None:
         """The step record holding a callback token (waiting, or already completed by it)."""
         return _aware(self.step_runs.find_one({"token_hash": token_hash}, {"_id": 0}))
+
+    # -- schedules ------------------------------------------------------------------------
+
+    @_serialised
+    def insert_schedule(self, schedule: Mapping[str, Any]) -> dict:
+        """Store a new schedule; Conflict when one of that name exists."""
+        now = utcnow()
+        document = {**_naive(schedule), "created_at": now, "updated_at": now, "ticks": [],
+                    "lease_owner": None, "lease_expires": EPOCH}
+        try:
+            self.schedules.insert_one(document)
+        except DuplicateKeyError:
+            raise Conflict(f"schedule {schedule['name']!r} exists: PATCH /schedules/{schedule['name']} "
+                           "changes it", errors={"name": ["taken"]}) from None
+        self.writes += 1
+        return _out(document, "schedule_id")
+
+    @_serialised
+    def get_schedule(self, name: str) -> dict:
+        document = self.schedules.find_one({"name": name})
+        if document is None:
+            raise NotFound(f"no schedule {name!r}")
+        return _out(document, "schedule_id")
+
+    @_serialised
+    def list_schedules(self, page: int, page_size: int) -> tuple[list[dict], int]:
+        return self._page(self.schedules, {}, [("name", 1)], page, page_size, "schedule_id")
+
+    @_serialised
+    def change_schedule(self, name: str, fields: Mapping[str, Any], expect: Mapping[str, Any] | None = None) -> dict:
+        """Set fields of a schedule (which its `expect` must match) and return it; NotFound when there
+        is none (or Conflict when it no longer matches `expect`). Any lease on it is dropped, so the
+        next look fires from what was set."""
+        update = {"$set": {**_naive(fields), "updated_at": utcnow(), "lease_owner": None, "lease_expires": EPOCH}}
+        document = self.schedules.find_one_and_update({"name": name, **_naive(expect or {})}, update,
+                                                      return_document=ReturnDocument.AFTER)
+        if document is None:
+            self.get_schedule(name)
+            raise Conflict(f"schedule {name!r} changed meanwhile; read it and try again")
+        self.writes += 1
+        return _out(document, "schedule_id")
+
+    @_serialised
+    def delete_schedule(self, name: str) -> dict:
+        document = self.schedules.find_one_and_delete({"name": name})
+        if document is None:
+            raise NotFound(f"no schedule {name!r}")
+        self.writes += 1
+        return _out(document, "schedule_id")
+
+    @_serialised
+    def claim_schedule(self, owner: str, lease_s: float) -> dict | None:
+        """Atomically take the schedule whose tick is due soonest (not paused, not held by another),
+        for `lease_s`: one walk of the schedules_due index, one write when something is due."""
+        now = utcnow()
+        document = self.schedules.find_one_and_update(
+            due_schedules(now),
+            {"$set": {"lease_owner": owner, "lease_expires": now + timedelta(seconds=lease_s)}},
+            sort=SCHEDULES_DUE, return_document=ReturnDocument.AFTER,
+        )
+        if document is None:
+            return None
+        self.writes += 1
+        return _out(document, "schedule_id")
+
+    @_serialised
+    def advance_schedule(self, name: str, owner: str, due: datetime, fields: Mapping[str, Any],
+                         tick: Mapping[str, Any] | None = None) -> bool:
+        """Move a schedule held by `owner` on from its tick `due`: set `fields` (its next_run among
+        them), record `tick` among its last ticks, release it. False when it is no longer held at that
+        tick (changed, or taken over after its lease): then nothing is written."""
+        update: dict[str, Any] = {"$set": {**_naive(fields), "lease_owner": None, "lease_expires": EPOCH}}
+        if tick is not None:
+            update["$push"] = {"ticks": {"$each": [_naive(tick)], "$slice": -SCHEDULE_TICKS_KEPT}}
+            update["$inc"] = {f"counts.{tick['result']}": tick.get("count", 1)}
+        result = self.schedules.update_one({"name": name, "lease_owner": owner, "next_run": _naive(due)}, update)
+        self.writes += 1
+        return result.matched_count == 1
+
+    @_serialised
+    def hold_schedule(self, name: str, owner: str, until: datetime, fields: Mapping[str, Any]) -> bool:
+        """Keep a schedule held by `owner` unfired until `until` (its tick waits), setting `fields`."""
+        result = self.schedules.update_one({"name": name, "lease_owner": owner},
+                                           {"$set": {**_naive(fields), "lease_expires": _naive(until)}})
+        self.writes += 1
+        return result.matched_count == 1
 
     @_serialised
     def pending_events_by_status(self) -> dict[str, int]:

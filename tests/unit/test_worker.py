@@ -27,6 +27,9 @@ class SlowEmptyStore:
     def claim_webhook(self, owner, lease_s):
         return None
 
+    def claim_schedule(self, owner, lease_s):
+        return None
+
 
 def worker(store, max_idle_s):
     config = load_config({"MONGO_URI": "mongomock://localhost/unused"})

@@ -1,0 +1,130 @@
+"""The flow collection: one document per limited service, holding its calls in flight (a lease per
+holder), its token bucket and its circuit breaker, changed by compare-and-set on a revision.
+
+A document::
+
+    {"_id": <service name>, "rev": <int>,
+     "holders": {<holder id>: <lease expiry>},        # the calls in flight, one entry per call
+     "tokens": <float>, "tokens_at": <date>,          # the rate limit's bucket, as last taken from
+     "breaker": {"state": "closed" | "open" | "half_open", "failures": <int>,
+                 "opened_at": <date or null>, "trial": <holder id or null>, "trial_expires": <date or null>}}
+
+What the runtime decides from a document it read is written only if the document is still at the
+revision it read (`change`), so two processes never both take the last slot or the last token; a
+release only removes its own holder, which can only free room, and needs no revision. Plain update
+operators ($set, $unset, $inc) only, on one document: what MongoDB and the embedded store both do.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+from typing import Any, Callable, Iterable, Mapping
+
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from machinery.exceptions import StoreUnavailable
+
+FLOW = "flow"
+ACTIVE = ("pending", "running", "waiting")
+QUEUED_COUNTED = 10_000  # the queued events a metrics scrape counts at most
+CHANGE_TRIES = 8  # compare-and-set rounds before a change is given up as contended
+
+
+def _guarded(method):
+    """Under the embedded store's lock (so that a change's read and write are one step there); a store
+    that does not answer raises StoreUnavailable."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._guard:
+            try:
+                return method(self, *args, **kwargs)
+            except PyMongoError as error:
+                raise StoreUnavailable(f"the store did not answer: {error.__class__.__name__}") from error
+    return wrapper
+
+
+class FlowStore:
+    """Each limited service's flow document: read it, change it by compare-and-set, release a holder."""
+
+    def __init__(self, database, guard, events=None):
+        self.collection = database[FLOW]
+        self.events = events if events is not None else database["events"]
+        self._guard = guard
+
+    @_guarded
+    def state(self, name: str) -> dict | None:
+        return self.collection.find_one({"_id": name})
+
+    @_guarded
+    def states(self, names: Iterable[str] | None = None) -> dict[str, dict]:
+        """The flow documents of `names` (every one when None), by service name."""
+        query = {} if names is None else {"_id": {"$in": list(names)}}
+        return {document["_id"]: document for document in self.collection.find(query)}
+
+    @_guarded
+    def change(self, name: str, decide: Callable[[dict | None], tuple[Mapping[str, Any] | None, Any]],
+               tries: int = CHANGE_TRIES) -> tuple[Any, bool]:
+        """Read the service's document, let `decide` say what to write and what to answer, and write it
+        only if nobody wrote in between (else read again, up to `tries` times).
+
+        `decide(document or None)` returns (update, result): update None writes nothing; otherwise a
+        {"$set": ..., "$unset": ...} made of plain operators. Returns (result, True) once decided, or
+        (the last result, False) when every try met another writer."""
+        result = None
+        for _ in range(tries):
+            document = self.collection.find_one({"_id": name})
+            update, result = decide(document)
+            if update is None:
+                return result, True
+            if document is None:
+                try:
+                    self.collection.insert_one({"_id": name, "rev": 1, **_inserted(update)})
+                except DuplicateKeyError:
+                    continue
+                return result, True
+            written = {key: value for key, value in update.items() if value}
+            written["$inc"] = {"rev": 1}
+            if self.collection.update_one({"_id": name, "rev": document.get("rev", 0)}, written).matched_count:
+                return result, True
+        return result, False
+
+    @_guarded
+    def release(self, name: str, holder: str) -> None:
+        """Give back a call's slot: removing one holder only frees room, so it needs no revision."""
+        self.collection.update_one({"_id": name, f"holders.{holder}": {"$exists": True}},
+                                   {"$unset": {f"holders.{holder}": ""}})
+
+    @_guarded
+    def renew(self, name: str, holders: Iterable[str], expires: datetime) -> None:
+        """Extend the leases of calls still in flight (a holder already dropped as expired stays dropped,
+        so a renewal never takes a slot back), and of a trial call one of them makes."""
+        for holder in holders:
+            self.collection.update_one({"_id": name, f"holders.{holder}": {"$exists": True}},
+                                       {"$set": {f"holders.{holder}": expires}})
+            self.collection.update_one({"_id": name, "breaker.trial": holder},
+                                       {"$set": {"breaker.trial_expires": expires}})
+
+    @_guarded
+    def queued_events(self, limit: int = QUEUED_COUNTED) -> dict[tuple[str, str], int]:
+        """The events a step of which is queued now, counted by (service, why), up to `limit` events
+        (through the `queued` index: only queued events are in it)."""
+        counts: dict[tuple[str, str], int] = {}
+        for document in self.events.find({"queued.service": {"$exists": True}, "status": {"$in": list(ACTIVE)}},
+                                         {"queued.service": 1, "queued.why": 1}).limit(limit):
+            queued = document.get("queued") or {}
+            key = (str(queued.get("service")), str(queued.get("why")))
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def _inserted(update: Mapping[str, Any]) -> dict:
+    """The document a first write makes: its $set paths expanded (`holders.h1` into `holders: {h1}`)."""
+    document: dict[str, Any] = {}
+    for path, value in (update.get("$set") or {}).items():
+        here = document
+        *parents, last = path.split(".")
+        for part in parents:
+            here = here.setdefault(part, {})
+        here[last] = value
+    return document

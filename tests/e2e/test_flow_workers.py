@@ -1,0 +1,136 @@
+"""Flow control across processes: the API under gunicorn and two `machinery worker` processes share one
+MongoDB-speaking store (MACHINERY_TEST_MONGO_URI, or the wire-protocol test server over mongomock), and
+the service they all call watches what comes: never more in flight than its max_concurrency, never more
+calls in any window than its token bucket allows."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from machinery.serving import ServerThread
+from machinery.store import Store
+from tests.support.flow_service import Watch, flow_service
+from tests.support.mongowire import WireServer
+from tests.support.processes import gunicorn_api, start_worker, stop, wait_until
+
+pytestmark = pytest.mark.e2e
+
+TEXT = [{"name": "message", "type": "string"}]
+STORE_TIMEOUT_MS = 20000  # the wire server answers one command at a time: give it what a slow server needs
+
+
+@pytest.fixture
+def shared_uri():
+    real = os.environ.get("MACHINERY_TEST_MONGO_URI")
+    if real:
+        store = Store.connect(real)
+        name = f"machinery_flow_{uuid.uuid4().hex[:8]}"
+        yield real.rsplit("/", 1)[0] + f"/{name}"
+        store.db.client.drop_database(name)
+        store.db.client.close()
+        return
+    server = WireServer().start()
+    yield server.uri
+    server.stop()
+
+
+@pytest.fixture
+def env(shared_uri):
+    return {"MACHINERY_MONGO_URI": shared_uri, "MACHINERY_EMBEDDED_WORKERS": "0", "MACHINERY_LEASE_S": "5",
+            "MACHINERY_POLL_S": "0.05", "MACHINERY_MONGO_TIMEOUT_MS": str(STORE_TIMEOUT_MS),
+            "MACHINERY_FLOW_WAIT_S": "1"}
+
+
+@pytest.fixture
+def store(shared_uri):
+    store = Store.connect(shared_uri, STORE_TIMEOUT_MS)
+    yield store
+    store.db.client.close()
+
+
+@pytest.fixture
+def watch():
+    return Watch()
+
+
+@pytest.fixture
+def watched(watch):
+    server = ServerThread(flow_service(watch)).start()
+    yield server.url + "call"
+    server.stop()
+
+
+def register(api, address, **limits):
+    assert requests.post(f"{api}/services", json={"name": "upper", "address": address, "inputs": TEXT,
+                                                  "outputs": TEXT, **limits}, timeout=30).status_code == 201
+    assert requests.post(f"{api}/workflows", json={"name": "via-upper", "services": ["upper"], "inputs": TEXT,
+                                                   "outputs": TEXT}, timeout=30).status_code == 201
+
+
+def send_async(api, count):
+    def send(number):
+        reply = requests.post(f"{api}/e/via-upper?mode=async", json={"message": f"m{number}"}, timeout=60)
+        assert reply.status_code == 202, reply.text
+        return reply.json()["event_id"]
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(send, range(count)))
+
+
+def test_two_workers_and_the_api_never_exceed_max_concurrency(env, store, watch, watched):
+    # GIVEN a service taking 50 ms a call, limited to 3 in flight, two worker processes of 4 threads each
+    watch.latency_s = 0.05
+    workers = [start_worker(env, "--threads", "4") for _ in range(2)]
+    try:
+        with gunicorn_api(env) as api:
+            register(api, watched, max_concurrency=3)
+            # WHEN 80 async events and, meanwhile, 12 sync ones (run by the API's own threads) are sent
+            with ThreadPoolExecutor(4) as pool:
+                synced = pool.map(lambda n: requests.post(f"{api}/e/via-upper", json={"message": f"s{n}"},
+                                                          timeout=120), range(12))
+                ids = send_async(api, 80)
+                replies = list(synced)
+            assert all(reply.status_code in (201, 202) for reply in replies), [r.text for r in replies]
+            ids += [reply.json()["event_id"] for reply in replies]
+            wait_until(lambda: store.count_events("completed") == 92, 180, 0.5, "92 events completed")
+            state = requests.get(f"{api}/services/upper", timeout=30).json()["flow"]
+    finally:
+        for worker in workers:
+            assert stop(worker) == 0
+    # THEN the service saw each event once, and never more than 3 calls at once; both workers took part
+    assert watch.calls() == 92
+    assert watch.max_in_flight == 3, watch.max_in_flight
+    assert state == {"in_flight": 0, "max_concurrency": 3}
+    owners = {claim["owner"].rsplit("/", 1)[0] for document in store.events.find({}, {"claims": 1})
+              for claim in document["claims"]}
+    assert len(owners) >= 2, owners
+    for document in store.events.find({}, {"steps": 1}):
+        assert [step["attempts"] for step in document["steps"]] == [1], document["_id"]
+
+
+def test_a_burst_of_200_events_at_a_rate_of_20_a_second_fits_the_bucket(env, store, watch, watched):
+    # GIVEN a service with a rate limit of 20 a second, burst 20, and two worker processes
+    workers = [start_worker(env, "--threads", "4") for _ in range(2)]
+    try:
+        with gunicorn_api(env) as api:
+            register(api, watched, rate_limit={"per_s": 20, "burst": 20})
+            # WHEN 200 async events are sent at once
+            send_async(api, 200)
+            wait_until(lambda: store.count_events("completed") == 200, 180, 0.5, "200 events completed")
+    finally:
+        for worker in workers:
+            assert stop(worker) == 0
+    # THEN the calls fit the bucket: in any window of w seconds at most 20 + 20 w (one call of slack for the
+    # clocks' milliseconds), and over all about 200 - 20 in 9 s at least
+    assert watch.calls() == 200
+    for window in (0.5, 1.0, 2.0, 5.0):
+        assert watch.most_in_any(window) <= 20 + 20 * window + 1, (window, watch.most_in_any(window))
+    arrivals = sorted(watch.arrivals)
+    assert arrivals[-1] - arrivals[0] >= (200 - 20) / 20 * 0.95
+    # AND no step spent an attempt on being held back
+    for document in store.events.find({}, {"steps": 1}):
+        assert [step["attempts"] for step in document["steps"]] == [1], document["_id"]

@@ -178,7 +178,7 @@ def test_filters_by_time_error_kind_failed_step_and_attributes(client, store, fa
     ({"action": "retry", "dry_run": "yes"}, "dry_run"),
     ({"action": "retry", "from_step": "step-0"}, "from_step"),
     ({"action": "retry", "extra": 1}, "extra"),
-    ({"action": "cancel", "filter": {"status": "running"}}, "action"),
+    ({"action": "cancel", "filter": {"status": "bogus"}}, "filter.status"),
     (["retry"], "body"),
 ])
 def test_a_bad_request_is_refused_naming_it_and_the_store_is_unchanged(client, store, failing, body, named):
@@ -191,9 +191,31 @@ def test_a_bad_request_is_refused_naming_it_and_the_store_is_unchanged(client, s
     assert snapshot(store) == before
 
 
-def test_cancel_says_it_is_not_available(client):
-    answer = client.post("/events/bulk", json={"action": "cancel", "filter": {}})
-    assert answer.status_code == 422 and "cancel is not available" in answer.get_json()["message"]
+def test_a_bulk_cancel_cancels_each_unfinished_event_once_and_skips_the_finished(client, store, failing):
+    # GIVEN 3 failed events and 5 pending ones (no worker runs them)
+    send, _ = failing
+    send(3)
+    pending = [client.post("/e/gated?mode=async", json={"message": "later", "customer": "c9"}).get_json()["event_id"]
+               for _ in range(5)]
+    # WHEN every event of the workflow is cancelled in bulk, after a dry run
+    dry = client.post("/events/bulk", json={"action": "cancel", "filter": {"workflow": "gated"},
+                                            "dry_run": True}).get_json()
+    assert (dry["matched"], dry["applicable"]) == (8, 5)
+    made = client.post("/events/bulk", json={"action": "cancel", "filter": {"workflow": "gated"}})
+    assert made.status_code == 202, made.get_json()
+    job = run_all(store, made.get_json()["job_id"])
+    # THEN the pending ones are cancelled, by the job, and the failed ones skipped saying why
+    assert (job["done"], job["skipped"]) == (5, 3)
+    assert bulk.shown_job(job)["skipped_why"] == [
+        {"why": "failed: cancel applies to pending or running or waiting events", "count": 3}]
+    for event_id in pending:
+        event = store.get_event(event_id)
+        assert event["status"] == "cancelled" and event["cancelled"]["by"] == bulk.canceller(job["job_id"])
+    # AND a holder that finds them cancelled by this job counts them done, not skipped
+    assert bulk.apply_one(store, job, pending[0]) == ("done", None)
+    # AND one cancelled by someone else is a skip
+    other = {**job, "job_id": "0" * 24}
+    assert bulk.apply_one(store, other, pending[0])[0] == "skipped"
 
 
 def test_an_unknown_job_is_a_404(client):

@@ -26,6 +26,7 @@ setup(
         "referencing>=0.30",
         "PyYAML>=6,<7",
         "croniter>=6,<8",
+        "tzdata>=2024.1",  # the IANA time zones for schedules where the system has none (slim images)
     ],
     entry_points={"console_scripts": ["machinery = machinery.cli:main"]},
 )

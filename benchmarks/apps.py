@@ -1,7 +1,8 @@
 """The trivial services and the bare relay the benchmarks serve under gunicorn.
 
 `echo` answers {"message": ...} (202 with no body under /accept); `sleepy` is `echo` after
-BENCH_SLEEP_MS (50) of sleep; `rest` answers GET /orders/<id> with a nested order; `relay_app()` is
+BENCH_SLEEP_MS (50) of sleep; `watched` is `sleepy` counting its calls in flight (GET /stats);
+`rest` answers GET /orders/<id> with a nested order; `relay_app()` is
 the bare relay: a minimal Flask app that receives an event and makes the same calls as Machinery,
 storing nothing. Its chains come from BENCH_RELAY_CHAINS: {"workflow": ["url", ...]}; a chain given
 as {"get": "<base URL>", "token": "..."} instead makes the REST-style call of `rest` (GET
@@ -45,6 +46,32 @@ def sleepy(environ, start_response):
     """A slow service: as `echo`, after sleeping SLEEP_S (the thread sleeps; gunicorn's other threads serve)."""
     time.sleep(SLEEP_S)
     return echo(environ, start_response)
+
+
+_WATCH = {"in_flight": 0, "max_in_flight": 0, "calls": 0, "first": None, "last_end": None}
+_WATCH_LOCK = threading.Lock()
+
+
+def watched(environ, start_response):
+    """`sleepy`, counting what is in flight: GET /stats -> {"in_flight", "max_in_flight", "calls", "first"
+    (time.monotonic() of the first call), "last_end" (of the last reply)}."""
+    if environ["REQUEST_METHOD"] == "GET":
+        with _WATCH_LOCK:
+            body = json.dumps(_WATCH).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+    with _WATCH_LOCK:
+        _WATCH["calls"] += 1
+        _WATCH["in_flight"] += 1
+        _WATCH["max_in_flight"] = max(_WATCH["max_in_flight"], _WATCH["in_flight"])
+        if _WATCH["first"] is None:
+            _WATCH["first"] = time.monotonic()
+    try:
+        return sleepy(environ, start_response)
+    finally:
+        with _WATCH_LOCK:
+            _WATCH["in_flight"] -= 1
+            _WATCH["last_end"] = time.monotonic()
 
 
 def rest(environ, start_response):

@@ -117,6 +117,7 @@ class Runtime:
         if self.worker is not None:
             self.worker.stop(grace_s)
         self.keeper.stop()
+        self.executor.flow.stop()
         try:
             self.rollups.stop()
         except MachineryError as error:

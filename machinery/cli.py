@@ -272,6 +272,7 @@ def cmd_worker(args) -> int:
         pass
     worker.stop(args.grace)
     keeper.stop()
+    executor.flow.stop()
     try:
         rollups.stop()
     except MachineryError as error:

@@ -1,5 +1,6 @@
 """What the event page shows of an event: its step runs as bars on one time axis (in lanes when they
-ran at once), its maps' progress and the branches its decisions took. No Flask, no store."""
+ran at once), its maps' progress and the branches its decisions took. No Flask, no store reads: it is
+handed the event and its step records."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from datetime import UTC, datetime
 from typing import Any, Iterable, Mapping
 
 from machinery.graph_tree import branches
+from machinery.store import ACTIVE
 
 MAX_LANES = 32
-ACTIVE = ("pending", "running", "waiting")
 
 
 def timeline(event: Mapping[str, Any], records: Iterable[Mapping[str, Any]] | None = None,

@@ -12,7 +12,7 @@ from machinery import guard, registry, search
 from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound, ServiceCallError, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
-from machinery.runtime import cancel, replay, tree
+from machinery.runtime import cancel, replay, tree, turns
 from machinery.runtime.executor import callback_outputs, close_waiting, hash_token, too_large_error
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, RecordSize, mib, new_event_bound
@@ -128,6 +128,7 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
     if key is not None:
         event["idempotency_key"] = key
     event.update(held)
+    event.update(turns.event_fields(workflow, data))  # its turn, when the workflow sets `concurrency`
     search.fold(plan, event)
     event["size_bound"] = new_event_bound(event)
     stored, created = store.insert_event(event)

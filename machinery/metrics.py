@@ -111,6 +111,9 @@ class FlowCollector:
         queued = GaugeMetricFamily("machinery_events_queued",
                                    "Events with a step held back by its service's flow control, by why.",
                                    labels=["service", "why"])
+        turns = GaugeMetricFamily("machinery_workflow_events_queued",
+                                  "Events waiting for their turn under their workflow's concurrency.",
+                                  labels=["workflow"])
         try:
             shown = flow.states_shown(self.store)
             waiting = self.store.flow.queued_events()
@@ -124,9 +127,12 @@ class FlowCollector:
                 for each in ("closed", "open", "half_open"):
                     breaker.add_metric([name, each], 1 if state["breaker"]["state"] == each else 0)
                 failures.add_metric([name], state["breaker"]["failures"])
-        for (name, why), count in sorted(waiting.items()):
-            queued.add_metric([name, why], count)
-        yield from (in_flight, breaker, failures, queued)
+        for (name, workflow, why), count in sorted(waiting.items()):
+            if name:
+                queued.add_metric([name, why], count)
+            else:
+                turns.add_metric([workflow], count)
+        yield from (in_flight, breaker, failures, queued, turns)
 
 
 def multiprocess_dir() -> str | None:

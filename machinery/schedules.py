@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
-from machinery.exceptions import InvalidData
+from machinery.events import check_data
+from machinery.exceptions import InvalidData, NotFound
 
 GRACE_S = 60.0  # a tick reached more than this after its time was missed (downtime): catch_up decides
 MAX_CATCH_UP = 1000  # {"all": N} runs at most this many missed ticks
@@ -172,9 +173,6 @@ def check_definition(store: Any, definition: Mapping[str, Any], now: datetime) -
     """A schedule's definition checked whole, as stored (its next_run computed): the timing, the
     catch_up and overlap, the workflow (it must exist) and the data, checked against the workflow's
     inputs as an event's data is. InvalidData names the field at fault; nothing is written."""
-    from machinery.events import check_data
-    from machinery.exceptions import NotFound
-
     timing = check_timing(definition, now)
     overlap = definition.get("overlap", "skip")
     if overlap not in OVERLAPS:
@@ -198,3 +196,35 @@ def check_definition(store: Any, definition: Mapping[str, Any], now: datetime) -
         "overlap": overlap, "catch_up": policy, "paused": bool(definition.get("paused", False)),
         "next_run": timing.after(now), "caught_up_to": None,
     }
+
+
+TIMING_FIELDS = ("cron", "timezone", "every_s")
+DEFINITION_FIELDS = ("name", "workflow", "data", *TIMING_FIELDS, "overlap", "catch_up", "paused")
+
+
+def check_change(store: Any, stored: Mapping[str, Any], changes: Mapping[str, Any], now: datetime) -> dict:
+    """The fields a change of a stored schedule sets, the whole definition checked again (InvalidData
+    naming the field at fault). A cron or every_s given replaces the timing (the other is dropped unless
+    given too), and a new timing moves next_run; the rest applies from the next tick."""
+    merged = {key: stored[key] for key in DEFINITION_FIELDS if stored.get(key) is not None}
+    if "cron" in changes or "every_s" in changes:
+        for key in TIMING_FIELDS:
+            merged.pop(key, None)
+    merged.update({key: value for key, value in changes.items() if value is not None})
+    checked = check_definition(store, merged, now)
+    checked.pop("paused")  # pause and resume say that
+    if all(checked[key] == stored.get(key) for key in TIMING_FIELDS):
+        checked.pop("next_run")  # the same timing: its next tick stays
+        checked.pop("caught_up_to")
+    return checked
+
+
+def resumed(schedule: Mapping[str, Any], now: datetime) -> dict:
+    """The fields that resume a paused schedule: from its first tick after now (the pause's ticks are
+    not caught up), or InvalidData when its cron fires no more."""
+    try:
+        next_run = timing_of(schedule).after(now)
+    except ValueError as error:
+        raise InvalidData(f"schedule {schedule['name']!r} fires no more: {error}",
+                          errors={"cron": ["never fires"]}) from None
+    return {"paused": False, "next_run": next_run, "caught_up_to": None}

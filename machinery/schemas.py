@@ -23,7 +23,7 @@ from marshmallow import (
 )
 
 from machinery import auth
-from machinery.language import types
+from machinery.language import expressions, types
 
 # Patterns mean the same to Python and to ECMA regexes (what OpenAPI's `pattern` is): `$(?!\n)`
 # because Python's `$` also matches before a final newline, and a name must not end with one.
@@ -333,6 +333,20 @@ class StepsField(fields.Field):
         return value
 
 
+class ConcurrencySchema(Schema):
+    """At most `limit` running events per value of `key`, a JMESPath over the event's data."""
+
+    key = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    limit = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=10000))
+
+    @validates("key")
+    def _compiles(self, value, **_):
+        try:
+            expressions.compile_expression(value)
+        except expressions.ExpressionError as error:
+            raise ValidationError(f"not a JMESPath expression: {error}") from None
+
+
 class WorkflowSchema(Schema):
     """A workflow definition as registered: a chain (`services`, version 1) or a tree (`steps`, version 2)."""
 
@@ -352,6 +366,9 @@ class WorkflowSchema(Schema):
                                                   "keep, indexed, for GET /events?attr.<path>=<value>"})
     operations = OperationList(fields.Nested(OperationSchema), load_default=list,
                                validate=validate.Length(max=200))
+    concurrency = fields.Nested(ConcurrencySchema, load_default=None, allow_none=True, metadata={
+        "description": "at most `limit` running events per value of `key` (JMESPath over the data); the others "
+                       "queue in the order they came"})
     ingest_token = fields.String(load_only=True, validate=SECRET_RULE, metadata={
         "description": "write-only: a secret senders may present as X-Machinery-Token instead of an API key "
                        "(kept as a SHA-256 digest)"})
@@ -583,6 +600,9 @@ class EventSchema(EventAckSchema):
                                                     "taken ({branch: count})"})
     parent = fields.Dict(allow_none=True, metadata={"description": "a child workflow's event: the "
                                                                    "{event_id, instance, run} that started it"})
+    concurrency = fields.Dict(allow_none=True, metadata={
+        "description": "an event of a workflow with `concurrency`: its key, the key's limit, and whether it "
+                       "holds its turn"})
     queued = fields.Dict(allow_none=True, metadata={
         "description": "a step its service's flow control holds back: service, why (max_concurrency, rate_limit "
                        "or breaker), message, step, since, and until (when it is due again)"})

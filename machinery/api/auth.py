@@ -10,8 +10,9 @@
   need `read`, anything else `admin`. /secrets needs `admin` for every method.
 
 A key is sent as `Authorization: Bearer <key>`, or as the password of HTTP Basic (any user name),
-which is what a browser sends for the UI. No key: 401 with `WWW-Authenticate`; a key without the
-right: 403. With no API keys configured, only workflows' own secrets are checked.
+which is what a browser sends for the UI (Basic is offered to the UI, to reads and to the UI's script).
+No key: 401 with `WWW-Authenticate`; a key without the right: 403. With no API keys configured, only
+workflows' own secrets are checked.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ADMIN_BLUEPRINTS = frozenset({"secrets"})
 TOKEN_HEADER = "X-Machinery-Token"
 SIGNATURE_HEADER = "X-Hub-Signature-256"
+UI_HEADER = "X-Machinery-UI"
 REALM = "machinery"
 
 
@@ -75,17 +77,23 @@ def presented_key() -> str | None:
     return "" if header else None
 
 
-def _challenge(invalid: bool) -> dict:
-    bearer = f'Bearer realm="{REALM}"' + (', error="invalid_token"' if invalid else "")
-    headers = {"WWW-Authenticate": bearer}
-    if request.blueprint == "ui":
-        # Browsers do not speak Bearer: offer Basic (the key as the password) so the UI can prompt.
-        headers["WWW-Authenticate"] = f'{bearer}, Basic realm="{REALM}", charset="UTF-8"'
-    return headers
-
-
 def unauthorized(message: str, invalid: bool):
-    return reply(401, message, headers=_challenge(invalid))
+    response = reply(401, message, headers={
+        "WWW-Authenticate": f'Bearer realm="{REALM}"' + (', error="invalid_token"' if invalid else "")})
+    if _offers_basic():
+        # A header of its own: browsers read one challenge a header, and skip a header whose first they do
+        # not speak (Bearer).
+        response.headers.add("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')
+    return response
+
+
+def _offers_basic() -> bool:
+    """Browsers do not speak Bearer: Basic (the key as the password) is offered where a browser may be
+    asking, so that it prompts, or answers with the key already given for this realm. That is the UI's
+    pages, a read (a link from the UI to a JSON record), and a call of the UI's own script, which says
+    X-Machinery-UI: another site's page cannot send that header without a preflight, which this API
+    refuses, so a form posted from elsewhere never gets the browser to add the reader's key to it."""
+    return request.blueprint == "ui" or request.method in READ_METHODS or UI_HEADER in request.headers
 
 
 def forbidden(message: str):

@@ -11,15 +11,11 @@ from marshmallow import Schema, fields, validate
 from machinery import schedules
 from machinery.api.body import Blueprint, page
 from machinery.api.events import callback_base
-from machinery.exceptions import InvalidData
 from machinery.schedules import MAX_CATCH_UP, MAX_CRON_LENGTH, MAX_EVERY_S, OVERLAPS
 from machinery.schemas import NAME_RULE, PageArgsSchema, page_of
 
 bp = Blueprint("schedules", __name__, url_prefix="/schedules",
                description="Schedules: an event sent to a workflow at each tick of a cron or an interval")
-
-TIMING_FIELDS = ("cron", "timezone", "every_s")
-
 
 class ScheduleSchema(Schema):
     """A schedule as it is defined."""
@@ -78,11 +74,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _definition(schedule: dict) -> dict:
-    return {key: schedule[key] for key in ("name", "workflow", "data", "cron", "timezone", "every_s", "overlap",
-                                           "catch_up", "paused") if schedule.get(key) is not None}
-
-
 @bp.route("")
 class Schedules(MethodView):
     @bp.arguments(PageArgsSchema, location="query")
@@ -114,18 +105,7 @@ class Schedule(MethodView):
     def patch(self, changes, name):
         """Change a schedule: a new timing moves its next run; the rest applies from the next tick"""
         store = _runtime().store
-        stored = store.get_schedule(name)
-        merged = _definition(stored)
-        if "cron" in changes or "every_s" in changes:
-            for key in TIMING_FIELDS:
-                merged.pop(key, None)
-        merged.update({key: value for key, value in changes.items() if value is not None})
-        checked = schedules.check_definition(store, merged, _now())
-        if all(checked[key] == stored.get(key) for key in TIMING_FIELDS):
-            checked.pop("next_run")  # the same timing: its next tick stays
-            checked.pop("caught_up_to")
-        checked.pop("paused")
-        return store.change_schedule(name, checked)
+        return store.change_schedule(name, schedules.check_change(store, store.get_schedule(name), changes, _now()))
 
     @bp.response(204)
     def delete(self, name):
@@ -150,9 +130,4 @@ class Resume(MethodView):
         schedule = store.get_schedule(name)
         if not schedule["paused"]:
             return schedule
-        try:
-            next_run = schedules.timing_of(schedule).after(_now())
-        except ValueError as error:  # a cron that fires no more
-            raise InvalidData(f"schedule {name!r} fires no more: {error}", errors={"cron": ["never fires"]}) from None
-        return store.change_schedule(name, {"paused": False, "next_run": next_run, "caught_up_to": None},
-                                     expect={"paused": True})
+        return store.change_schedule(name, schedules.resumed(schedule, _now()), expect={"paused": True})

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+import yaml
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from markupsafe import Markup
 
@@ -168,7 +169,48 @@ def workflow(ref: str, message: str | None = None, code: int = 200):
     example = {field["name"]: _example_value(field) for field in item["inputs"]}
     return render_template("workflow.html", workflow=item, plan=plan, drawing=drawing, problem=problem,
                            events=events, events_total=total, message=message,
-                           example=json.dumps({"data": example}, ensure_ascii=False)), code
+                           example=json.dumps({"data": example}, ensure_ascii=False),
+                           definition=definition_text(definition_of(item))), code
+
+
+def definition_of(workflow: Mapping[str, Any]) -> dict:
+    """A registered workflow as the definition that registers it again: what was given, without what the
+    registry adds (ids, versions, dates, the services a tree calls) and without its ingestion secrets."""
+    definition = {key: workflow[key] for key in ("name", "description") if workflow.get(key) is not None}
+    definition["inputs"] = list(workflow.get("inputs") or [])
+    definition["outputs"] = list(workflow.get("outputs") or [])
+    if workflow.get("steps") is not None:
+        definition["steps"] = workflow["steps"]
+    else:
+        definition["services"] = list(workflow.get("services") or [])
+        if workflow.get("operations"):
+            definition["operations"] = workflow["operations"]
+    return definition
+
+
+def definition_text(definition: Mapping[str, Any]) -> str:
+    """A definition as YAML to edit: keys in the order given, block style, text as written."""
+    return yaml.safe_dump(dict(definition), sort_keys=False, allow_unicode=True, width=100)
+
+
+STARTER_SERVICE = "upper"
+
+
+@bp.get("/editor")
+def editor():
+    """A new workflow: a definition checked as it is typed, drawn, and registered."""
+    services, _ = _runtime().store.list_services(1, 1)
+    service = services[0] if services else {"name": STARTER_SERVICE, "inputs": [{"name": "message", "type": "string"}],
+                                            "outputs": [{"name": "message", "type": "string"}]}
+    starter = {"name": "my-workflow", "description": "Edit me: the check runs as you type",
+               "inputs": [_starter_field(field) for field in service.get("inputs") or []],
+               "outputs": [_starter_field(field) for field in service.get("outputs") or []],
+               "steps": [{"id": "first", "call": service["name"]}]}
+    return render_template("editor.html", definition=definition_text(starter))
+
+
+def _starter_field(field: Mapping[str, Any]) -> dict:
+    return {key: field[key] for key in ("name", "type", "required") if key in field}
 
 
 def _example_value(field: Mapping[str, Any]) -> Any:
@@ -264,7 +306,8 @@ def _event_page(item: dict, message: str | None = None, code: int = 200, templat
 def _event_view(item: dict) -> dict:
     store = _runtime().store
     item = for_display(item, store)
-    view = {"event": item, "active": item["status"] in ACTIVE, "tree": None, "failed": [], "failed_total": 0}
+    view = {"event": item, "active": item["status"] in ACTIVE, "tree": None, "failed": [], "failed_total": 0,
+            "record_link": record_link}
     if item.get("plan", {}).get("version") != 2:
         drawn = event_view.timeline(item)
         return {**view, "timeline": drawn, "details": drawn["bars"]}

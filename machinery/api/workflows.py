@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Response, current_app
 from flask.views import MethodView
-from marshmallow import Schema, fields
+from marshmallow import EXCLUDE, Schema, fields, validate
 
-from machinery import registry
+from machinery import graph, registry
 from machinery.api.body import Blueprint, page
 from machinery.schemas import PageArgsSchema, WorkflowOutSchema, WorkflowSchema, page_of
 
@@ -60,6 +60,18 @@ class CheckedSchema(Schema):
                        "nodes (version 2)"})
     warnings = fields.List(fields.String(), required=True, metadata={
         "description": "where a schema said more than the type model can (it became any)"})
+    graph = fields.String(metadata={
+        "description": "with ?graph=: the workflow drawn as GET /workflows/{ref}/graph draws a registered one "
+                       "(an SVG document, Mermaid or Graphviz DOT)"})
+
+
+class CheckArgsSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    graph = fields.String(validate=validate.OneOf(
+        list(graph.FORMATS), error="unknown graph format {input!r}; use one of " + ", ".join(graph.FORMATS)), metadata={
+        "description": "svg, mermaid or dot: also answer the checked workflow drawn, in `graph`"})
 
 
 @bp.route("/check")
@@ -68,12 +80,16 @@ class WorkflowCheck(MethodView):
     # itself takes (check_options below), not the methods of the other route as well.
     provide_automatic_options = False
 
+    @bp.arguments(CheckArgsSchema, location="query")
     @bp.arguments(WorkflowSchema)
     @bp.response(200, CheckedSchema, description="The definition checks; nothing is registered")
-    def post(self, definition):
+    def post(self, args, definition):
         """Check a workflow definition as registering it would, registering nothing"""
         plan = registry.check_workflow(_store(), definition)
-        return {"ok": True, "plan": plan, "warnings": list(definition.get("warnings") or [])}
+        answer = {"ok": True, "plan": plan, "warnings": list(definition.get("warnings") or [])}
+        if args.get("graph"):
+            answer["graph"] = graph.render(plan, args["graph"], definition["name"])
+        return answer
 
 
 def check_options():

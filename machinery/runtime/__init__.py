@@ -48,4 +48,10 @@ Concurrency. Branches and map items run on threads of the process holding the ev
 ``max_concurrency`` items at once; calls in flight per process are bounded (``MACHINERY_MAX_CALLS``).
 A branch's or item's final failure stops what has not started; what runs finishes and is recorded;
 the event fails with the first error.
+
+Cancelling (``runtime.cancel``). A cancel is a write to the event's document (status ``cancelled``),
+seen by every process: the holder's writes expect the event running, and a walk reads the status
+before it starts a call, a poll, a sleep or a child, so what is in flight finishes and is recorded
+and nothing new starts. A paused workflow's new events are stored pending and held (a lease no
+claim takes) until it is resumed.
 """

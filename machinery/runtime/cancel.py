@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from machinery.exceptions import Conflict, NotFound
+from machinery.exceptions import Conflict, NotFound, TooLarge
 from machinery.store import EPOCH, FINISHED, HELD, Store, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def _cancel_error(by: str, reason: str | None) -> dict:
 def cancel_event(store: Store, event_id: str, by: str = ANONYMOUS, reason: str | None = None) -> dict:
     """Cancel an event that has not ended; Conflict naming its status when it has, NotFound when there
     is no such event. Returns the event as stored after the cancel."""
-    from machinery.runtime import tree
+    from machinery.runtime import tree, turns
     from machinery.runtime.executor import close_waiting
 
     for _ in range(CANCEL_TRIES):
@@ -48,13 +48,15 @@ def cancel_event(store: Store, event_id: str, by: str = ANONYMOUS, reason: str |
             raise Conflict(f"event {event_id} is {status}: only a pending, running or waiting event can be "
                            "cancelled", errors={"status": [status]})
         now = utcnow()
-        cancelled = {"by": by, "at": now, "reason": reason, "previous_status": status,
-                     "in_flight": status == "running"}
+        lease = event.get("lease_expires")
+        held = status == "running" and lease is not None and lease.replace(tzinfo=None) > now
+        cancelled = {"by": by, "at": now, "reason": reason, "previous_status": status, "in_flight": held}
         fields: dict[str, Any] = {"status": "cancelled", "cancelled": cancelled, "outputs": None,
                                   "finished_at": now, "updated_at": now}
-        if status != "running":
-            # No one holds it: nothing is in flight, so it lets go of its lease now. A running event keeps
-            # its holder's lease until the holder has recorded what it was doing (settle).
+        if not held:
+            # No one holds it (or its holder died: its lease expired), so nothing is in flight: it lets go
+            # of its lease now. A held event keeps its holder's lease until the holder has recorded what
+            # it was doing (settle).
             fields.update(lease_owner=None, lease_expires=EPOCH)
         if event.get("callback_url"):
             fields["webhook"] = pending_webhook()
@@ -76,6 +78,7 @@ def cancel_event(store: Store, event_id: str, by: str = ANONYMOUS, reason: str |
     if (event.get("plan") or {}).get("version") == 2:
         revoke(store, event_id, by, reason)
     tree.wake_parent(store, event)
+    turns.give_up(store, event)  # the next event of its concurrency key may start
     return store.get_event(event_id)
 
 
@@ -105,7 +108,13 @@ def settle(store: Store, event_id: str, owner: str, update: Mapping[str, Any]) -
     settled: dict[str, Any] = {"$set": kept}
     if update.get("$push"):
         settled["$push"] = dict(update["$push"])
-    return store.update_event(event_id, settled, owner=owner, expect={"status": "cancelled"})
+    try:
+        return store.update_event(event_id, settled, owner=owner, expect={"status": "cancelled"})
+    except TooLarge:  # what the step brought does not fit in the record: let the event go without it
+        LOG.error("event %s: cancelled, and what its step in flight brought does not fit in its record", event_id)
+        return store.update_event(event_id, {"$set": {"lease_owner": None, "lease_expires": EPOCH,
+                                                      "cancelled.in_flight": False}},
+                                  owner=owner, expect={"status": "cancelled"})
 
 
 def is_cancelled(store: Store, event_id: str) -> bool:
@@ -157,22 +166,3 @@ def recheck_held(store: Store, event: Mapping[str, Any]) -> None:
         return
     if not workflow.get("paused"):
         store.release_events(event["workflow_id"], event["event_id"])
-
-
-def held_back(store: Store, event: Mapping[str, Any], owner: str) -> bool:
-    """A worker's first claim of a new event whose workflow was paused after the event was stored (a
-    pause that came between its check and its write): give it back held. True when it was."""
-    if event.get("claim_count") != 1 or event.get("run", 0) or event.get("held"):
-        return False
-    try:
-        workflow = store.get_workflow(event["workflow_id"])
-    except NotFound:
-        return False
-    if not workflow.get("paused"):
-        return False
-    held = store.update_event(event["event_id"], {"$set": {
-        "status": "pending", "lease_owner": None, "lease_expires": HELD, "held": "paused", "claim_count": 0,
-        "claims_without_progress": 0}}, owner=owner, expect={"status": "running"})
-    if held:
-        recheck_held(store, {**event, "held": "paused"})
-    return held

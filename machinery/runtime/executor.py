@@ -19,7 +19,7 @@ from machinery.exceptions import InvalidData, MachineryError, ServiceCallError, 
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
 from machinery.rollups import event_duration_ms
-from machinery.runtime import calls, cancel, flow, tree
+from machinery.runtime import calls, cancel, flow, tree, turns
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, MAX_DOCUMENT_BYTES, RecordSize, element_size, mib
@@ -293,6 +293,10 @@ class Executor:
         raises has its error noted in the event (`last_error`), for the claim that gives up on it.
         """
         try:
+            if event.get("concurrency"):  # the workflow limits its running events per key: wait for the turn
+                queued = turns.take(self.store, event, owner)
+                if queued is not None:
+                    return queued
             if (event.get("plan") or {}).get("version") == 2:
                 return tree.run_tree(self, event, owner)
             return self._run(event, owner)
@@ -396,6 +400,8 @@ class Executor:
             update["$push"] = {"steps": record}
         if event.get("waiting"):
             update["$unset"] = {"waiting": ""}
+        if event.get("queued"):  # it ended (stuck, too large) before its queued step was admitted
+            update.setdefault("$unset", {})["queued"] = ""
         grown = size.after(update, changes, record_bound(record) if record is not None else None)
         if grown > EVENT_LIMIT_BYTES and not last_resort:
             return self._too_large(event, owner, record, context, record["step"] if record else index, size,
@@ -415,6 +421,7 @@ class Executor:
                         extra=log_fields(event, index))
             return {**event, "status": "running"}
         tree.wake_parent(self.store, event)
+        turns.give_up(self.store, event)
         self.observer.event_finished(event.get("workflow_name", ""), status,
                                      duration_ms=event_duration_ms(event, now))
         # Debug: a sync event's outcome is in the access log line of its request, and the worker logs

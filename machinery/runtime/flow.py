@@ -174,11 +174,12 @@ class Held(Exception):
     def __init__(self, service: str, kind: str, message: str, due: datetime):
         super().__init__(message)
         self.service, self.kind, self.message, self.due = service, kind, message, due
+        self.since: datetime | None = None  # when the step was first queued, if it already was
 
     def note(self, step: Any) -> dict:
         """What the event shows while its step is queued."""
         return {"service": self.service, "why": self.kind, "message": f"queued: {self.message}", "step": step,
-                "since": utcnow(), "until": self.due}
+                "since": self.since or utcnow(), "until": self.due}
 
 
 class Ticket:
@@ -193,17 +194,17 @@ class Ticket:
 class Flow:
     """This process's side of flow control: admits calls, releases them, renews their leases."""
 
-    def __init__(self, store, config: Mapping[str, Any], observer=None):
+    def __init__(self, store, config: Mapping[str, Any]):
         self.store = store
         self.lease_s = float(config.get("LEASE_S", 30.0))
         self.wait_s = float(config.get("FLOW_WAIT_S", DEFAULT_WAIT_S))
-        self.observer = observer
         self._prefix = os.urandom(6).hex()
         self._count = 0
         self._lock = threading.Lock()
         self._ended: dict[str, threading.Condition] = {}  # per service: a call of this process ended
-        self._holding: dict[str, tuple[str, float]] = {}  # holder -> (service, admitted at, monotonic)
+        self._holding: dict[str, tuple[str, float]] = {}  # holder -> (service, when admitted, monotonic)
         self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def _holder(self) -> str:
         with self._lock:
@@ -220,12 +221,18 @@ class Flow:
     def through(self, limits: Limits, call: Callable[[], T], event: dict | None = None) -> T:
         """Make `call` once admitted; release its slot and tell the breaker how it went. Raises Held
         when it is not admitted within MACHINERY_FLOW_WAIT_S."""
-        ticket = self.admit(limits)
+        try:
+            ticket = self.admit(limits)
+        except Held as held:
+            held.since = ((event or {}).get("queued") or {}).get("since")
+            raise
         if event is not None and event.get("queued"):
             self._unqueue(event)
-        failed = False
+        failed = True  # no reply, as far as the breaker can tell, until one comes
         try:
-            return call()
+            result = call()
+            failed = False
+            return result
         except ServiceCallError as error:
             failed = error.retryable
             raise
@@ -294,8 +301,7 @@ class Flow:
 
     def _renew(self) -> None:
         """Every third of a lease, renew the slots (and trial calls) held for longer than that."""
-        while True:
-            time.sleep(self.lease_s / 3)
+        while not self._stop.wait(self.lease_s / 3):
             cutoff = time.monotonic() - self.lease_s / 3
             by_service: dict[str, list[str]] = {}
             with self._lock:
@@ -307,6 +313,11 @@ class Flow:
                     self.store.flow.renew(name, holders, utcnow() + timedelta(seconds=self.lease_s))
                 except Exception as error:
                     LOG.warning("service %s: call leases not renewed: %s", name, error)
+
+
+    def stop(self) -> None:
+        """Stop renewing leases (the process is stopping: what it still holds expires by itself)."""
+        self._stop.set()
 
 
 # -- what the API, the UI and the metrics show ------------------------------------------------

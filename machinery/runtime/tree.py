@@ -19,7 +19,7 @@ from machinery import search
 from machinery.language import dataflow
 from machinery.language.expressions import compile_expression
 from machinery.rollups import event_duration_ms
-from machinery.runtime import cancel
+from machinery.runtime import cancel, turns
 from machinery.store import EPOCH, FINISHED, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -284,6 +284,7 @@ class TreeRun:
             LOG.warning("event %s: lease lost before it could finish", self.event_id)
             return {**self.event, "status": "running"}
         wake_parent(self.store, self.event)
+        turns.give_up(self.store, self.event)
         self.executor.observer.event_finished(self.event.get("workflow_name", ""), status,
                                               duration_ms=event_duration_ms(self.event, now))
         return {**self.event, **fields}

@@ -17,7 +17,6 @@ from typing import Any, Callable, Mapping
 from machinery import guard
 from machinery.events import for_display
 from machinery.exceptions import StoreUnavailable, TooLarge
-from machinery.runtime import cancel
 from machinery.runtime.executor import Executor, backoff_delay, log_fields
 from machinery.runtime.scheduler import Scheduler
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
@@ -234,8 +233,6 @@ class Worker:
                 self._next_scan = time.monotonic() + max(self.max_idle_s or 0.0, SCAN_SHARE * cost)
         if event is None:
             return bool(scheduled)
-        if cancel.held_back(self.store, event, owner):
-            return True
         self.keeper.hold(event["event_id"], owner)
         try:
             ended = self.executor.run(event, owner)

@@ -1,5 +1,6 @@
-"""The flow collection: one document per limited service, holding its calls in flight (a lease per
-holder), its token bucket and its circuit breaker, changed by compare-and-set on a revision.
+"""The flow collection: one document per limited service, holding its calls in flight (a lease per holder),
+its token bucket and its circuit breaker, and one per concurrency key of a workflow (the events holding
+it), each changed by compare-and-set on a revision.
 
 A document::
 
@@ -21,6 +22,7 @@ import functools
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
+from bson import ObjectId
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from machinery.exceptions import StoreUnavailable
@@ -92,8 +94,7 @@ class FlowStore:
     @_guarded
     def release(self, name: str, holder: str) -> None:
         """Give back a call's slot: removing one holder only frees room, so it needs no revision."""
-        self.collection.update_one({"_id": name, f"holders.{holder}": {"$exists": True}},
-                                   {"$unset": {f"holders.{holder}": ""}})
+        self.collection.update_one({"_id": name}, {"$unset": {f"holders.{holder}": ""}})  # gone already: a no-op
 
     @_guarded
     def renew(self, name: str, holders: Iterable[str], expires: datetime) -> None:
@@ -105,17 +106,51 @@ class FlowStore:
             self.collection.update_one({"_id": name, "breaker.trial": holder},
                                        {"$set": {"breaker.trial_expires": expires}})
 
+    # -- a workflow's concurrency key (machinery.runtime.turns) -----------------------------------
+
     @_guarded
-    def queued_events(self, limit: int = QUEUED_COUNTED) -> dict[tuple[str, str], int]:
-        """The events a step of which is queued now, counted by (service, why), up to `limit` events
-        (through the `queued` index: only queued events are in it)."""
-        counts: dict[tuple[str, str], int] = {}
-        for document in self.events.find({"queued.service": {"$exists": True}, "status": {"$in": list(ACTIVE)}},
-                                         {"queued.service": 1, "queued.why": 1}).limit(limit):
+    def ended_events(self, event_ids: list[str]) -> list[str]:
+        """Which of these events are no longer active (ended, or gone)."""
+        oids = [ObjectId(event_id) for event_id in event_ids if ObjectId.is_valid(event_id)]
+        active = {str(document["_id"]) for document in
+                  self.events.find({"_id": {"$in": oids}, "status": {"$in": list(ACTIVE)}}, {"_id": 1})}
+        return [event_id for event_id in event_ids if event_id not in active]
+
+    @_guarded
+    def earlier_waiting(self, key: str, ack_date: datetime, event_id: str, limit: int) -> int:
+        """How many active events of `key` that came before this one wait for their turn (counted up to `limit`)."""
+        ack_date = _naive_utc(ack_date)
+        return self.events.count_documents({
+            "concurrency.key": key, "concurrency.held": False, "status": {"$in": list(ACTIVE)},
+            "$or": [{"ack_date": {"$lt": ack_date}}, {"ack_date": ack_date, "_id": {"$lt": ObjectId(event_id)}}],
+        }, limit=limit)
+
+    @_guarded
+    def next_waiting(self, key: str, limit: int) -> list[str]:
+        """The first events of `key`, in the order they came, that wait for their turn."""
+        return [str(document["_id"]) for document in self.events.find(
+            {"concurrency.key": key, "concurrency.held": False, "status": "pending"}, {"_id": 1}
+        ).sort([("ack_date", 1), ("_id", 1)]).limit(limit)]
+
+    @_guarded
+    def queued_events(self, limit: int = QUEUED_COUNTED) -> dict[tuple[str, str, str], int]:
+        """The events queued now (a step held back by its service, or the event by its workflow's
+        concurrency), counted by (service, workflow, why), one of the first two empty, up to `limit`
+        events (through the `queued_notes` index: only queued events are in it)."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for document in self.events.find({"queued.why": {"$exists": True}, "status": {"$in": list(ACTIVE)}},
+                                         {"queued.service": 1, "queued.workflow": 1, "queued.why": 1}).limit(limit):
             queued = document.get("queued") or {}
-            key = (str(queued.get("service")), str(queued.get("why")))
+            key = (str(queued.get("service") or ""), str(queued.get("workflow") or ""), str(queued.get("why")))
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """A date as the store keeps it: naive, in UTC."""
+    if value.tzinfo is not None:
+        value = (value - value.utcoffset()).replace(tzinfo=None)
+    return value
 
 
 def _inserted(update: Mapping[str, Any]) -> dict:

@@ -338,8 +338,10 @@ class Store:
         index(self.events, [("waiting.token_hash", 1)], name="callback_token",
               partialFilterExpression={"waiting.token_hash": {"$exists": True}})
         index(self.events, [("spent_tokens", 1)])
-        index(self.events, [("queued.service", 1)], name="queued",
-              partialFilterExpression={"queued.service": {"$exists": True}})
+        index(self.events, [("concurrency.key", 1), ("ack_date", 1)], name="concurrency",
+              partialFilterExpression={"concurrency.key": {"$exists": True}})
+        index(self.events, [("queued.why", 1)], name="queued_notes",
+              partialFilterExpression={"queued.why": {"$exists": True}})
         index(self.events, [("webhook.status", 1), ("webhook.next_at", 1)], name="webhooks",
               partialFilterExpression={"webhook.status": "pending"})
         for name in SUPERSEDED_INDEXES:
@@ -955,8 +957,11 @@ class Store:
         if event_id is not None:
             query["_id"] = ObjectId(event_id)
         released = 0
-        for document in self.events.find(query, {"_id": 1}).sort([("ack_date", 1), ("_id", 1)]):
-            result = self.events.update_one({**query, "_id": document["_id"]}, {
+        # Read whole before the writes: no cursor is walked over documents it is changing.
+        found = [document["_id"] for document in
+                 self.events.find(query, {"_id": 1}).sort([("ack_date", 1), ("_id", 1)])]
+        for oid in found:
+            result = self.events.update_one({**query, "_id": oid}, {
                 "$set": {"lease_expires": EPOCH + timedelta(milliseconds=released)}, "$unset": {"held": ""}})
             self.writes += 1
             released += result.modified_count

@@ -289,3 +289,55 @@ def test_a_cron_whose_last_year_has_come_fires_its_last_tick_then_pauses(client,
     refused = client.post("/schedules/nightly/resume")
     assert refused.status_code == 422 and "cron" in refused.get_json()["errors"]
     assert client.get("/ui/schedules").status_code == 200
+
+
+def test_catch_up_all_with_overlap_queue_sends_the_missed_ticks_in_order_one_after_the_other(client, examples,
+                                                                                         store, scheduler):
+    make(client, cron=None, timezone=None, every_s=10, catch_up={"all": 3}, overlap="queue")
+    due_at(store, "nightly", ago(3600))
+    assert scheduler.look("test") is True  # the catch-up decided: the last 3 missed ticks are kept
+    sent, holds = [], 0
+    for _ in range(12):  # bounded: each round fires a tick or holds it while the event before runs
+        scheduler._next_look = 0.0
+        found = scheduler.look("test")
+        if isinstance(found, str):
+            sent.append(found)
+            if len(sent) == 4:
+                break
+            continue
+        assert found is True and store.get_schedule("nightly")["waiting_for"] == sent[-1]
+        holds += 1
+        # the event before ends, and the hold on the next tick is over
+        store.update_event(sent[-1], {"$set": {"status": "completed"}})
+        store.schedules.update_one({"name": "nightly"}, {"$set": {"lease_expires": datetime(1970, 1, 1)}})
+    assert holds == 3
+    ticks = [store.get_event(event_id)["schedule"]["tick"] for event_id in sent]
+    assert len(ticks) == 4 and ticks == sorted(ticks)
+    assert [b - a for a, b in zip(ticks, ticks[1:], strict=False)] == [timedelta(seconds=10)] * 3
+    # the three missed ones, then the first on time (no more than 60 s late)
+    assert datetime.now(UTC) - ticks[2] > timedelta(seconds=60) >= datetime.now(UTC) - ticks[3]
+
+
+def test_only_an_admin_key_makes_changes_or_deletes_a_schedule_and_a_read_key_reads_them():
+    from tests.security.conftest import ADMIN_KEY, API_KEYS, READ_KEY, SEND_KEY, bearer, make_app
+
+    app = make_app(API_KEYS=API_KEYS)
+    try:
+        client = app.test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = bearer(ADMIN_KEY)["Authorization"]
+        register_examples(client)
+        del client.environ_base["HTTP_AUTHORIZATION"]
+        for key in (READ_KEY, SEND_KEY):
+            refused = client.post("/schedules", json=NIGHTLY, headers=bearer(key))
+            assert refused.status_code == 403, key
+        assert client.post("/schedules", json=NIGHTLY).status_code == 401
+        assert client.post("/schedules", json=NIGHTLY, headers=bearer(ADMIN_KEY)).status_code == 201
+        for method, path in (("patch", "/schedules/nightly"), ("delete", "/schedules/nightly"),
+                             ("post", "/schedules/nightly/pause"), ("post", "/schedules/nightly/resume")):
+            response = getattr(client, method)(path, json={} if method == "patch" else None, headers=bearer(READ_KEY))
+            assert response.status_code == 403, (method, path)
+        assert client.get("/schedules/nightly", headers=bearer(READ_KEY)).status_code == 200
+        assert client.get("/schedules", headers=bearer(SEND_KEY)).status_code == 403
+        assert client.get("/ui/schedules", headers=bearer(READ_KEY)).status_code == 200
+    finally:
+        app.extensions["machinery"].close(grace_s=1)

@@ -98,7 +98,7 @@ def test_more_runs_at_once_than_the_cap_are_folded_and_said(registered, store):
                             {"reserve": {"n": many, "done": many}})
     html = registered.get(f"/ui/events/{event_id}").get_data(as_text=True)
     assert len(lanes_of(html)) == MAX_LANES
-    assert "5 more runs are folded: more than 32 ran at once." in html
+    assert "5 more runs are folded: more than 32 overlap at this scale" in html
 
 
 def test_a_chain_event_keeps_one_row_per_step(registered, store):

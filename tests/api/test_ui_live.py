@@ -43,8 +43,29 @@ def test_the_live_part_asks_for_a_key_as_the_ui_does(example_services):
         register_examples(client, example_services)
         event = send(client, mode="async")
         anonymous = app.test_client().get(f"/ui/events/{event['event_id']}/live")
-        assert anonymous.status_code == 401 and 'Basic realm="machinery"' in anonymous.headers["WWW-Authenticate"]
+        assert anonymous.status_code == 401
+        assert 'Basic realm="machinery", charset="UTF-8"' in anonymous.headers.getlist("WWW-Authenticate")
         reader = app.test_client().get(f"/ui/events/{event['event_id']}/live", headers=basic(READ_KEY))
         assert reader.status_code == 200 and 'data-status="pending"' in reader.get_data(as_text=True)
     finally:
         app.extensions["machinery"].close(grace_s=2)
+
+
+def test_a_live_event_with_a_long_timeline_is_followed_less_often(client, store, example_services):
+    from datetime import timedelta
+
+    register_examples(client, example_services)
+    event = send(client, mode="async")
+    stored = store.get_event(event["event_id"])
+    store.update_event(event["event_id"], {"$set": {"status": "running", "plan": {**stored["plan"], "version": 2,
+                                                                                   "tree": []}}})
+    for number in range(500):
+        start = stored["ack_date"] + timedelta(milliseconds=number)
+        store.insert_step_run({"event_id": event["event_id"], "run": 0, "instance": f"each[{number}]/up",
+                               "node": "up", "kind": "call", "items": [number], "item": number, "status": "completed",
+                               "service": "upper", "attempts": 1, "started_at": start, "duration_ms": 1.0,
+                               "finished_at": start + timedelta(milliseconds=1)})
+    body = client.get(f"/ui/events/{event['event_id']}/live").get_data(as_text=True)
+    assert 'data-poll="5000"' in body
+    drawn = body.count('class="bar bar-green"')
+    assert drawn < 500 and f"{500 - drawn} more runs are folded: more than 32 overlap at this scale" in body

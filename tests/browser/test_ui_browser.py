@@ -127,3 +127,28 @@ def test_pages_fit_the_width(live, open_page, width):
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} is {overflow}px wider than {width}px"
         shoot(page, f"{name}-{width}")
+
+
+def test_pause_a_workflow_cancel_its_held_event_and_resume(live, open_page):
+    client = live.app.test_client()
+    assert client.post("/workflows", json={
+        "name": "ui-pausable", "services": ["upper"], "inputs": [{"name": "message", "type": "string"}],
+        "outputs": [{"name": "message", "type": "string"}]}).status_code in (200, 201)
+    page = open_page()
+    page.goto(f"{live.url}/ui/workflows/ui-pausable")
+    page.get_by_role("button", name="Pause").click()
+    expect(page.locator(".facts")).to_contain_text("paused by anonymous")
+    sent = client.post("/e/ui-pausable", json={"message": "held"}).get_json()
+    assert sent["status"] == "pending"
+
+    page.goto(f"{live.url}/ui/events/{sent['event_id']}")
+    expect(page.locator(".live")).to_contain_text("held while its workflow is paused")
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("h1 .badge")).to_have_text("cancelled")
+    expect(page.locator(".failure")).to_contain_text("Cancelled by anonymous")
+    shoot(page, "event-cancelled")
+
+    page.goto(f"{live.url}/ui/workflows/ui-pausable")
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator(".facts")).to_contain_text("running")
+    assert live.event(sent["event_id"])["status"] == "cancelled"

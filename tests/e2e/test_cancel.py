@@ -130,6 +130,25 @@ def test_cancel_during_a_map_starts_no_item_after_it_and_records_what_ran(http, 
     assert final["progress"]["each"]["done"] == len(starts)
 
 
+def test_a_cancelled_map_retried_runs_only_the_items_that_had_not_run(http, api, service):
+    register(http, api, service, delay=0.1)
+    tree(http, api, "some", [{"id": "each", "map": "values", "as": "v", "max_concurrency": 2,
+                              "steps": [{"id": "one", "call": "slow", "in": {"n": "v"}}], "collect": {"got": "n"}}],
+         inputs=[INTS], outputs=[{"name": "got", "type": {"type": "array", "items": "int"}}])
+    sent = http.post(f"{api}/e/some?mode=async", json={"values": list(range(20))}, timeout=10).json()
+    wait_until(lambda: len(http.get(f"{service}/starts", timeout=5).json()) >= 4, 20, message="items started")
+    http.post(f"{api}/events/{sent['event_id']}/cancel", timeout=10)
+    wait_until(lambda: event(http, api, sent["event_id"])["cancelled"]["in_flight"] is False, 20, message="settled")
+    ran = len(http.get(f"{service}/starts", timeout=5).json())
+
+    retried = http.post(f"{api}/events/{sent['event_id']}/retry", timeout=30)
+
+    assert retried.status_code == 200 and retried.json()["status"] == "completed"
+    assert retried.json()["outputs"] == {"got": list(range(20))}
+    called = sorted(n for _, n in http.get(f"{service}/starts", timeout=5).json())
+    assert called == list(range(20)) and ran < 20  # each item called once: the ones that ran are not again
+
+
 def test_cancel_of_a_waiting_callback_revokes_its_url(http, api, service):
     register(http, api, service)
     tree(http, api, "waits", [{"id": "ask", "call": "accept", "in": {"n": "n"}, "out": {"n": "n"}}],
@@ -180,6 +199,22 @@ def test_cancel_of_a_sleeping_event_drops_its_timer(http, api, service):
     assert http.get(f"{service}/starts", timeout=5).json() == []
 
 
+def test_cancel_of_a_waiting_poll_drops_its_next_call(http, api, service):
+    register(http, api, service)
+    tree(http, api, "polls", [{"id": "wait", "poll": "slow", "in": {"n": "n"}, "until": "n == `99`",
+                               "interval_s": 1, "timeout_s": 60}])
+    sent = http.post(f"{api}/e/polls", json={"n": 1}, timeout=10).json()
+    assert sent["status"] == "waiting"
+
+    assert http.post(f"{api}/events/{sent['event_id']}/cancel", timeout=10).status_code == 200
+
+    time.sleep(1.6)  # past the next poll: no worker calls again
+    assert len(http.get(f"{service}/starts", timeout=5).json()) == 1
+    final = event(http, api, sent["event_id"])
+    assert final["status"] == "cancelled" and [record["status"] for record in final["steps"]] == ["cancelled"]
+    assert final["steps"][0]["polls"] == 1
+
+
 def test_cancel_of_a_parent_cancels_its_child_event(http, api, service):
     register(http, api, service)
     tree(http, api, "child", [{"id": "ask", "call": "accept", "in": {"n": "n"}}])
@@ -194,6 +229,22 @@ def test_cancel_of_a_parent_cancels_its_child_event(http, api, service):
     child = event(http, api, child_id)
     assert child["status"] == "cancelled"
     assert "parent event" in child["cancelled"]["reason"]
+
+
+def test_a_child_cancelled_on_its_own_fails_its_parents_step(http, api, service):
+    register(http, api, service)
+    tree(http, api, "child", [{"id": "ask", "call": "accept", "in": {"n": "n"}}])
+    tree(http, api, "parent", [{"id": "sub", "workflow": "child", "in": {"n": "n"}}])
+    sent = http.post(f"{api}/e/parent", json={"n": 1}, timeout=10).json()
+    child_id = wait_until(lambda: next((record.get("child_event_id") for record in
+                                        event(http, api, sent["event_id"])["steps"]), None), 10, message="child")
+    wait_until(lambda: event(http, api, child_id)["status"] == "waiting", 10, message="child waiting")
+
+    assert http.post(f"{api}/events/{child_id}/cancel", timeout=10).status_code == 200
+
+    parent = wait_until(lambda: (e := event(http, api, sent["event_id"]))["status"] == "failed" and e, 10,
+                        message="the parent failed")
+    assert parent["error"]["kind"] == "cancelled" and child_id in parent["error"]["message"]
 
 
 def test_a_v1_chain_cancelled_while_it_runs_stops_after_the_step_in_flight(http, api, service):

@@ -124,13 +124,79 @@ def test_a_burst_of_200_events_at_a_rate_of_20_a_second_fits_the_bucket(env, sto
     finally:
         for worker in workers:
             assert stop(worker) == 0
-    # THEN the calls fit the bucket: in any window of w seconds at most 20 + 20 w (one call of slack for the
-    # clocks' milliseconds), and over all about 200 - 20 in 9 s at least
+    # THEN the calls fit the bucket: in any window of w seconds at most 20 + 20 w, give or take what the
+    # calls' own latencies (up to 0.1 s here) move their arrivals by; and over all 200 - 20 took 9 s at least
     assert watch.calls() == 200
     for window in (0.5, 1.0, 2.0, 5.0):
-        assert watch.most_in_any(window) <= 20 + 20 * window + 1, (window, watch.most_in_any(window))
+        assert watch.most_in_any(window) <= 20 + 20 * (window + 0.1), (window, watch.most_in_any(window))
     arrivals = sorted(watch.arrivals)
     assert arrivals[-1] - arrivals[0] >= (200 - 20) / 20 * 0.95
     # AND no step spent an attempt on being held back
     for document in store.events.find({}, {"steps": 1}):
         assert [step["attempts"] for step in document["steps"]] == [1], document["_id"]
+
+
+def test_a_per_key_limit_of_one_holds_across_workers_and_keeps_the_order(env, store, watch, watched):
+    # GIVEN a workflow limited to 1 running event per customer, a service taking 50 ms, two worker processes
+    watch.latency_s = 0.05
+    workers = [start_worker(env, "--threads", "4") for _ in range(2)]
+    try:
+        with gunicorn_api(env) as api:
+            register(api, watched)
+            assert requests.post(f"{api}/workflows", json={
+                "name": "per-customer", "services": ["upper"], "concurrency": {"key": "customer", "limit": 1},
+                "inputs": [*TEXT, {"name": "customer", "type": "string"}], "outputs": TEXT},
+                timeout=30).status_code == 201
+            # WHEN 10 events of each of three customers are sent, one after another, interleaved
+            for number in range(30):
+                reply = requests.post(f"{api}/e/per-customer?mode=async",
+                                      json={"message": f"m{number}", "customer": f"c{number % 3}"}, timeout=60)
+                assert reply.status_code == 202, reply.text
+            wait_until(lambda: store.count_events("completed") == 30, 180, 0.5, "30 events completed")
+    finally:
+        for worker in workers:
+            assert stop(worker) == 0
+    # THEN per customer, each event's call began after the one before it ended, in the order they came
+    runs: dict[str, list] = {}
+    for document in store.events.find({}, {"data": 1, "steps": 1, "ack_date": 1, "claims": 1}).sort(
+            [("ack_date", 1), ("_id", 1)]):
+        runs.setdefault(document["data"]["customer"], []).append(document)
+    assert sorted(runs) == ["c0", "c1", "c2"] and all(len(events) == 10 for events in runs.values())
+    for customer, events in runs.items():
+        steps = [event["steps"][0] for event in events]
+        for earlier, later in zip(steps, steps[1:], strict=False):
+            assert earlier["finished_at"] <= later["started_at"], (customer, earlier, later)
+    owners = {claim["owner"].rsplit("/", 1)[0] for events in runs.values() for event in events
+              for claim in event["claims"]}
+    assert len(owners) >= 2, owners
+    assert 2 <= watch.max_in_flight <= 3
+
+
+def test_after_the_cool_down_one_process_makes_the_one_trial_call(env, store, watch, watched):
+    # GIVEN a service that is down, with a breaker of 2 failures and a cool-down of 2 s, and two workers
+    watch.down = True
+    workers = [start_worker(env, "--threads", "4") for _ in range(2)]
+    try:
+        with gunicorn_api(env) as api:
+            register(api, watched, breaker={"failure_threshold": 2, "cool_down_s": 2},
+                     retry={"max_attempts": 1, "backoff_s": 0})
+            # WHEN two events fail on it, opening the breaker
+            for number in range(2):
+                assert requests.post(f"{api}/e/via-upper", json={"message": f"f{number}"},
+                                     timeout=60).status_code == 502
+            assert requests.get(f"{api}/services/upper", timeout=30).json()["flow"]["breaker"]["state"] == "open"
+            # AND, the service back but slow (0.5 s), 16 events wait for the breaker in both workers
+            before = watch.calls()
+            watch.down, watch.latency_s = False, 0.5
+            send_async(api, 16)
+            wait_until(lambda: store.count_events("completed") == 16, 120, 0.2, "16 events completed")
+            state = requests.get(f"{api}/services/upper", timeout=30).json()["flow"]["breaker"]
+    finally:
+        for worker in workers:
+            assert stop(worker) == 0
+    # THEN the first call after the cool-down was alone until it answered, then the others came
+    later = sorted(watch.arrivals[before:])
+    assert len(later) == 16 and later[1] - later[0] >= 0.45, later[:3]
+    assert state["state"] == "closed" and state["failures"] == 0
+    queued = [document for document in store.events.find({"status": "completed"}, {"steps": 1})]
+    assert all(document["steps"][0]["attempts"] == 1 for document in queued)

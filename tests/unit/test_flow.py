@@ -1,5 +1,5 @@
 """Flow control's decisions, one flow document at a time: the token bucket, the slots and the breaker's
-state machine (machinery.runtime.flow), and the store's compare-and-set on mongomock."""
+state machine (machinery.runtime.flow), the store's compare-and-set on mongomock, and the executor's side."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ from datetime import datetime, timedelta
 import mongomock
 import pytest
 
-from machinery.runtime import flow
+from machinery import events
+from machinery.config import load_config
+from machinery.runtime import flow, turns
+from machinery.runtime.executor import Executor
 from machinery.runtime.flow import Limits, admit, after_call, limits_of
+from machinery.store import Store
 from machinery.store.flow import FlowStore
+from tests.unit.test_executor import OWNER, FakeSession, reply, service
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 
@@ -232,3 +237,81 @@ def test_the_state_shown_counts_only_live_slots():
     shown = flow.state_of(document, service, at(1))
     assert shown == {"in_flight": 1, "max_concurrency": 4, "tokens": 3.0, "breaker": {
         "state": "closed", "failures": 0, "opened_at": None, "failure_threshold": 5, "cool_down_s": 30.0}}
+
+
+# -- a workflow's concurrency key ------------------------------------------------------------------
+
+WORKFLOW = {"workflow_id": "w1", "name": "per-customer", "concurrency": {"key": "customer.id", "limit": 2}}
+
+
+@pytest.mark.parametrize("data, value", [
+    ({"customer": {"id": "c1"}}, '"c1"'),
+    ({"customer": {"id": 7}}, "7"),
+    ({"customer": {}}, "null"),
+    ({"customer": {"id": {"b": 1, "a": 2}}}, '{"a":2,"b":1}'),
+])
+def test_an_event_takes_its_key_from_its_data(data, value):
+    fields = turns.event_fields(WORKFLOW, data)
+    assert fields == {"concurrency": {"key": f"w1:{value}", "value": value, "limit": 2, "held": False}}
+
+
+def test_an_event_of_a_workflow_without_concurrency_has_no_key():
+    assert turns.event_fields({"workflow_id": "w1", "name": "plain"}, {"customer": "c1"}) == {}
+
+
+def test_a_key_longer_than_its_bound_is_cut_and_told_apart_by_a_digest():
+    workflow = {**WORKFLOW, "concurrency": {"key": "customer", "limit": 1}}
+    one = turns.event_fields(workflow, {"customer": "x" * 500})["concurrency"]["value"]
+    other = turns.event_fields(workflow, {"customer": "x" * 499 + "y"})["concurrency"]["value"]
+    assert len(one) == len(other) == turns.KEY_TEXT and one != other
+
+
+# -- the executor's side -----------------------------------------------------------------------
+
+class NoFlow:
+    """A flow store that fails the test when asked anything."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"flow store asked for {name} by a service without limits")
+
+
+@pytest.fixture
+def embedded():
+    store = Store.connect("mongomock://localhost/flow-executor")
+    store.ensure_indexes()
+    return store
+
+
+@pytest.fixture
+def execute(embedded):
+    """Register one service and a workflow over it, send an event and run it once with scripted replies."""
+    def go(definition, script):
+        embedded.put_service({"retry": None, "timeout_s": None, **definition})
+        embedded.put_workflow({"name": "w", "services": [definition["name"]], "inputs": [
+            {"name": "message", "type": "string"}], "outputs": [], "operations": []})
+        event, _ = events.new_event(embedded, "w", {"data": {"message": "a b"}}, owner=OWNER)
+        session = FakeSession(*script)
+        Executor(embedded, load_config({}), connections=lambda: session, sleep=lambda _: None).run(event, OWNER)
+        return embedded.get_event(event["event_id"]), session
+    return go
+
+
+def test_a_service_without_limits_never_asks_the_flow_store(embedded, execute):
+    embedded.flow = NoFlow()
+    event, session = execute(service("upper"), [reply(body={"message": "A B"})])
+    assert event["status"] == "completed" and len(session.calls) == 1
+
+
+def test_a_breaker_that_opens_between_attempts_queues_the_step_without_spending_the_attempt_left(embedded, execute):
+    # GIVEN a service with 3 attempts and a breaker of 2 failures, answering 503
+    definition = service("upper", retry={"max_attempts": 3, "backoff_s": 0},
+                         breaker={"failure_threshold": 2, "cool_down_s": 30})
+    # WHEN its step fails twice
+    event, session = execute(definition, [reply(503, raw=b"down"), reply(503, raw=b"down")])
+    # THEN the breaker opened, the third attempt was not made, and the event is queued for the breaker
+    assert len(session.calls) == 2
+    assert event["status"] == "pending" and event["steps"] == [] and event["next_step"] == 0
+    assert event["queued"]["why"] == "breaker" and event["queued"]["message"].startswith(
+        "queued: service upper breaker open (until ")
+    assert event["lease_expires"] > event["updated_at"] and event["claims_without_progress"] == 0
+    assert flow.breaker_of(embedded.flow.state("upper"))["state"] == "open"

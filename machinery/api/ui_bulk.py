@@ -13,7 +13,7 @@ from machinery.api.ui import _runtime, _same_origin, bp
 from machinery.exceptions import InvalidData, MachineryError, NotFound
 from machinery.runtime import bulk
 
-UI_ACTIONS = tuple(action for action in bulk.ACTIONS if action != "cancel" or bulk.CANCEL_AVAILABLE)
+UI_ACTIONS = bulk.ACTIONS
 
 
 def search_terms(text: str) -> list[tuple[str, str]]:

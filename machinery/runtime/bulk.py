@@ -7,9 +7,10 @@ with a lease and applies page by page, newest event first: it writes the page it
 the cursor after them) into the job, acts on each event, then records the page's counts: done,
 skipped (with why: an event in a status the action does not apply to) and failed. The job covers the
 events accepted before it was made, so that what the action itself starts is not swept up again.
-Each event is acted on through the API's own path (events.retry_event) with the job's id written
-into the run it starts, in the same write: a holder that finishes an abandoned page sees the mark and
-counts the event as done rather than act twice.
+Each event is acted on through the API's own path (events.retry_event, runtime.cancel.cancel_event)
+with the job's mark in the same write: its id in the run a retry or replay starts, "bulk job <id>" as
+who cancelled. A holder that finishes an abandoned page sees the mark and counts the event as done
+rather than act twice.
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ SAMPLE_SIZE = 10
 IDLE_S = 1.0
 
 
-def cancel_event(store: Store, event_id: str, note: Mapping[str, Any]) -> dict:
-    """Cancel one event: the single function a bulk cancel goes through, once events can be cancelled."""
-    raise InvalidData("cancel is not available: events cannot be cancelled yet; retry and replay are",
-                      errors={"action": ["cancel is not available"]})
+def canceller(job_id: str) -> str:
+    """Who a bulk job's cancels are by, as the event's `cancelled.by` says: what marks them as its own."""
+    return f"bulk job {job_id}"
 
 
-CANCEL_AVAILABLE = False
+def cancel_event(store: Store, event_id: str, job: Mapping[str, Any]) -> dict:
+    """Cancel one event through the API's own cancel (runtime.cancel), by the job."""
+    from machinery.runtime import cancel
+
+    return cancel.cancel_event(store, event_id, by=canceller(job["job_id"]),
+                               reason=f"bulk cancel made by {job.get('created_by') or 'anonymous'}")
 
 
 # -- the request ---------------------------------------------------------------------------------------
@@ -86,8 +91,6 @@ def check_request(store: Store, body: Any) -> dict:
     if action not in ACTIONS:
         raise InvalidData(f"action must be one of {', '.join(ACTIONS)}, not {action!r}",
                           errors={"action": [f"one of {', '.join(ACTIONS)}"]})
-    if action == "cancel" and not CANCEL_AVAILABLE:
-        cancel_event(store, "", {})
     dry_run = body.get("dry_run", False)
     if type(dry_run) is not bool:
         raise InvalidData("dry_run must be true or false", errors={"dry_run": ["not a boolean"]})
@@ -217,6 +220,9 @@ def shown_job(job: Mapping[str, Any]) -> dict:
 # -- applying a job ------------------------------------------------------------------------------------
 
 def _marked(event: Mapping[str, Any], job_id: str) -> bool:
+    """Whether this job acted on the event already: a run it started, or a cancel by it."""
+    if (event.get("cancelled") or {}).get("by") == canceller(job_id):
+        return True
     return any(run.get("bulk_job") == job_id for run in event.get("runs") or [])
 
 
@@ -252,7 +258,7 @@ def apply_one(store: Store, job: Mapping[str, Any], event_id: str) -> tuple[str,
             elif action == "replay":
                 events.retry_event(store, event_id, _replay_from(event, job.get("from_step")), note=note)
             else:
-                cancel_event(store, event_id, note)
+                cancel_event(store, event_id, job)
             return "done", None
         except Conflict:
             continue  # changed meanwhile: look again

@@ -178,7 +178,7 @@ def test_filters_by_time_error_kind_failed_step_and_attributes(client, store, fa
     ({"action": "retry", "dry_run": "yes"}, "dry_run"),
     ({"action": "retry", "from_step": "step-0"}, "from_step"),
     ({"action": "retry", "extra": 1}, "extra"),
-    ({"action": "cancel", "filter": {"status": "running"}}, "action"),
+    ({"action": "cancel", "filter": {"status": "bogus"}}, "filter.status"),
     (["retry"], "body"),
 ])
 def test_a_bad_request_is_refused_naming_it_and_the_store_is_unchanged(client, store, failing, body, named):
@@ -191,11 +191,63 @@ def test_a_bad_request_is_refused_naming_it_and_the_store_is_unchanged(client, s
     assert snapshot(store) == before
 
 
-def test_cancel_says_it_is_not_available(client):
-    answer = client.post("/events/bulk", json={"action": "cancel", "filter": {}})
-    assert answer.status_code == 422 and "cancel is not available" in answer.get_json()["message"]
+def test_a_bulk_cancel_cancels_each_unfinished_event_once_and_skips_the_finished(client, store, failing):
+    # GIVEN 3 failed events and 5 pending ones (no worker runs them)
+    send, _ = failing
+    send(3)
+    pending = [client.post("/e/gated?mode=async", json={"message": "later", "customer": "c9"}).get_json()["event_id"]
+               for _ in range(5)]
+    # WHEN every event of the workflow is cancelled in bulk, after a dry run
+    dry = client.post("/events/bulk", json={"action": "cancel", "filter": {"workflow": "gated"},
+                                            "dry_run": True}).get_json()
+    assert (dry["matched"], dry["applicable"]) == (8, 5)
+    made = client.post("/events/bulk", json={"action": "cancel", "filter": {"workflow": "gated"}})
+    assert made.status_code == 202, made.get_json()
+    job = run_all(store, made.get_json()["job_id"])
+    # THEN the pending ones are cancelled, by the job, and the failed ones skipped saying why
+    assert (job["done"], job["skipped"]) == (5, 3)
+    assert bulk.shown_job(job)["skipped_why"] == [
+        {"why": "failed: cancel applies to pending or running or waiting events", "count": 3}]
+    for event_id in pending:
+        event = store.get_event(event_id)
+        assert event["status"] == "cancelled" and event["cancelled"]["by"] == bulk.canceller(job["job_id"])
+    # AND a holder that finds them cancelled by this job counts them done, not skipped
+    assert bulk.apply_one(store, job, pending[0]) == ("done", None)
+    # AND one cancelled by someone else is a skip
+    other = {**job, "job_id": "0" * 24}
+    assert bulk.apply_one(store, other, pending[0])[0] == "skipped"
 
 
 def test_an_unknown_job_is_a_404(client):
     assert client.get("/events/bulk/nope").status_code == 404
     assert client.get("/events/bulk/0123456789abcdef01234567").status_code == 404
+
+
+def test_a_bulk_replay_of_tree_events_redoes_them_from_their_first_step(client, store):
+    # GIVEN tree events failed at a service that refuses connections
+    from machinery.serving import free_port
+
+    double = {"name": "double", "address": f"http://127.0.0.1:{free_port()}/", "retry": {"max_attempts": 1},
+              "inputs": [{"name": "n", "type": "int"}], "outputs": [{"name": "n", "type": "int"}]}
+    assert client.post("/services", json=double).status_code == 201
+    tree = {"name": "tree", "inputs": [{"name": "n", "type": "int"}], "outputs": [],
+            "steps": [{"id": "twice", "call": "double"}, {"id": "again", "call": "double"}]}
+    assert client.post("/workflows", json=tree).status_code == 201
+    sent = [client.post("/e/tree", json={"n": n}).get_json()["event_id"] for n in range(3)]
+    assert all(store.get_event(event_id)["status"] == "failed" for event_id in sent)
+    # WHEN they are replayed in bulk, from the default step and from a named one
+    first = client.post("/events/bulk", json={"action": "replay", "filter": {"workflow": "tree"}}).get_json()
+    run_all(store, first["job_id"])
+    # THEN each is pending again, its new run redoing the tree from its first step, through the replay path
+    for event_id in sent:
+        event = store.get_event(event_id)
+        assert event["status"] == "pending" and event["runs"][-1]["from_step"] == "twice"
+        assert event["runs"][-1]["redo"] and event["runs"][-1]["bulk_job"] == first["job_id"]
+    # AND a step the plan does not hold is a skip saying why, for each event
+    for event_id in sent:
+        store.update_event(event_id, {"$set": {"status": "failed"}})
+    named = client.post("/events/bulk", json={"action": "replay", "from_step": "nope",
+                                              "filter": {"workflow": "tree"}}).get_json()
+    job = run_all(store, named["job_id"])
+    assert (job["done"], job["skipped"]) == (0, 3)
+    assert "not a step of this event's plan" in bulk.shown_job(job)["skipped_why"][0]["why"]

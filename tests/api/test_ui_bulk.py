@@ -17,6 +17,7 @@ def test_the_search_box_filters_the_list_by_attributes(client, failing):  # noqa
     body = page(client, "/ui/events?workflow=gated&q=customer%3Dc2")
     assert all(event_id in body for event_id in c2) and not any(event_id in body for event_id in c1)
     assert 'value="customer=c2"' in body
+    assert '<span class="attr mono small">customer=c2</span>' in body  # each row shows its attributes
     refused = page(client, "/ui/events?workflow=gated&q=nope%3D1")
     assert "not a search path of this workflow" in refused and "No event matches" in refused
 

@@ -17,7 +17,7 @@ from machinery import guard, secrets
 from machinery.exceptions import InvalidData, MachineryError, ServiceCallError, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
-from machinery.runtime import calls, tree
+from machinery.runtime import calls, payloads, tree
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, MAX_DOCUMENT_BYTES, RecordSize, element_size, mib
@@ -94,7 +94,8 @@ class Executor:
         self.sleep = sleep
         self.observer = observer or Observer()
         self.rand = rand
-        self.max_response_bytes = config.get("MAX_RESPONSE_BYTES", 10 * 1024 * 1024)
+        self.max_response_bytes = config.get("MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
+        store.offload_bytes = config.get("OFFLOAD_BYTES", store.offload_bytes)
         self.secrets = secrets.Keeper(store, config)
         self.secrets.check_at_start()
 
@@ -125,11 +126,12 @@ class Executor:
         declared = reply.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > cap:
             reply.close()
-            raise ServiceCallError(f"reply body of {declared} bytes is larger than the {cap} allowed",
+            raise ServiceCallError(f"reply body of {declared} bytes is larger than the {cap} allowed "
+                                   "(MACHINERY_MAX_RESPONSE_BYTES)",
                                    kind="too_large", retryable=False, status=reply.status)
         raw = reply.read(cap)
         if len(raw) > cap:
-            raise ServiceCallError(f"reply body is larger than the {cap} bytes allowed",
+            raise ServiceCallError(f"reply body is larger than the {cap} bytes allowed (MACHINERY_MAX_RESPONSE_BYTES)",
                                    kind="too_large", retryable=False, status=reply.status)
         return raw
 
@@ -253,7 +255,7 @@ class Executor:
             if payload is None and status == 202:
                 self.observer.call_attempt(service["name"], "accepted")
                 return Outcome("waiting", attempts=attempt, attempt_log=log, request=prepared and prepared.record)
-            outputs, problems = reply_outputs(service, compiled, payload, used)
+            outputs, problems = reply_outputs(service, compiled, payload, used, self.store.offload_bytes)
             if problems:
                 self.observer.call_attempt(service["name"], "contract")
                 entry["outcome"] = "contract"
@@ -295,10 +297,11 @@ class Executor:
             return self._stuck(event, owner, size, max_claims)
         if event.get("waiting"):
             return self._expire_waiting(event, owner, size)
+        values = payloads.Payloads(self.store, event["event_id"])
         while index < len(steps):
             step = steps[index]
             span_id = new_span_id()
-            inputs = dataflow.step_inputs(step, context)
+            inputs = values.resolve(dataflow.step_inputs(step, context))
             started_at, started = utcnow(), time.monotonic()
             token = None
             callback_url = None
@@ -328,9 +331,9 @@ class Executor:
                 record["error"] = outcome.error
                 error = {**outcome.error, "step": index, "service": record["service"]}
                 return self._finish(event, owner, record, context, index, "failed", size, error=error)
-            record["outputs"] = outcome.outputs
+            record["outputs"] = values.outputs(outcome.outputs)
             changes: dict[str, Any] = {}
-            dataflow.apply_outputs(step, outcome.outputs, changes)
+            dataflow.apply_outputs(step, record["outputs"], changes)
             if index + 1 == len(steps):
                 return self._finish(event, owner, record, context, index + 1, "completed", size, changes=changes)
             after = {**context, **changes}
@@ -530,7 +533,7 @@ def close_waiting(waiting: Mapping[str, Any], **outcome: Any) -> dict:
 
 
 def reply_outputs(service: Mapping[str, Any], compiled: calls.Call | None, payload: Any,
-                  secrets_used: list[str]) -> tuple[dict, dict]:
+                  secrets_used: list[str], offload_bytes: int | None = None) -> tuple[dict, dict]:
     """A reply's declared outputs and the problems of those missing or mistyped: read through the
     compiled call's `from` expressions from the reply's view (a version 2 service), or from the
     top level of its JSON object (version 1), with the secret values the call used masked in both."""
@@ -539,7 +542,7 @@ def reply_outputs(service: Mapping[str, Any], compiled: calls.Call | None, paylo
         payload = compiled.select(payload, found)
         if secrets_used:
             payload = calls.mask(payload, secrets_used)
-    outputs, problems = check_outputs(service, payload)
+    outputs, problems = check_outputs(service, payload, offload_bytes)
     problems.update(found)  # why an output is missing says more than that it is
     if problems and secrets_used:
         problems = calls.mask(problems, secrets_used)
@@ -572,13 +575,15 @@ def callback_outputs(service: Mapping[str, Any], body: Any, headers: Mapping[str
     return reply_outputs(service, compiled, view, used)
 
 
-def check_outputs(service: Mapping[str, Any], payload: Mapping[str, Any]) -> tuple[dict, dict]:
-    """Keep a reply's declared outputs and say which are missing or mistyped."""
+def check_outputs(service: Mapping[str, Any], payload: Mapping[str, Any],
+                  offload_bytes: int | None = None) -> tuple[dict, dict]:
+    """Keep a reply's declared outputs and say which are missing or mistyped. A value past
+    `offload_bytes` is kept as a file, not in a document: it need only be JSON (payloads.storable_problems)."""
     declared = service["outputs"]
     problems = types.check(payload, declared)
     outputs = {field["name"]: payload[field["name"]] for field in declared if field["name"] in payload}
     for name, value in outputs.items():
-        unstorable = guard.storable_problems(value, name)
+        unstorable = payloads.storable_problems(value, name, offload_bytes)
         if unstorable and name not in problems:
             problems[name] = "cannot be stored: " + "; ".join(unstorable[:3])
     return outputs, problems

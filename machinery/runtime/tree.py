@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from machinery.language import dataflow
 from machinery.language.expressions import compile_expression
+from machinery.runtime import payloads
 from machinery.store import EPOCH, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class TreeRun:
         self.watched: list[dict] = []  # the waiting records, looked at once more after parking
         self.progress: dict[str, dict] = {}
         self.last_write = time.monotonic()
+        self.values = payloads.Payloads(self.store, self.event_id)
         self.records = self._load()
 
     # -- records ------------------------------------------------------------------------
@@ -165,7 +167,8 @@ class TreeRun:
     # -- values -------------------------------------------------------------------------
 
     def search(self, source: str, context: Mapping[str, Any]) -> Any:
-        return self.expression(source).search(context)
+        """An expression over the context, its offloaded values read back (once per walk)."""
+        return self.expression(source).search(self.values.resolve(context))
 
     # -- outcomes -----------------------------------------------------------------------
 
@@ -240,6 +243,7 @@ class TreeRun:
 
     def finish(self, status: str, context: dict, error: dict | None = None) -> dict:
         now = utcnow()
+        context = self.values.offload(context, self.values.threshold)  # what a map collected, say
         outputs = dataflow.workflow_outputs(self.plan, context) if status == "completed" else None
         fields: dict[str, Any] = {
             "status": status, "context": context, "outputs": outputs, "error": error, "progress": _copy(self.progress),
@@ -259,6 +263,7 @@ class TreeRun:
         """Nothing runs and something waits: hand the event back until the earliest deadline, then look
         once more at what it waits for, so that an end that came meanwhile is not missed."""
         earliest = min(self.deadlines)
+        context = self.values.offload(context, self.values.threshold)
         fields = {"status": "waiting", "context": context, "progress": _copy(self.progress), "updated_at": utcnow(),
                   "lease_owner": None, "lease_expires": earliest, "claims_without_progress": 0}
         if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner):

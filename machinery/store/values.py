@@ -136,8 +136,10 @@ class ValueStore:
             refs = [document["_id"] for document in
                     self.files.find({"metadata.event_id": {"$in": ids}}, {"_id": 1})]
             self._delete(refs)
-            # Chunks a stopped writer left without their files document go too.
-            self.chunks.delete_many({"files_id": {"$regex": "^(" + "|".join(ids) + ")-"}})
+            # Chunks a stopped writer left without their files document go too: the ids `<event>-...`
+            # sort between `<event>-` and `<event>.`, one range of the (files_id, n) index per event.
+            for event_id in ids:
+                self.chunks.delete_many({"files_id": {"$gt": f"{event_id}-", "$lt": f"{event_id}."}})
         return len(refs)
 
     def _delete(self, refs: list[str]) -> None:

@@ -257,3 +257,26 @@ def test_the_ui_shows_a_large_value_as_its_size_and_a_download_link(http, api, s
     assert page.text.count(link) == 4  # data, the step's inputs and outputs, the workflow's outputs
     assert "5.2 MB, stored apart" in page.text and "uuuuuuuuuu" not in page.text
     assert http.get(api + link[6:-1], timeout=30).content == b'"' + b"u" * (5 * MIB) + b'"'
+
+
+def test_a_reply_of_unknown_length_is_read_whole_up_to_the_cap(services, config):
+    from machinery.app import create_app
+
+    app = create_app({**config, "MAX_RESPONSE_BYTES": 2 * MIB, "EMBEDDED_WORKERS": 0})
+    client = app.test_client()
+    for name, mib in (("fits", 1.5), ("past", 3)):
+        assert client.post("/services", json={"name": name, "address": f"{services}/stream?mib={mib}",
+                                              "retry": {"max_attempts": 1},
+                                              "inputs": [{"name": "seed", "type": "string"}],
+                                              "outputs": [{"name": "seed", "type": "string"}]}).status_code == 201
+        assert client.post("/workflows", json={"name": f"read-{name}", "services": [name],
+                                               "inputs": [{"name": "seed", "type": "string"}],
+                                               "outputs": [{"name": "seed", "type": "string"}]}).status_code == 201
+    # GIVEN replies sent chunked, with no Content-Length: one under the cap is read whole
+    fits = client.post("/e/read-fits", json={"seed": "a"})
+    assert fits.status_code == 201 and fits.get_json()["outputs"]["seed"] == "s" * int(1.5 * MIB)
+    # AND one past it fails its step, naming the cap, once the cap is passed
+    past = client.post("/e/read-past", json={"seed": "a"}).get_json()
+    assert past["status"] == "failed" and past["error"]["kind"] == "too_large"
+    assert f"{2 * MIB} bytes allowed (MACHINERY_MAX_RESPONSE_BYTES)" in past["error"]["message"]
+    app.extensions["machinery"].close(grace_s=1)

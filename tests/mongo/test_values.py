@@ -102,7 +102,9 @@ def test_the_sweeper_removes_the_files_of_removed_events_only(store):
 
 
 def test_deleting_events_deletes_their_files(store):
-    event_id = an_event(store)
+    event_id, other = an_event(store), an_event(store)
     store.values.put(event_id, b"1" * (CHUNK_BYTES * 3))
+    store.values.put(other, b"2")
+    store.values.chunks.insert_one({"files_id": f"{event_id}-{'f' * 64}", "n": 0, "data": b"left by a stopped writer"})
     assert store.delete_events([event_id]) == 1
-    assert store.values.count() == (0, 0)
+    assert store.values.count() == (1, 1) and store.values.files.find_one()["metadata"]["event_id"] == other

@@ -2,6 +2,7 @@
 
 POST /pass echoes its JSON body as it came (so a value goes through byte for byte).
 POST /grow {"seed"} answers {"seed": <MiB given by ?mib= of text, distinct per step>}.
+POST /stream answers as /grow does, in pieces, with no Content-Length.
 POST /piece {"i"} answers {"blob": <?kib= KiB of text>, "i": i}.
 POST /accept answers 202 and keeps its callback URL (GET /callbacks lists them).
 GET /seen answers the largest body received and whether any held "$ref".
@@ -40,6 +41,20 @@ def payload_services() -> Flask:
         size = int(float(request.args.get("mib", "5")) * 1024 * 1024)
         step = request.headers.get("X-Machinery-Step", "?")
         return jsonify(seed=f"step {step}:" + "g" * size)
+
+    @app.post("/stream")
+    def stream():
+        """{"seed": ?mib= MiB of text} sent in 64 KiB pieces with no Content-Length (read to the close)."""
+        body()
+        size = int(float(request.args.get("mib", "3")) * 1024 * 1024)
+        piece = "s" * (64 * 1024)
+
+        def pieces():
+            yield b'{"seed": "'
+            for _ in range(size // len(piece)):
+                yield piece.encode()
+            yield b'"}'
+        return Response(pieces(), mimetype="application/json")
 
     @app.post("/piece")
     def piece():

@@ -6,7 +6,7 @@ import importlib
 import sys
 import time
 
-NAMES = ("overhead", "throughput", "scale", "memory", "hotpath", "peers", "versions", "tree")
+NAMES = ("overhead", "throughput", "scale", "memory", "hotpath", "peers", "versions", "tree", "payload")
 
 
 def main(argv: list[str]) -> int:

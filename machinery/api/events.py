@@ -144,6 +144,7 @@ class Ingest(MethodView):
             owner=owner, lease_s=runtime.config["LEASE_S"], callback_base=callback_base(), trace=trace_context(),
             allowed_hosts=runtime.config.get("ALLOWED_HOSTS"), workflow=workflow,
         )
+        body = None  # stored (its large values as files): not held while the event runs
         if created:
             metrics.event_received(event.get("workflow_name", workflow_ref), run_async)
         if created and run_async:

@@ -96,6 +96,7 @@ class Executor:
         self.rand = rand
         self.max_response_bytes = config.get("MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
         store.offload_bytes = config.get("OFFLOAD_BYTES", store.offload_bytes)
+        payloads.return_large_blocks()
         self.secrets = secrets.Keeper(store, config)
         self.secrets.check_at_start()
 
@@ -210,7 +211,7 @@ class Executor:
     # -- one step -----------------------------------------------------------------------
 
     def run_step(self, event: Mapping[str, Any], step: Mapping[str, Any], inputs: dict, run: int,
-                 span_id: str, callback_url: str | None) -> Outcome:
+                 span_id: str, callback_url: str | None, values: payloads.Payloads | None = None) -> Outcome:
         """Call a step's service until it completes, waits, or fails for good.
 
         A version 1 service is POSTed its inputs; a service with a `request` (or `success` statuses,
@@ -220,7 +221,11 @@ class Executor:
         compiled = calls.compiled_for(service)
         retry = {**DEFAULT_RETRY, **(service.get("retry") or {})}
         headers = self._headers(event, step["index"], run, span_id, callback_url)
-        body = json.dumps(inputs, separators=(",", ":")).encode() if compiled is None else None
+        # `values`: the inputs may hold references (version 1 steps), sent as the values they stand for.
+        if compiled is None:
+            body = values.request_body(inputs) if values else json.dumps(inputs, separators=(",", ":")).encode()
+        else:
+            body, inputs = None, values.resolve(inputs) if values else inputs
         prepared = None
         used: list[str] = []
         log = []
@@ -249,6 +254,7 @@ class Executor:
                 entry["retry_in_s"] = round(wait, 3)
                 self.sleep(wait)
                 continue
+            body = None  # not sent again: a large request is let go before its reply is read into outputs
             entry.update(outcome="ok" if payload is not None or status != 202 else "accepted", status=status,
                          duration_ms=_ms(started))
             log.append(entry)
@@ -301,7 +307,7 @@ class Executor:
         while index < len(steps):
             step = steps[index]
             span_id = new_span_id()
-            inputs = values.resolve(dataflow.step_inputs(step, context))
+            inputs = dataflow.step_inputs(step, context)  # references resolved as the call is built
             started_at, started = utcnow(), time.monotonic()
             token = None
             callback_url = None
@@ -309,7 +315,7 @@ class Executor:
             if base:
                 token = new_callback_token(event["event_id"])
                 callback_url = f"{base.rstrip('/')}/callbacks/{token}"
-            outcome = self.run_step(event, step, inputs, run, span_id, callback_url)
+            outcome = self.run_step(event, step, inputs, run, span_id, callback_url, values)
             # The inputs sent are not stored: the plan and the context before the step give them back
             # (events.for_display), and storing them would copy the context into every step.
             record = {

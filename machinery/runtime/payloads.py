@@ -58,6 +58,31 @@ def encoded(value: Any) -> bytes:
 _last = threading.local()
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own default, before it raises it
+_memory_set = False
+
+
+def return_large_blocks() -> None:
+    """Have glibc give every block of 128 KiB or more back to the system when it is freed.
+
+    By default glibc raises that threshold to the size of the largest block freed (up to 32 MiB),
+    so after a first large value each thread keeps the space of the large values it held in its own
+    arena: under 4 concurrent 10 MB events the API's peak RSS was 330 MB with it, 230 MB without.
+    Large values are short-lived here (a request, a reply, a value read back), so they are better
+    mapped and unmapped each time. A no-op where the C library is not glibc."""
+    global _memory_set
+    if _memory_set:
+        return
+    _memory_set = True
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass
+
+
 def offload_bytes(store) -> int:
     return getattr(store, "offload_bytes", DEFAULT_OFFLOAD_BYTES)
 
@@ -78,7 +103,6 @@ class Payloads:
         data = encoded(value)
         _last.encoded = None  # not held past its use
         ref, sha256 = self.store.values.put(self.event_id, data, hashlib.sha256(data).hexdigest())
-        self._resolved[ref] = value
         return DBRef(COLLECTION, ref, bytes=len(data), sha256=sha256)
 
     def offload(self, values: Mapping[str, Any] | None, budget: int | None = None) -> Any:
@@ -128,6 +152,22 @@ class Payloads:
         if isinstance(values, list) and any(is_ref(item) for item in values):
             return [self.value(item) if is_ref(item) else item for item in values]
         return values
+
+    def request_body(self, inputs: Mapping[str, Any]) -> bytes | bytearray:
+        """The JSON object of a call's inputs, as sent: a referenced value's stored JSON is copied in as
+        it is, into one buffer, never decoded into Python values and encoded again."""
+        if not any(is_ref(value) for value in inputs.values()):
+            return json.dumps(inputs, separators=(",", ":")).encode()
+        body = bytearray(b"{")
+        for number, (name, value) in enumerate(inputs.items()):
+            body += (b"," if number else b"") + json.dumps(name).encode() + b":"
+            if is_ref(value):
+                if not self.store.values.read_into(value.id, body):
+                    raise LookupError(f"the value {value.id} of event {self.event_id} is no longer stored")
+            else:
+                body += json.dumps(value, separators=(",", ":")).encode()
+        body += b"}"
+        return body
 
     def rehome(self, values: Mapping[str, Any] | None) -> Any:
         """Values referencing another event's files (a child workflow's outputs) as this event's own,

@@ -28,6 +28,8 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 BUCKET = "values"
 CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
 FILE_ID_LENGTH = 24 + 1 + 64  # an event id, '-', a sha256 in hex
+INSERT_CHUNKS = 8  # chunks per insert: 2 MiB
+READ_CHUNKS = 8  # chunks per find
 SWEEP_BATCH = 200  # files looked at per sweep pass
 SWEEP_GRACE_S = 600.0  # a file younger than this is never swept: its event may not be stored yet
 
@@ -74,13 +76,11 @@ class ValueStore:
         with self._guard:
             if self.files.find_one({"_id": ref}, {"_id": 1}) is not None:
                 return ref, sha256
-            chunks = [{"files_id": ref, "n": number, "data": Binary(data[start:start + CHUNK_BYTES])}
-                      for number, start in enumerate(range(0, max(len(data), 1), CHUNK_BYTES))]
             try:
-                self._insert_chunks(chunks)
+                self._insert_chunks(ref, data)
             except (DuplicateKeyError, BulkWriteError):  # chunks of a write that never finished: written anew
                 self.chunks.delete_many({"files_id": ref})
-                self._insert_chunks(chunks)
+                self._insert_chunks(ref, data)
             try:
                 self.files.insert_one({
                     "_id": ref, "length": len(data), "chunkSize": CHUNK_BYTES, "uploadDate": _now(),
@@ -91,10 +91,16 @@ class ValueStore:
             self.written += 1
         return ref, sha256
 
-    def _insert_chunks(self, chunks: list[dict]) -> None:
-        # A few chunks per insert: one insert of a 64 MiB value would pass MongoDB's 48 MB message size.
-        for start in range(0, len(chunks), 32):
-            self.chunks.insert_many(chunks[start:start + 32], ordered=True)
+    def _insert_chunks(self, ref: str, data: bytes) -> None:
+        """The chunks, a few per insert (one insert of a 64 MiB value would pass MongoDB's 48 MB
+        message size), each batch sliced from `data` as it is sent, so that no second copy of the
+        whole value is held."""
+        view = memoryview(data)
+        starts = range(0, max(len(data), 1), CHUNK_BYTES)
+        for first in range(0, len(starts), INSERT_CHUNKS):
+            batch = [{"files_id": ref, "n": number, "data": Binary(bytes(view[start:start + CHUNK_BYTES]))}
+                     for number, start in enumerate(starts[first:first + INSERT_CHUNKS], first)]
+            self.chunks.insert_many(batch, ordered=True)
 
     def length(self, ref: str) -> int | None:
         """The size of a whole file in bytes; None when there is none."""
@@ -102,10 +108,19 @@ class ValueStore:
             document = self.files.find_one({"_id": ref}, {"length": 1})
         return None if document is None else document["length"]
 
-    def read(self, ref: str) -> bytes | None:
-        """A whole file's bytes, joined once; None when there is none."""
-        chunks = self.stream(ref)
-        return None if chunks is None else b"".join(chunks)
+    def read(self, ref: str) -> bytearray | None:
+        """A whole file's bytes, into one buffer; None when there is none."""
+        buffer = bytearray()
+        return buffer if self.read_into(ref, buffer) else None
+
+    def read_into(self, ref: str, buffer: bytearray) -> bool:
+        """Append a whole file's bytes to `buffer`; False when there is no such file."""
+        length = self.length(ref)
+        if length is None:
+            return False
+        for chunk in self._chunks(ref, length):
+            buffer += chunk
+        return True
 
     def stream(self, ref: str) -> Iterator[bytes] | None:
         """A file's chunks in order (read a few at a time); None when there is no such file."""
@@ -116,15 +131,16 @@ class ValueStore:
 
     def _chunks(self, ref: str, length: int) -> Iterator[bytes]:
         count = (length + CHUNK_BYTES - 1) // CHUNK_BYTES
-        for start in range(0, count, 16):
+        for start in range(0, count, READ_CHUNKS):
             with self._guard:
-                found = list(self.chunks.find({"files_id": ref, "n": {"$gte": start, "$lt": start + 16}},
+                found = list(self.chunks.find({"files_id": ref, "n": {"$gte": start, "$lt": start + READ_CHUNKS}},
                                               {"_id": 0, "n": 1, "data": 1}).sort("n", 1))
             for offset, chunk in enumerate(found):
                 if chunk["n"] != start + offset:
                     raise LookupError(f"file {ref}: chunk {start + offset} is missing")
-                yield bytes(chunk["data"])
-            if len(found) < min(16, count - start):
+                found[offset] = None  # each chunk let go once it is given
+                yield chunk["data"]
+            if len(found) < min(READ_CHUNKS, count - start):
                 raise LookupError(f"file {ref}: chunk {start + len(found)} is missing")
 
     def delete_for_events(self, event_ids: Iterable[str]) -> int:

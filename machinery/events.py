@@ -277,7 +277,7 @@ def retry_event(store: Store, event_id: str, from_step: int | str | None = None,
                           errors={"from_step": [f"not between 0 and {furthest}"]})
     base = context_before(event, from_step)
     overrides = dict(context or {})
-    guard.check_storable(overrides, "context")
+    payloads.check_storable(overrides, "context", payloads.offload_bytes(store))
     if overrides:
         available = context_types(event["plan"], from_step)
         check_overrides(overrides, available, f"not a context key before step {from_step}; available: "
@@ -343,7 +343,7 @@ def _retry_tree(store: Store, event: Mapping[str, Any], from_step: Any, item: in
         raise InvalidData("from_step of a tree event is a step id", errors={"from_step": ["not a step id"]})
     redo = replay.redo_prefixes(event["plan"], from_step, item) if from_step is not None else []
     overrides = dict(context or {})
-    guard.check_storable(overrides, "context")
+    payloads.check_storable(overrides, "context", payloads.offload_bytes(store))
     inputs = {field["name"]: types.parse_field(field)["type"] for field in event["plan"]["inputs"]}
     listed = ", ".join(sorted(inputs)) or "none"
     check_overrides(overrides, inputs, f"not an input of the workflow; its inputs: {listed}", "the workflow's inputs")

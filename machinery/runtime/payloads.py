@@ -186,11 +186,12 @@ def storable_problems(value: Any, path: str, offload_bytes: int | None = None) -
     is kept as a file of JSON, not in a document: MongoDB's rules for keys do not apply to it, and it
     is checked by encoding it (finite numbers, valid Unicode), at the speed of the JSON encoder
     rather than key by key in Python. None: every value as a document holds it."""
-    if offload_bytes is not None and _size(path, value) > offload_bytes:
+    if offload_bytes is not None:
         try:
-            encoded(value)
-            return []
-        except (ValueError, UnicodeEncodeError, RecursionError, TypeError):
+            if _size(path, value) > offload_bytes:
+                encoded(value)
+                return []
+        except (ValueError, UnicodeEncodeError, RecursionError, TypeError, OverflowError):
             pass  # the key-by-key check names what is wrong
     return guard.storable_problems(value, path)
 

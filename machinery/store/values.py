@@ -114,12 +114,21 @@ class ValueStore:
         return buffer if self.read_into(ref, buffer) else None
 
     def read_into(self, ref: str, buffer: bytearray) -> bool:
-        """Append a whole file's bytes to `buffer`; False when there is no such file."""
+        """Append a whole file's bytes to `buffer`, walking its chunks with one cursor (MongoDB sends
+        them in batches; the embedded store scans its chunks once, not once a batch); False when
+        there is no such file."""
         length = self.length(ref)
         if length is None:
             return False
-        for chunk in self._chunks(ref, length):
-            buffer += chunk
+        start, expected = len(buffer), 0
+        with self._guard:
+            for chunk in self.chunks.find({"files_id": ref}, {"_id": 0, "n": 1, "data": 1}).sort("n", 1):
+                if chunk["n"] != expected:
+                    raise LookupError(f"file {ref}: chunk {expected} is missing")
+                buffer += chunk["data"]
+                expected += 1
+        if len(buffer) - start != length:
+            raise LookupError(f"file {ref}: {len(buffer) - start} bytes of its {length} are stored")
         return True
 
     def stream(self, ref: str) -> Iterator[bytes] | None:

@@ -1,6 +1,7 @@
 """Large payloads: a three-step chain passing a 10 MB string, through Machinery (its values kept as
 files, MACHINERY_OFFLOAD_BYTES) and through the bare relay storing nothing; the API's peak RSS under
-4 concurrent 10 MB events; and the small-payload chain with offloading on and off, in the same run.
+4 concurrent 10 MB events; and the small-payload chain with offloading on and off, in the same run
+(and, with BENCH_PAYLOAD_BASE=<git revision>, as Machinery ran it at that revision).
 
 Goals (issue 15): the 10 MB chain's median at most 1.5 x the relay's; the peak RSS at most 300 MB;
 small events unchanged (within 5 %).
@@ -9,9 +10,13 @@ small events unchanged (within 5 %).
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,6 +24,7 @@ from pathlib import Path
 import requests
 
 from benchmarks import common
+from machinery.cli import gunicorn_command
 
 MIB = 1024 * 1024
 LARGE = {"message": "x" * (10 * MIB)}
@@ -26,6 +32,7 @@ SMALL = {"message": "hello world"}
 LARGE_SAMPLES, SMALL_SAMPLES = 15, 400
 CONCURRENT = 4
 RATIO_GOAL, RSS_GOAL_MB, SMALL_GOAL = 1.5, 300.0, 1.05
+BASE = os.environ.get("BENCH_PAYLOAD_BASE")  # a git revision to compare small events with
 INLINE = str(1 << 40)  # an offload threshold no value reaches: every value kept in the event
 
 
@@ -52,27 +59,50 @@ def timed(session: requests.Session, url: str, body: dict, samples: int, warmup:
     return common.summary(common.sequential(call, samples=samples, warmup=warmup))
 
 
+def machinery_at(stack: contextlib.ExitStack, revision: str) -> str:
+    """Machinery as it was at a git revision (its `machinery` package, from `git archive`), under the
+    same gunicorn settings: what the small chain is compared with, in the same run."""
+    tree = Path(tempfile.mkdtemp(prefix="machinery-base-"))
+    stack.callback(shutil.rmtree, tree, True)
+    archive = subprocess.run(["git", "archive", revision, "machinery"], cwd=common.REPO, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    port = common.free_port()
+    process = common.Process(f"machinery-{revision[:12]}", gunicorn_command(f"{common.LOCAL}:{port}", 1,
+                                                                            common.API_THREADS),
+                             env={"MACHINERY_MONGO_URI": "mongomock://localhost/bench", "PYTHONPATH": str(tree)},
+                             cwd=tree)
+    stack.callback(process.stop)
+    url = f"http://{common.LOCAL}:{port}"
+    common.wait_http(f"{url}/healthcheck", process)
+    return url
+
+
 def chain_run(echo: str) -> dict:
-    """The 10 MB chain and the small chain: Machinery with offloading, with every value inline, the relay."""
+    """The 10 MB chain and the small chain: Machinery with offloading, with every value inline, the
+    relay; and Machinery at BENCH_PAYLOAD_BASE (a git revision from before offloading), when it is set."""
     results = {}
     with contextlib.ExitStack() as stack:
         api, _ = common.start_machinery(stack, name="machinery-payload")
         inline_api, _ = common.start_machinery(stack, name="machinery-inline",
                                                env={"MACHINERY_OFFLOAD_BYTES": INLINE})
-        for where in (api, inline_api):
+        smalls = [("offload", api), ("inline", inline_api)]
+        if BASE:
+            smalls.append(("base", machinery_at(stack, BASE)))
+        for _, where in smalls:
             name = common.http_register(where, echo, 3)
         relay = common.start_relay(stack, {name: common.chain_urls(echo, 3)})
         session = requests.Session()
         results["large_relay"] = timed(session, f"{relay}/e/{name}", LARGE, LARGE_SAMPLES, 2)
         results["large_machinery"] = timed(session, f"{api}/e/{name}", LARGE, LARGE_SAMPLES, 2)
         # Small events, interleaved in rounds so that both see the same machine.
-        small = {"offload": [], "inline": []}
+        small: dict[str, list] = {kind: [] for kind, _ in smalls}
         for _ in range(4):
-            for kind, where in (("offload", api), ("inline", inline_api)):
+            for kind, where in smalls:
                 figures = timed(session, f"{where}/e/{name}", SMALL, SMALL_SAMPLES // 4, 20)
                 small[kind].append(figures["median_ms"])
-        results["small_offload_ms"] = round(statistics.median(small["offload"]), 3)
-        results["small_inline_ms"] = round(statistics.median(small["inline"]), 3)
+        for kind in small:
+            results[f"small_{kind}_ms"] = round(statistics.median(small[kind]), 3)
     return results
 
 
@@ -126,6 +156,8 @@ def run() -> dict:
     large, relay = result["large_machinery"]["median_ms"], result["large_relay"]["median_ms"]
     result["large_ratio"] = common.ratio(large, relay)
     result["small_ratio"] = common.ratio(result["small_offload_ms"], result["small_inline_ms"])
+    if BASE:
+        result["small_base_ratio"] = common.ratio(result["small_offload_ms"], result["small_base_ms"])
     rows = [
         ["3-step chain, 10 MB string: bare relay", relay, result["large_relay"]["p99_ms"], ""],
         ["3-step chain, 10 MB string: Machinery", large, result["large_machinery"]["p99_ms"],
@@ -134,6 +166,10 @@ def run() -> dict:
         ["3-step chain, 11 bytes: offloading on", result["small_offload_ms"], "",
          f"{result['small_ratio']} x inline (goal <= {SMALL_GOAL})"],
     ]
+    if BASE:
+        rows.insert(2, [f"3-step chain, 11 bytes: Machinery at {BASE} (before offloading)", result["small_base_ms"],
+                        "", ""])
+        rows[-1][3] += f"; {result['small_base_ratio']} x {BASE}"
     text = common.table("Large payloads (sync, sequential; embedded store, 1 gunicorn worker x 8 threads)",
                         ["case", "median ms", "p99 ms", "ratio"], rows)
     text += "\n" + common.table(

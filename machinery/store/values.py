@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Iterable, Iterator
 
 import pymongo
@@ -58,6 +58,7 @@ class ValueStore:
         self.embedded = embedded
         self._guard = guard
         self._sweep_after: str | None = None  # where the next sweep pass goes on from
+        self._orphans_after: str | None = None  # the same, for chunks without their files document
         self._sweep_lock = threading.Lock()
         self.written = 0  # files written (not found already there), for tests and benchmarks
         self.grace_s = SWEEP_GRACE_S
@@ -189,7 +190,31 @@ class ValueStore:
             gone = [document["_id"] for document in candidates if document["metadata"]["event_id"] not in alive]
             with self._guard:
                 self._delete(gone)
-            return len(gone)
+            return len(gone) + self._sweep_chunks(event_exists, batch, old)
+
+    def _sweep_chunks(self, event_exists, batch: int, old: datetime) -> int:
+        """The same for chunks a stopped writer left without their files document: the first chunk of
+        up to `batch` values after where the last pass stopped (one range of the (files_id, n)
+        index), removed when they have no files document, are older than `old` (their ObjectId's
+        time) and their event is gone. Returns the values whose chunks were removed."""
+        after = self._orphans_after
+        query: dict[str, Any] = {"n": 0, **({"files_id": {"$gt": after}} if after else {})}
+        with self._guard:
+            firsts = list(self.chunks.find(query, {"files_id": 1}).sort("files_id", pymongo.ASCENDING).limit(batch))
+        self._orphans_after = firsts[-1]["files_id"] if len(firsts) == batch else None
+        cutoff = old.replace(tzinfo=UTC)
+        aged = {chunk["files_id"] for chunk in firsts if chunk["_id"].generation_time <= cutoff}
+        if not aged:
+            return 0
+        with self._guard:
+            whole = {document["_id"] for document in self.files.find({"_id": {"$in": list(aged)}}, {"_id": 1})}
+        candidates = aged - whole
+        alive = event_exists({event_of(ref) for ref in candidates})
+        orphans = [ref for ref in candidates if event_of(ref) not in alive]
+        if orphans:
+            with self._guard:
+                self.chunks.delete_many({"files_id": {"$in": orphans}})
+        return len(orphans)
 
     def count(self) -> tuple[int, int]:
         """(files, chunks) in the bucket, for tests and the sweeper's checks."""

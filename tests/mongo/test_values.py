@@ -108,3 +108,14 @@ def test_deleting_events_deletes_their_files(store):
     store.values.chunks.insert_one({"files_id": f"{event_id}-{'f' * 64}", "n": 0, "data": b"left by a stopped writer"})
     assert store.delete_events([event_id]) == 1
     assert store.values.count() == (1, 1) and store.values.files.find_one()["metadata"]["event_id"] == other
+
+
+def test_the_sweeper_removes_chunks_a_stopped_writer_left_of_removed_events(store):
+    kept, removed = an_event(store), an_event(store)
+    for event_id in (kept, removed):  # chunks written, files documents never
+        store.values.chunks.insert_many([{"files_id": f"{event_id}-{'a' * 64}", "n": number, "data": b"x"}
+                                         for number in range(3)])
+    store.events.delete_one({"_id": ObjectId(removed)})
+    assert store.sweep_values(grace_s=3600) == 0
+    assert store.sweep_values(grace_s=0) == 1
+    assert {chunk["files_id"] for chunk in store.values.chunks.find()} == {f"{kept}-{'a' * 64}"}

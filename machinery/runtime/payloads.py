@@ -105,13 +105,18 @@ class Payloads:
         ref, sha256 = self.store.values.put(self.event_id, data, hashlib.sha256(data).hexdigest())
         return DBRef(COLLECTION, ref, bytes=len(data), sha256=sha256)
 
-    def offload(self, values: Mapping[str, Any] | None, budget: int | None = None) -> Any:
+    def offload(self, values: Mapping[str, Any] | None, budget: int | None = None, checked: bool = True) -> Any:
         """`values` with each one past the threshold replaced by its reference; with a `budget`, the
-        largest of the rest too, while what stays inline passes it. The mapping itself when nothing moves."""
+        largest of the rest too, while what stays inline passes it. The mapping itself when nothing moves.
+        `checked` False: the values were not checked as a document holds them (a tree's context, read by
+        expressions out of offloaded values, whose keys need not follow MongoDB's rules): those that
+        do not are offloaded too, whatever their size."""
         if not values:
             return values
         sizes = {key: _size(key, value) for key, value in values.items() if not is_ref(value)}
         moved = {key for key, size in sizes.items() if size > self.threshold}
+        if not checked:
+            moved |= {key for key in sizes if key not in moved and guard.storable_problems(values[key], key)}
         if budget is not None:
             inline = sum(size for key, size in sizes.items() if key not in moved)
             for key in sorted(sizes, key=sizes.get, reverse=True):

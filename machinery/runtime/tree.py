@@ -243,7 +243,7 @@ class TreeRun:
 
     def finish(self, status: str, context: dict, error: dict | None = None) -> dict:
         now = utcnow()
-        context = self.values.offload(context, self.values.threshold)  # what a map collected, say
+        context = self.values.offload(context, self.values.threshold, checked=False)  # what a map collected
         outputs = dataflow.workflow_outputs(self.plan, context) if status == "completed" else None
         fields: dict[str, Any] = {
             "status": status, "context": context, "outputs": outputs, "error": error, "progress": _copy(self.progress),
@@ -263,7 +263,7 @@ class TreeRun:
         """Nothing runs and something waits: hand the event back until the earliest deadline, then look
         once more at what it waits for, so that an end that came meanwhile is not missed."""
         earliest = min(self.deadlines)
-        context = self.values.offload(context, self.values.threshold)
+        context = self.values.offload(context, self.values.threshold, checked=False)
         fields = {"status": "waiting", "context": context, "progress": _copy(self.progress), "updated_at": utcnow(),
                   "lease_owner": None, "lease_expires": earliest, "claims_without_progress": 0}
         if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner):

@@ -42,3 +42,29 @@ def test_without_a_threshold_every_value_is_checked_as_a_document_holds_it():
 def test_a_value_is_encoded_once_for_its_check_and_its_file():
     value = "é" * 3000
     assert encoded(value) is encoded(value) and encoded(value) == ('"' + value + '"').encode()
+
+
+class _Values:
+    def __init__(self):
+        self.stored = {}
+
+    def put(self, event_id, data, sha256):
+        self.stored[sha256] = data
+        return f"{event_id}-{sha256}", sha256
+
+
+class _Store:
+    offload_bytes = THRESHOLD
+
+    def __init__(self):
+        self.values = _Values()
+
+
+def test_a_context_value_a_document_cannot_hold_is_offloaded_whatever_its_size():
+    from machinery.runtime.payloads import Payloads, is_ref
+
+    values = Payloads(_Store(), "e" * 24)
+    context = {"items": [{"$kind": "a"}], "n": 1}  # read out of an offloaded value by an expression
+    assert values.offload(context, THRESHOLD) is context  # checked values: kept as they are
+    kept = values.offload(context, THRESHOLD, checked=False)
+    assert is_ref(kept["items"]) and kept["n"] == 1

@@ -7,7 +7,7 @@ import sys
 import time
 
 NAMES = ("overhead", "throughput", "scale", "memory", "hotpath", "peers", "versions", "tree", "dashboard",
-         "search", "schedules", "flow")
+         "search", "schedules", "flow", "payload")
 
 
 def main(argv: list[str]) -> int:

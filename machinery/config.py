@@ -186,11 +186,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Unset: an ephemeral key with the embedded store, and `PUT /secrets` refused with MongoDB "
             "(`MACHINERY_SECRET_<NAME>` variables still serve).",
             secret=True),
-    Setting("MAX_BODY_BYTES", 1024 * 1024, _positive_int,
+    Setting("MAX_BODY_BYTES", 64 * 1024 * 1024, _positive_int,
             "Largest request body the API reads; a larger one answers 413."),
-    Setting("MAX_RESPONSE_BYTES", 1024 * 1024, _positive_int,
-            "Largest reply body read from a service; a larger one fails the step (kind `too_large`). Kept "
-            "well under MongoDB's 16 MB document limit, since outputs are stored in the event."),
+    Setting("MAX_RESPONSE_BYTES", 64 * 1024 * 1024, _positive_int,
+            "Largest reply body read from a service; a larger one fails the step (kind `too_large`, naming "
+            "this cap). Large values are kept out of the event (see `MACHINERY_OFFLOAD_BYTES`)."),
+    Setting("OFFLOAD_BYTES", 256 * 1024, _positive_int,
+            "A value of an event's data, of a step's or a callback's outputs or of the workflow's outputs "
+            "larger than this is stored as a file in the store's `values` bucket, and the event holds a "
+            "reference to it (`{\"$ref\": ..., \"bytes\": N, \"sha256\": ...}`)."),
 )
 
 SETTINGS_BY_KEY = {setting.key: setting for setting in SETTINGS}

@@ -8,11 +8,13 @@ from datetime import timedelta
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from bson import ObjectId
+
 from machinery import guard, registry, search
 from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound, ServiceCallError, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
-from machinery.runtime import cancel, replay, tree, turns
+from machinery.runtime import cancel, payloads, replay, tree, turns
 from machinery.runtime.executor import callback_outputs, close_waiting, hash_token, too_large_error
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, RecordSize, mib, new_event_bound
@@ -54,12 +56,13 @@ def held_by(owner: str | None, lease_s: float, now) -> dict:
     return {"status": "pending", "lease_owner": None, "lease_expires": EPOCH}
 
 
-def check_data(workflow: Mapping[str, Any], data: Any) -> None:
-    """Raise InvalidData naming each missing or mistyped input of the workflow."""
+def check_data(workflow: Mapping[str, Any], data: Any, offload_bytes: int | None = None) -> None:
+    """Raise InvalidData naming each missing or mistyped input of the workflow (a value past
+    `offload_bytes`, kept as a file, need only be JSON: payloads.check_storable)."""
     if not isinstance(data, dict):
         raise InvalidData(f"event data must be a JSON object, got {types.json_type(data)}",
                           errors={"data": [f"expected object, got {types.json_type(data)}"]})
-    guard.check_storable(data, "data")
+    payloads.check_storable(data, "data", offload_bytes)
     problems = types.check(data, workflow["inputs"])
     if problems:
         listed = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
@@ -87,7 +90,7 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
     if workflow is None:
         workflow = store.get_workflow(workflow_ref)
     data, options = parse_envelope(body)
-    check_data(workflow, data)
+    check_data(workflow, data, payloads.offload_bytes(store))
     key = options.get("idempotency_key")
     if key is not None and idempotency_key is not None and key != idempotency_key:
         raise InvalidData("the Idempotency-Key header and the body's idempotency_key differ",
@@ -109,8 +112,10 @@ def new_event(store: Store, workflow_ref: str, body: Any, *, idempotency_key: st
     if held:
         owner = None
     now = utcnow()
+    oid = ObjectId()
+    data = payloads.Payloads(store, str(oid)).offload(data, payloads.offload_bytes(store))
     event = {
-        "workflow_id": workflow["workflow_id"], "workflow_name": workflow["name"],
+        "_id": oid, "workflow_id": workflow["workflow_id"], "workflow_name": workflow["name"],
         "workflow_version": workflow.get("version", 1), "plan": plan,
         **held_by(owner, lease_s, now), "ack_date": now, "updated_at": now, "finished_at": None,
         "data": data, "context": dict(data), "steps": [], "next_step": 0, "run": 0, "runs": [],
@@ -289,11 +294,12 @@ def retry_event(store: Store, event_id: str, from_step: int | str | None = None,
                           errors={"from_step": [f"not between 0 and {furthest}"]})
     base = context_before(event, from_step)
     overrides = dict(context or {})
-    guard.check_storable(overrides, "context")
+    payloads.check_storable(overrides, "context", payloads.offload_bytes(store))
     if overrides:
         available = context_types(event["plan"], from_step)
         check_overrides(overrides, available, f"not a context key before step {from_step}; available: "
                         f"{', '.join(sorted(available))}", f"the plan before step {from_step}")
+        overrides = _offloaded(store, event_id, overrides)
         base.update(overrides)
     run = event.get("run", 0) + 1
     now = utcnow()
@@ -320,6 +326,11 @@ def retry_event(store: Store, event_id: str, from_step: int | str | None = None,
 def _cancel_of(event: Mapping[str, Any]) -> dict:
     """What a run entry keeps of the cancel it follows (the event's own `cancelled` is cleared)."""
     return {"cancelled": event["cancelled"]} if event.get("cancelled") else {}
+
+
+def _offloaded(store: Store, event_id: str, overrides: Mapping[str, Any]) -> dict:
+    """Edited values of a replay, the large ones stored as files (checked against their types before)."""
+    return payloads.Payloads(store, event_id).offload(overrides, payloads.offload_bytes(store)) or {}
 
 
 def check_overrides(overrides: Mapping[str, Any], available: Mapping[str, Any], unknown: str, against: str) -> None:
@@ -356,10 +367,11 @@ def _retry_tree(store: Store, event: Mapping[str, Any], from_step: Any, item: in
         raise InvalidData("from_step of a tree event is a step id", errors={"from_step": ["not a step id"]})
     redo = replay.redo_prefixes(event["plan"], from_step, item) if from_step is not None else []
     overrides = dict(context or {})
-    guard.check_storable(overrides, "context")
+    payloads.check_storable(overrides, "context", payloads.offload_bytes(store))
     inputs = {field["name"]: types.parse_field(field)["type"] for field in event["plan"]["inputs"]}
     listed = ", ".join(sorted(inputs)) or "none"
     check_overrides(overrides, inputs, f"not an input of the workflow; its inputs: {listed}", "the workflow's inputs")
+    overrides = _offloaded(store, event_id, overrides)
     run = event.get("run", 0) + 1
     now = utcnow()
     entry = {"run": run, "from_step": from_step, "item": item, "overrides": overrides, "redo": redo, "at": now,
@@ -399,7 +411,8 @@ def complete_callback(store: Store, token: str, body: Any, headers: Mapping[str,
     if waiting["expires"].replace(tzinfo=None) < utcnow():
         raise Gone("the deadline of this callback has passed")
     step = event["plan"]["steps"][waiting["step"]]
-    outputs = _callback_outputs(step["service"], body, headers, secret)
+    outputs = payloads.Payloads(store, event["event_id"]).outputs(
+        _callback_outputs(step["service"], body, headers, secret))
     record = close_waiting(waiting, status="completed", outputs=outputs)
     now = record["finished_at"]
     changes: dict[str, Any] = {}
@@ -481,7 +494,8 @@ def _complete_tree_callback(store: Store, record: Mapping[str, Any], token_hash:
         raise Gone("the deadline of this callback has passed")
     event = store.get_event(record["event_id"])
     service = event["plan"]["services"][record["service"]]
-    outputs = _callback_outputs(service, body, headers, secret)
+    outputs = payloads.Payloads(store, record["event_id"]).outputs(
+        _callback_outputs(service, body, headers, secret))
     closed = close_waiting(record, status="completed", outputs=outputs)
     fields = {key: closed[key] for key in ("status", "outputs", "finished_at", "duration_ms") if key in closed}
     try:

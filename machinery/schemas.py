@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from bson.dbref import DBRef
 from marshmallow import (
     EXCLUDE,
     INCLUDE,
@@ -650,6 +651,8 @@ def json_default(value: Any) -> Any:
     """JSON for what the stdlib cannot encode: datetimes as ISO 8601 in UTC."""
     if isinstance(value, datetime):
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, DBRef):  # a large value kept as a file (runtime.payloads)
+        return {"$ref": value.id, "bytes": value.bytes, "sha256": value.sha256}
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 

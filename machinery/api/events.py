@@ -11,6 +11,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from werkzeug.sansio.utils import get_current_url
 
 from machinery import events, metrics, search
+from machinery.api import values as payloads
 from machinery.api.body import BadBody, Blueprint, page, read_json
 from machinery.exceptions import InvalidData, NotFound
 from machinery.ids import random_hex
@@ -138,19 +139,21 @@ class Ingest(MethodView):
         workflow = g.get("ingest_workflow") or runtime.store.get_workflow(workflow_ref)
         body = read_json(request)
         run_async = is_async()
+        resolve = payloads.resolving(request.args.get("resolve"))
         owner = None if run_async else runtime.api_owner()
         event, created = events.new_event(
             runtime.store, workflow_ref, body, idempotency_key=request.headers.get("Idempotency-Key"),
             owner=owner, lease_s=runtime.config["LEASE_S"], callback_base=callback_base(), trace=trace_context(),
             allowed_hosts=runtime.config.get("ALLOWED_HOSTS"), workflow=workflow,
         )
+        body = None  # stored (its large values as files): not held while the event runs
         if created:
             metrics.event_received(event.get("workflow_name", workflow_ref), run_async)
         if created and (run_async or event["status"] != "running"):  # not running: its workflow is paused
             runtime.queued(event["event_id"])
         elif created:
             event = runtime.run_now(event)
-        return answer(event, created)
+        return answer(payloads.inline(runtime.store, event, resolve), created)
 
 
 @bp.route("")
@@ -178,6 +181,15 @@ class Event(MethodView):
         """Read an event's whole record: plan, context, every step"""
         store = _runtime().store
         return events.for_display(store.get_event(event_id), store)
+
+
+@bp.route("/<event_id>/values/<ref>")
+class Value(MethodView):
+    @bp.doc(responses={200: {"description": "The value's JSON, streamed", "content": {"application/json": {}}},
+                       404: {"description": "No such event, or no such value of it"}})
+    def get(self, event_id, ref):
+        """Read a large value of an event (a `$ref` of its data, context, outputs or steps)"""
+        return payloads.download(_runtime().store, event_id, ref)
 
 
 @bp.route("/<event_id>/steps")
@@ -214,6 +226,7 @@ class Retry(MethodView):
         if request.get_data(cache=True).strip():
             args = ReplaySchema().load(read_json(request))
         run_async = is_async()
+        resolve = payloads.resolving(request.args.get("resolve"))
         event = events.retry_event(runtime.store, event_id, args.get("from_step"), args.get("context"),
                                    owner=None if run_async else runtime.api_owner(),
                                    lease_s=runtime.config["LEASE_S"], item=args.get("item"))
@@ -221,7 +234,7 @@ class Retry(MethodView):
             runtime.queued(event["event_id"])
             return event, 202, _location(event)
         event = runtime.run_now(event)
-        body, status, headers = answer(event)
+        body, status, headers = answer(payloads.inline(runtime.store, event, resolve))
         return body, 200 if status == 201 else status, headers
 
 

@@ -18,7 +18,7 @@ from machinery.api.errors import STATUS_OF
 from machinery.events import for_display, retry_event
 from machinery.exceptions import DataflowError, InvalidData, MachineryError, NotFound
 from machinery.language import types
-from machinery.runtime import flow
+from machinery.runtime import flow, payloads
 from machinery.runtime.tree import run_lineage
 from machinery.schemas import STATUSES, json_default
 from machinery.store import ACTIVE
@@ -68,6 +68,25 @@ def _error_page(error: MachineryError):
 def pretty(value: Any) -> str:
     """A value as indented JSON, for <pre> blocks (Jinja escapes it)."""
     return json.dumps(value, indent=2, ensure_ascii=False, default=json_default, sort_keys=False)
+
+
+@bp.app_template_filter("stored_apart")
+def stored_apart(values: Any) -> list[tuple[str, dict]]:
+    """The values of a mapping kept as files (runtime.payloads), by name, as the API shows them."""
+    if not isinstance(values, dict):
+        return []
+    return [(name, payloads.shown(value)) for name, value in values.items() if payloads.is_ref(value)]
+
+
+@bp.app_template_filter("size")
+def size(count: Any) -> str:
+    """A byte count for people: 20.0 MB, 310 KB, 12 bytes."""
+    if not isinstance(count, int):
+        return "?"
+    for unit, scale in (("GB", 10 ** 9), ("MB", 10 ** 6), ("KB", 10 ** 3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}" if count < 100 * scale else f"{count // scale} {unit}"
+    return f"{count} bytes"
 
 
 @bp.app_template_filter("type_short")

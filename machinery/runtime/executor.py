@@ -19,7 +19,7 @@ from machinery.exceptions import InvalidData, MachineryError, ServiceCallError, 
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
 from machinery.rollups import event_duration_ms
-from machinery.runtime import calls, cancel, flow, tree, turns
+from machinery.runtime import calls, cancel, flow, payloads, tree, turns
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
 from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, MAX_DOCUMENT_BYTES, RecordSize, element_size, mib
@@ -100,7 +100,9 @@ class Executor:
         self.sleep = sleep
         self.observer = observer or Observer()
         self.rand = rand
-        self.max_response_bytes = config.get("MAX_RESPONSE_BYTES", 10 * 1024 * 1024)
+        self.max_response_bytes = config.get("MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
+        store.offload_bytes = config.get("OFFLOAD_BYTES", store.offload_bytes)
+        payloads.return_large_blocks()
         self.secrets = secrets.Keeper(store, config)
         self.secrets.check_at_start()
         self.flow = flow.Flow(store, config)
@@ -132,11 +134,12 @@ class Executor:
         declared = reply.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > cap:
             reply.close()
-            raise ServiceCallError(f"reply body of {declared} bytes is larger than the {cap} allowed",
+            raise ServiceCallError(f"reply body of {declared} bytes is larger than the {cap} allowed "
+                                   "(MACHINERY_MAX_RESPONSE_BYTES)",
                                    kind="too_large", retryable=False, status=reply.status)
         raw = reply.read(cap)
         if len(raw) > cap:
-            raise ServiceCallError(f"reply body is larger than the {cap} bytes allowed",
+            raise ServiceCallError(f"reply body is larger than the {cap} bytes allowed (MACHINERY_MAX_RESPONSE_BYTES)",
                                    kind="too_large", retryable=False, status=reply.status)
         return raw
 
@@ -215,7 +218,7 @@ class Executor:
     # -- one step -----------------------------------------------------------------------
 
     def run_step(self, event: Mapping[str, Any], step: Mapping[str, Any], inputs: dict, run: int,
-                 span_id: str, callback_url: str | None) -> Outcome:
+                 span_id: str, callback_url: str | None, values: payloads.Payloads | None = None) -> Outcome:
         """Call a step's service until it completes, waits, or fails for good.
 
         A version 1 service is POSTed its inputs; a service with a `request` (or `success` statuses,
@@ -226,7 +229,11 @@ class Executor:
         limits = flow.limits_of(service)
         retry = {**DEFAULT_RETRY, **(service.get("retry") or {})}
         headers = self._headers(event, step["index"], run, span_id, callback_url)
-        body = json.dumps(inputs, separators=(",", ":")).encode() if compiled is None else None
+        # `values`: the inputs may hold references (version 1 steps), sent as the values they stand for.
+        if compiled is None:
+            body = values.request_body(inputs) if values else json.dumps(inputs, separators=(",", ":")).encode()
+        else:
+            body, inputs = None, values.resolve(inputs) if values else inputs
         prepared = None
         used: list[str] = []
         log = []
@@ -263,13 +270,14 @@ class Executor:
                 entry["retry_in_s"] = round(wait, 3)
                 self.sleep(wait)
                 continue
+            body = None  # not sent again: a large request is let go before its reply is read into outputs
             entry.update(outcome="ok" if payload is not None or status != 202 else "accepted", status=status,
                          duration_ms=_ms(started))
             log.append(entry)
             if payload is None and status == 202:
                 self.observer.call_attempt(service["name"], "accepted")
                 return Outcome("waiting", attempts=attempt, attempt_log=log, request=prepared and prepared.record)
-            outputs, problems = reply_outputs(service, compiled, payload, used)
+            outputs, problems = reply_outputs(service, compiled, payload, used, self.store.offload_bytes)
             if problems:
                 self.observer.call_attempt(service["name"], "contract")
                 entry["outcome"] = "contract"
@@ -315,10 +323,11 @@ class Executor:
             return self._stuck(event, owner, size, max_claims)
         if event.get("waiting"):
             return self._expire_waiting(event, owner, size)
+        values = payloads.Payloads(self.store, event["event_id"])
         while index < len(steps):
             step = steps[index]
             span_id = new_span_id()
-            inputs = dataflow.step_inputs(step, context)
+            inputs = dataflow.step_inputs(step, context)  # references resolved as the call is built
             started_at, started = utcnow(), time.monotonic()
             token = None
             callback_url = None
@@ -326,7 +335,7 @@ class Executor:
             if base:
                 token = new_callback_token(event["event_id"])
                 callback_url = f"{base.rstrip('/')}/callbacks/{token}"
-            outcome = self.run_step(event, step, inputs, run, span_id, callback_url)
+            outcome = self.run_step(event, step, inputs, run, span_id, callback_url, values)
             if outcome.status == "queued":
                 return self._queue(event, owner, context, index, outcome.queued, size)
             # The inputs sent are not stored: the plan and the context before the step give them back
@@ -351,9 +360,9 @@ class Executor:
                 record["error"] = outcome.error
                 error = {**outcome.error, "step": index, "service": record["service"]}
                 return self._finish(event, owner, record, context, index, "failed", size, error=error)
-            record["outputs"] = outcome.outputs
+            record["outputs"] = values.outputs(outcome.outputs)
             changes: dict[str, Any] = {}
-            dataflow.apply_outputs(step, outcome.outputs, changes)
+            dataflow.apply_outputs(step, record["outputs"], changes)
             if index + 1 == len(steps):
                 return self._finish(event, owner, record, context, index + 1, "completed", size, changes=changes)
             after = {**context, **changes}
@@ -596,7 +605,7 @@ def close_waiting(waiting: Mapping[str, Any], **outcome: Any) -> dict:
 
 
 def reply_outputs(service: Mapping[str, Any], compiled: calls.Call | None, payload: Any,
-                  secrets_used: list[str]) -> tuple[dict, dict]:
+                  secrets_used: list[str], offload_bytes: int | None = None) -> tuple[dict, dict]:
     """A reply's declared outputs and the problems of those missing or mistyped: read through the
     compiled call's `from` expressions from the reply's view (a version 2 service), or from the
     top level of its JSON object (version 1), with the secret values the call used masked in both."""
@@ -605,7 +614,7 @@ def reply_outputs(service: Mapping[str, Any], compiled: calls.Call | None, paylo
         payload = compiled.select(payload, found)
         if secrets_used:
             payload = calls.mask(payload, secrets_used)
-    outputs, problems = check_outputs(service, payload)
+    outputs, problems = check_outputs(service, payload, offload_bytes)
     problems.update(found)  # why an output is missing says more than that it is
     if problems and secrets_used:
         problems = calls.mask(problems, secrets_used)
@@ -638,13 +647,15 @@ def callback_outputs(service: Mapping[str, Any], body: Any, headers: Mapping[str
     return reply_outputs(service, compiled, view, used)
 
 
-def check_outputs(service: Mapping[str, Any], payload: Mapping[str, Any]) -> tuple[dict, dict]:
-    """Keep a reply's declared outputs and say which are missing or mistyped."""
+def check_outputs(service: Mapping[str, Any], payload: Mapping[str, Any],
+                  offload_bytes: int | None = None) -> tuple[dict, dict]:
+    """Keep a reply's declared outputs and say which are missing or mistyped. A value past
+    `offload_bytes` is kept as a file, not in a document: it need only be JSON (payloads.storable_problems)."""
     declared = service["outputs"]
     problems = types.check(payload, declared)
     outputs = {field["name"]: payload[field["name"]] for field in declared if field["name"] in payload}
     for name, value in outputs.items():
-        unstorable = guard.storable_problems(value, name)
+        unstorable = payloads.storable_problems(value, name, offload_bytes)
         if unstorable and name not in problems:
             problems[name] = "cannot be stored: " + "; ".join(unstorable[:3])
     return outputs, problems

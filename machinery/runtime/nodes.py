@@ -118,7 +118,7 @@ def call(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) ->
     if outcome.status == "failed":
         record["error"] = outcome.error
     else:
-        record["outputs"] = outcome.outputs
+        record["outputs"] = walk.values.outputs(outcome.outputs)
     walk.count(node["id"], running=-1, **({"done": 1} if outcome.status == "completed" else {"failed": 1}))
     stored = walk.write(record)
     return _resume_call(walk, node, stored, context, instance, counted=True)
@@ -293,8 +293,8 @@ def poll(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope) ->
         fields["request"] = outcome.request
     done = False
     if outcome.status == "completed":
-        fields["last_outputs"] = outcome.outputs
         done = walk.search(node["until"], outcome.outputs)
+        fields["last_outputs"] = outcome.outputs = walk.values.outputs(outcome.outputs)
         if not isinstance(done, bool):
             walk.count(node["id"], running=-1)
             return _type_error(walk, node, scope, f"{node['id']}.until",
@@ -373,7 +373,8 @@ def workflow(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope
             return walk.wait(None, record)
         now = utcnow()
         if child["status"] == "completed":
-            record = walk.change(record, {"status": "completed", "outputs": child.get("outputs") or {},
+            outputs = walk.values.rehome(child.get("outputs") or {})  # kept when the child is removed
+            record = walk.change(record, {"status": "completed", "outputs": outputs,
                                           "finished_at": now})
         elif child["status"] == "cancelled":
             record = walk.change(record, {"status": "failed", "finished_at": now, "error": {

@@ -31,6 +31,7 @@ from machinery import __version__, guard
 USER_AGENT = f"machinery/{__version__}"
 # What every request carries unless a service's own headers say otherwise.
 DEFAULT_HEADERS = (("User-Agent", USER_AGENT), ("Accept", "application/json"), ("Accept-Encoding", "identity"))
+READ_CHUNK = 1024 * 1024  # a reply of unknown length is read this much at a time
 MAX_HOSTS_PER_THREAD = 64  # kept-alive connections a thread holds, one per host, least recently used dropped
 
 
@@ -87,7 +88,7 @@ class Reply:
     def read(self, cap: int) -> bytes:
         """Up to cap + 1 bytes of the body (so a caller can tell one over the cap)."""
         try:
-            raw = self._response.read(cap + 1)
+            raw = self._read(cap + 1)
         except TimeoutError:
             self.close()
             raise CallFailed("the reply body did not finish in time", "timeout") from None
@@ -102,6 +103,23 @@ class Reply:
         else:
             self._finish()
         return raw
+
+    def _read(self, most: int) -> bytes | bytearray:
+        """At most `most` bytes of the body, into one buffer. A body of known length (within `most`)
+        is read at once, into a buffer of its size; any other in READ_CHUNK pieces appended to one
+        bytearray, so that a cap of 64 MiB neither allocates 64 MiB for a small reply nor copies a
+        large one piece by piece."""
+        response = self._response
+        length = response.length
+        if length is not None and length < most:
+            return response.read()
+        buffer = bytearray()
+        while len(buffer) < most:
+            piece = response.read(min(READ_CHUNK, most - len(buffer)))
+            if not piece:
+                break
+            buffer += piece
+        return buffer
 
     def close(self) -> None:
         """Done with the reply, whatever is left unread: the connection is not reused."""

@@ -19,7 +19,7 @@ from machinery import search
 from machinery.language import dataflow
 from machinery.language.expressions import compile_expression
 from machinery.rollups import event_duration_ms
-from machinery.runtime import cancel, turns
+from machinery.runtime import cancel, payloads, turns
 from machinery.store import EPOCH, FINISHED, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class TreeRun:
         self.held: list[dict] = []  # the calls the services' flow control queued (machinery.runtime.flow)
         self.progress: dict[str, dict] = {}
         self.last_write = time.monotonic()
+        self.values = payloads.Payloads(self.store, self.event_id)
         self.records = self._load()
 
     # -- records ------------------------------------------------------------------------
@@ -171,7 +172,8 @@ class TreeRun:
     # -- values -------------------------------------------------------------------------
 
     def search(self, source: str, context: Mapping[str, Any]) -> Any:
-        return self.expression(source).search(context)
+        """An expression over the context, its offloaded values read back (once per walk)."""
+        return self.expression(source).search(self.values.resolve(context))
 
     # -- outcomes -----------------------------------------------------------------------
 
@@ -267,6 +269,7 @@ class TreeRun:
 
     def finish(self, status: str, context: dict, error: dict | None = None) -> dict:
         now = utcnow()
+        context = self.values.offload(context, self.values.threshold, checked=False)  # what a map collected
         outputs = dataflow.workflow_outputs(self.plan, context) if status == "completed" else None
         fields: dict[str, Any] = {
             "status": status, "context": context, "outputs": outputs, "error": error, "progress": _copy(self.progress),
@@ -293,6 +296,7 @@ class TreeRun:
         """Nothing runs and something waits: hand the event back until the earliest deadline, then look
         once more at what it waits for, so that an end that came meanwhile is not missed."""
         earliest = min(self.deadlines)
+        context = self.values.offload(context, self.values.threshold, checked=False)
         fields = {"status": "waiting", "context": context, "progress": _copy(self.progress), "updated_at": utcnow(),
                   "lease_owner": None, "lease_expires": earliest, "claims_without_progress": 0}
         if self.held:  # pending when all it waits for is its turn at a service

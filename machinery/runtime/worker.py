@@ -27,6 +27,7 @@ LOG = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT_S = 10.0
 WEBHOOK_BACKOFF_S = 1.0
 SCAN_SHARE = 10  # an idle embedded worker waits at least this many times a scan's cost between scans
+SWEEP_EVERY_S = 60.0  # how often an idle worker looks for the files of removed events
 IDLE_MAX_S = 1.0  # the longest an idle worker thread waits between looks at the store (jittered)
 
 
@@ -156,6 +157,8 @@ class Worker:
         self.ran = 0
         self.scheduler = Scheduler(store, config)  # fires the ticks of due schedules, one look per loop
         self.bulk = None  # the BulkRunner applying bulk jobs, once started
+        self.sweep_every_s = SWEEP_EVERY_S  # the values sweeper's pace (tests make it 0)
+        self._next_sweep = 0.0
 
     def start(self) -> Worker:
         for number in range(self.size):
@@ -231,6 +234,7 @@ class Worker:
                 # indexes): space the next one so that scanning takes at most a tenth of the time.
                 cost = time.monotonic() - started
                 self._next_scan = time.monotonic() + max(self.max_idle_s or 0.0, SCAN_SHARE * cost)
+                self._sweep_values()
         if event is None:
             return bool(scheduled)
         self.keeper.hold(event["event_id"], owner)
@@ -242,6 +246,17 @@ class Worker:
         LOG.info("event %s %s", event["event_id"], ended["status"],
                  extra={**log_fields(event), "status": ended["status"]})
         return True
+
+    def _sweep_values(self) -> None:
+        """Now and then, when idle: one bounded pass deleting the files of events no longer stored
+        (MACHINERY_EVENT_TTL_DAYS removed them), so that retention leaves no large value behind."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.sweep_every_s
+        removed = self.store.sweep_values()
+        if removed:
+            LOG.info("%s: removed %d stored values of events no longer kept", self.name, removed)
 
     def _claim_hinted(self, owner: str, lease_s: float) -> dict | None:
         """Claim an event this process said was ready, by its id (no scan of the store)."""

@@ -16,6 +16,7 @@ from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any, Iterable, Iterator, Mapping
 
+import bson
 import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
@@ -48,6 +49,7 @@ from machinery.store.event_filters import ATTR_INDEX, ATTR_KEYS, attr_query
 from machinery.store.flow import FlowStore
 from machinery.store.limits import LIMIT, MAX_DOCUMENT_BYTES, is_too_large
 from machinery.store.secrets import SecretStore
+from machinery.store.values import ValueStore
 
 LOG = logging.getLogger(__name__)
 
@@ -269,6 +271,10 @@ class Store:
         self.secrets = SecretStore(database, self._guard, embedded=embedded)
         self.flow = FlowStore(database, self._guard, self.events)  # limited services' slots, buckets and breakers
         self.bulk_jobs = BulkJobs(self)
+        self.values = ValueStore(database, self._guard, embedded=embedded)  # large values (runtime.payloads)
+        self.offload_bytes = 256 * 1024  # MACHINERY_OFFLOAD_BYTES, set by whoever reads the config
+        # Tests set MACHINERY_TEST_EVENT_MAX_BYTES: every event write then checks the document's size.
+        self.check_event_bytes = int(os.environ.get("MACHINERY_TEST_EVENT_MAX_BYTES") or 0)
         self.locks = database[LOCKS]
         self.step_runs = embedded_step_runs(database[STEP_RUNS]) if embedded else database[STEP_RUNS]
         self.rollups = database[ROLLUPS]
@@ -353,6 +359,7 @@ class Store:
         index(self.step_runs, [("token_hash", 1)], name="step_run_token",
               partialFilterExpression={"token_hash": {"$exists": True}})
         index(self.rollups, [("bucket", 1)], name="rollups_expiry", expireAfterSeconds=ROLLUP_RETAIN_S)
+        self.values.ensure_indexes(index)
         self._ensure_ttl(event_ttl_days)
         self._ensure_step_runs_ttl(event_ttl_days)
 
@@ -682,6 +689,7 @@ class Store:
                            "twice, as sent and as the context the steps read)",
                            errors={"data": ["too large to store: keep it well under 8 MiB"]}) from error
         self.writes += 1
+        self._check_size(document["_id"])
         # The caller's own event, not a copy read back: only its top-level dates need a time zone.
         inserted = {key: _aware(value) if isinstance(value, datetime) else value for key, value in document.items()}
         inserted["event_id"] = str(inserted.pop("_id"))
@@ -769,7 +777,45 @@ class Store:
         query.update(expect or {})
         result = self.events.update_one(query, update)
         self.writes += 1
+        self._check_size(query["_id"])
         return result.matched_count == 1
+
+    def _check_size(self, oid: ObjectId) -> None:
+        """With MACHINERY_TEST_EVENT_MAX_BYTES set (in tests), fail loudly when an event's document
+        has grown past it: large values belong in the `values` bucket, not in the event."""
+        if not self.check_event_bytes:
+            return
+        document = self.events.find_one({"_id": oid})
+        size = len(bson.encode(document)) if document is not None else 0
+        if size > self.check_event_bytes:
+            raise AssertionError(f"event {oid}'s document is {size} bytes, past the "
+                                 f"{self.check_event_bytes} MACHINERY_TEST_EVENT_MAX_BYTES allows")
+
+    @_serialised
+    def existing_events(self, event_ids: Iterable[str]) -> set[str]:
+        """Which of these event ids are stored (one query of ids only)."""
+        oids = [oid for oid in (_object_id(event_id) for event_id in event_ids) if oid is not None]
+        if not oids:
+            return set()
+        return {str(document["_id"]) for document in self.events.find({"_id": {"$in": oids}}, {"_id": 1})}
+
+    def sweep_values(self, batch: int = 200, grace_s: float | None = None) -> int:
+        """One bounded pass of the values sweeper: files of events no longer stored (removed by
+        retention) are deleted. Returns how many."""
+        try:
+            return self.values.sweep(self.existing_events, batch, grace_s)
+        except (PyMongoError, DocumentTooLarge) as error:
+            raise store_error(error) from error
+
+    @_serialised
+    def delete_events(self, event_ids: Iterable[str]) -> int:
+        """Remove events with their step records and their files."""
+        ids = [event_id for event_id in event_ids if _object_id(event_id) is not None]
+        result = self.events.delete_many({"_id": {"$in": [ObjectId(event_id) for event_id in ids]}})
+        self.step_runs.delete_many({"event_id": {"$in": ids}})
+        self.values.delete_for_events(ids)
+        self.writes += 1
+        return result.deleted_count
 
     @_serialised
     def claim_event(self, owner: str, lease_s: float, event_id: str | None = None) -> dict | None:

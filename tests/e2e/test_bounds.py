@@ -21,8 +21,16 @@ from tests.support.fakes import echo_service
 pytestmark = pytest.mark.e2e
 
 MIB = 1024 * 1024
+INLINE = 1 << 40  # an offload threshold no value reaches
 MESSAGE = "x" * int(0.9 * MIB)  # the issue's measurements: 0.9 MiB, echoed by every step
 TEXT = [{"name": "message", "type": "string"}]
+
+
+@pytest.fixture
+def config(config):
+    """Every value kept inline, whatever its size: what is under test here is the event's own bound,
+    the net under MACHINERY_OFFLOAD_BYTES (tests/e2e/test_payloads.py tests the offloading)."""
+    return {**config, "OFFLOAD_BYTES": INLINE}
 
 
 @pytest.fixture

@@ -44,7 +44,9 @@ def test_a_worker_fails_an_event_past_16_mib_once_and_never_calls_its_service_ag
     # GIVEN an echo service that counts its calls, a 20-step chain of it, and a `machinery worker` process
     echo = echo_service()
     service = ServerThread(echo).start()
-    app = create_app({"MONGO_URI": mongo_uri, "EMBEDDED_WORKERS": 0, "MONGO_TIMEOUT_MS": 5000})
+    # Every value kept inline (MACHINERY_OFFLOAD_BYTES past them all): the bound of the event itself is under test.
+    app = create_app({"MONGO_URI": mongo_uri, "EMBEDDED_WORKERS": 0, "MONGO_TIMEOUT_MS": 5000,
+                      "OFFLOAD_BYTES": 1 << 40})
     client = app.test_client()
     store = app.extensions["machinery"].store
     assert client.post("/services", json={"name": "echo", "address": service.url + "echo", "inputs": TEXT,
@@ -53,7 +55,7 @@ def test_a_worker_fails_an_event_past_16_mib_once_and_never_calls_its_service_ag
                                            "outputs": TEXT}).status_code == 201
     metrics_port = free_port()
     env = clean_env(MACHINERY_MONGO_URI=mongo_uri, MACHINERY_LEASE_S=str(LEASE_S), MACHINERY_POLL_S="0.05",
-                    MACHINERY_WORKER_METRICS_PORT=str(metrics_port))
+                    MACHINERY_WORKER_METRICS_PORT=str(metrics_port), MACHINERY_OFFLOAD_BYTES=str(1 << 40))
     try:
         with serving([*MACHINERY, "worker", "--threads", "2"], metrics_port, env, ready="/metrics"):
             # WHEN an async event of a 0.9 MiB message is sent: every step adds 0.9 MiB to its record

@@ -77,8 +77,10 @@ def test_an_update_whose_result_passes_16_mib_fails_with_17419_and_changes_nothi
 
 
 def test_the_store_names_the_limit_when_a_new_event_is_too_large(store):
-    # GIVEN a workflow WHEN an event's data, kept twice (data and context), passes 16 MiB
+    # GIVEN a workflow, every value kept inline (the store's own limit under test, not offloading)
+    # WHEN an event's data, kept twice (data and context), passes 16 MiB
     register(store)
+    store.offload_bytes = 1 << 40
     with pytest.raises(TooLarge) as raised:
         events.new_event(store, "process-text", {"message": "m" * (9 * MIB)})
     # THEN TooLarge (413) naming the limit, nothing stored
@@ -88,6 +90,7 @@ def test_the_store_names_the_limit_when_a_new_event_is_too_large(store):
 
 def test_an_update_event_past_the_limit_is_too_large_not_unavailable(store):
     register(store)
+    store.offload_bytes = 1 << 40  # every value inline: the store's own limit is under test
     event, _ = events.new_event(store, "process-text", {"message": "m" * (5 * MIB)})
     with pytest.raises(TooLarge):
         store.update_event(event["event_id"], {"$set": {"outputs": {"a": "o" * (7 * MIB)}}})

@@ -30,6 +30,10 @@ class SlowEmptyStore:
     def claim_schedule(self, owner, lease_s):
         return None
 
+    def sweep_values(self):
+        self.sweeps = getattr(self, "sweeps", 0) + 1
+        return 0
+
 
 def worker(store, max_idle_s):
     config = load_config({"MONGO_URI": "mongomock://localhost/unused"})

@@ -294,7 +294,35 @@ def _memberships(read: tuple, number: int) -> dict:
     return entries
 
 
-class _Indexes:
+class _Expiring:
+    """What TTL expiry asks of in-memory lookups: `expiring` (the fields followed), `documents` and
+    `_key` (a document's number to its key), and `_expiry_entries(field)`: the (date, number) pairs
+    in date order, and the numbers of documents whose date is not plainly one."""
+
+    def expired(self, index: dict, meets_expiry) -> list | None:
+        """The keys of the documents a TTL index has expired, oldest date first (mongomock's
+        CollectionStore._expire_documents, which scans every document on every read and write); None
+        for an index on a field not followed here. `meets_expiry` is mongomock's test of one value."""
+        import mongomock
+
+        try:
+            seconds = int(index["expireAfterSeconds"])
+        except ValueError:
+            return []
+        if len(index["key"]) > 1:
+            return []
+        field = next(iter(index["key"]))[0]
+        if field not in self.expiring:
+            return None
+        now = mongomock.utcnow()
+        dated_entries, odd = self._expiry_entries(field)
+        dated = itertools.takewhile(lambda entry: (now - entry[0]).total_seconds() >= seconds, dated_entries)
+        numbers = [number for _, number in dated] + [
+            number for number in odd if meets_expiry(self.documents[self._key[number]].get(field), seconds, now)]
+        return [self._key[number] for number in numbers]
+
+
+class _Indexes(_Expiring):
     """Secondary indexes over one collection's documents: sets of insertion numbers for equalities,
     sorted lists for orders. Kept by the store and the collection below; read by the collection."""
 
@@ -460,28 +488,8 @@ class _Indexes:
         return list(itertools.islice((document for document in due if filter_applies(filter, document)),
                                      skip, skip + limit))
 
-    def expired(self, index: dict, meets_expiry) -> list | None:
-        """The keys of the documents a TTL index has expired, oldest date first (mongomock's
-        CollectionStore._expire_documents, which scans every document on every read and write); None
-        for an index on a field not followed here. `meets_expiry` is mongomock's test of one value."""
-        import mongomock
-
-        try:
-            seconds = int(index["expireAfterSeconds"])
-        except ValueError:
-            return []
-        if len(index["key"]) > 1:
-            return []
-        field = next(iter(index["key"]))[0]
-        if field not in self.expiring:
-            return None
-        now = mongomock.utcnow()
-        dated = itertools.takewhile(lambda entry: (now - entry[0]).total_seconds() >= seconds,
-                                    self._indexes.get(("expires", field), ()))
-        numbers = [number for _, number in dated] + [
-            number for number in self._indexes.get(("unordered expiry", field), ())
-            if meets_expiry(self.documents[self._key[number]].get(field), seconds, now)]
-        return [self._key[number] for number in numbers]
+    def _expiry_entries(self, field: str) -> tuple:
+        return self._indexes.get(("expires", field), ()), self._indexes.get(("unordered expiry", field), ())
 
 
 @functools.cache
@@ -502,7 +510,9 @@ def _embedded_classes() -> tuple[type, type]:
     class IndexedDocuments(CollectionStore):
         """A collection's documents, with its indexes kept in step with every document stored,
         replaced or deleted, including by TTL expiry, which deletes here directly, and which it
-        finds through the indexes too."""
+        finds through the indexes too. `lookups` makes them (a subclass may keep others)."""
+
+        lookups = _Indexes
 
         def __setitem__(self, key, document):
             super().__setitem__(key, document)
@@ -516,7 +526,7 @@ def _embedded_classes() -> tuple[type, type]:
 
         def drop(self):
             super().drop()
-            self.secondary = _Indexes(self._documents)
+            self.secondary = self.lookups(self._documents)
             self.sizes = {}
 
         def create_index(self, index_name, index_dict):
@@ -531,7 +541,7 @@ def _embedded_classes() -> tuple[type, type]:
             """Re-index every document when the fields TTL indexes expire by change (rarely: at start)."""
             expiring = _expiring(self._ttl_indexes)
             if expiring != self.secondary.expiring:
-                self.secondary = _Indexes(self._documents, expiring)
+                self.secondary = self.lookups(self._documents, expiring)
 
         def _remove_expired_documents(self):
             for index in self._ttl_indexes.values():

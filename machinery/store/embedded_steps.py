@@ -19,7 +19,7 @@ import functools
 import itertools
 from typing import Any
 
-from machinery.store.embedded import _UNORDERED, _embedded_classes, _expected_internals, _expiring, _expiry
+from machinery.store.embedded import _UNORDERED, _embedded_classes, _expected_internals, _Expiring, _expiring, _expiry
 
 _MISSING = object()
 _KEY = ("event_id", "run", "instance")
@@ -41,7 +41,7 @@ def _read(document: dict) -> tuple:
     return event, key, _string(document.get("token_hash", _MISSING))
 
 
-class _StepLookups:
+class _StepLookups(_Expiring):
     """The records of one collection by event, by key and by token, as insertion numbers (mongomock
     returns documents in the order they were stored), and the expiry dates TTL indexes walk."""
 
@@ -140,26 +140,8 @@ class _StepLookups:
                     return numbers
         return None
 
-    def expired(self, index: dict, meets_expiry) -> list | None:
-        """The keys of the records a TTL index has expired (mongomock scans every document for them
-        on every read and write); None for an index on a field not followed here."""
-        import mongomock
-
-        try:
-            seconds = int(index["expireAfterSeconds"])
-        except ValueError:
-            return []
-        if len(index["key"]) > 1:
-            return []
-        field = next(iter(index["key"]))[0]
-        if field not in self.expiring:
-            return None
-        now = mongomock.utcnow()
-        dated = itertools.takewhile(lambda entry: (now - entry[0]).total_seconds() >= seconds, self.expires[field])
-        numbers = [number for _, number in dated] + [
-            number for number in self.odd_expiry[field]
-            if meets_expiry(self.documents[self._key[number]].get(field), seconds, now)]
-        return [self._key[number] for number in numbers]
+    def _expiry_entries(self, field: str) -> tuple:
+        return self.expires[field], self.odd_expiry[field]
 
 
 @functools.cache
@@ -169,46 +151,14 @@ def _step_classes() -> tuple[type, type]:
     from mongomock import helpers
     from mongomock.collection import Collection
     from mongomock.filtering import filter_applies
-    from mongomock.store import CollectionStore
 
-    id_lookups, _ = _embedded_classes()
+    id_lookups, indexed_documents = _embedded_classes()
 
-    class StepDocuments(CollectionStore):
-        """A collection's documents, with their lookups kept in step with every one stored,
-        replaced or deleted, including by TTL expiry, which the lookups find too."""
+    class StepDocuments(indexed_documents):
+        """The embedded document store (its lookups kept in step with every document stored, replaced or
+        deleted, TTL expiry included), with the step records' lookups."""
 
-        def __setitem__(self, key, document):
-            super().__setitem__(key, document)
-            self.steps.put(key, document)
-
-        def __delitem__(self, key):
-            super().__delitem__(key)
-            self.steps.drop(key)
-
-        def drop(self):
-            super().drop()
-            self.steps = _StepLookups(self._documents)
-
-        def create_index(self, index_name, index_dict):
-            super().create_index(index_name, index_dict)
-            self._follow_expiry()
-
-        def drop_index(self, index_name):
-            super().drop_index(index_name)
-            self._follow_expiry()
-
-        def _follow_expiry(self):
-            expiring = _expiring(self._ttl_indexes)
-            if expiring != self.steps.expiring:
-                self.steps = _StepLookups(self._documents, expiring)
-
-        def _remove_expired_documents(self):
-            for index in self._ttl_indexes.values():
-                expired = self.steps.expired(index, self._value_meets_expiry)
-                if expired is None:
-                    self._expire_documents(index)
-                for key in expired or ():
-                    del self[key]
+        lookups = _StepLookups
 
     class StepLookups(id_lookups):
         """The embedded collection (its cheaper insert and its lookups by `_id`), finding the records
@@ -216,7 +166,7 @@ def _step_classes() -> tuple[type, type]:
 
         def _lookups(self):
             store = self._store
-            return store.steps if type(store) is StepDocuments else None
+            return store.secondary if type(store) is StepDocuments else None
 
         def _iter_documents(self, filter):
             documents = self._by_id(filter)
@@ -282,7 +232,8 @@ def embedded_step_runs(collection):
     lookups, documents = _step_classes()
     store = collection._store
     if type(store) is not documents:
-        store.steps = _StepLookups(store._documents, _expiring(store._ttl_indexes))
+        store.secondary = _StepLookups(store._documents, _expiring(store._ttl_indexes))
+        store.sizes = {}
         store.__class__ = documents
     collection.__class__ = lookups
     return collection

@@ -3,16 +3,65 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 
 import pytest
 import requests
 
 from machinery.app import create_app
 from machinery.serving import ServerThread
+from machinery.store import Store
 from tests.conftest import DEFINITIONS
 from tests.support.fakes import HostileServer, faulty_service, webhook_receiver
+from tests.support.mongowire import WireServer
 
 pytestmark = pytest.mark.e2e
+
+# MACHINERY_MONGO_TIMEOUT_MS bounds every operation. The wire server answers one command at a time,
+# scanning mongomock's documents, so hundreds of events on a loaded machine make it far slower than a
+# MongoDB: give its operations the time it needs, as a slow server's deployment would.
+STORE_TIMEOUT_MS = 20000
+
+
+@pytest.fixture
+def shared_uri():
+    """A store several processes share: a database of its own on MACHINERY_TEST_MONGO_URI (dropped
+    after), or else the wire test server (tests/support/mongowire.py) over the embedded store."""
+    real = os.environ.get("MACHINERY_TEST_MONGO_URI")
+    if real:
+        import pymongo
+
+        base, _, query = real.partition("?")
+        name = f"machinery_shared_{uuid.uuid4().hex[:8]}"
+        yield base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+        with pymongo.MongoClient(real) as client:
+            client.drop_database(name)
+        return
+    server = WireServer().start()
+    yield server.uri
+    server.stop()
+
+
+@pytest.fixture
+def env(shared_uri):
+    """The environment of the API and worker processes a test starts on the shared store."""
+    return worker_env(shared_uri)
+
+
+@pytest.fixture
+def store(shared_uri):
+    """The shared store, as the test's own process sees it."""
+    store = Store.connect(shared_uri, STORE_TIMEOUT_MS)
+    yield store
+    store.db.client.close()
+
+
+def worker_env(uri: str, **settings: str) -> dict:
+    """The environment of API and worker processes on the shared store: no embedded workers, short
+    leases, quick polls; `settings` (MACHINERY_* names) over them."""
+    return {"MACHINERY_MONGO_URI": uri, "MACHINERY_EMBEDDED_WORKERS": "0", "MACHINERY_LEASE_S": "2",
+            "MACHINERY_POLL_S": "0.05", "MACHINERY_MONGO_TIMEOUT_MS": str(STORE_TIMEOUT_MS), **settings}
 
 
 @pytest.fixture

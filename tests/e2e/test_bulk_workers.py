@@ -9,7 +9,6 @@ from machinery.runtime import bulk
 from machinery.serving import ServerThread
 from machinery.store import utcnow
 from tests.e2e.test_bulk import TEXT, counting_service
-from tests.e2e.test_workers import env, shared_uri, store  # noqa: F401 - the fixtures
 from tests.support.processes import gunicorn_api, start_worker, stop, wait_until
 
 pytestmark = pytest.mark.e2e

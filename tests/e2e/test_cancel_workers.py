@@ -4,42 +4,16 @@ that a cancel or a pause sent to the API stops or holds work another process run
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 
 import pytest
 
 from machinery.serving import ServerThread
-from machinery.store import Store
 from tests.e2e.test_cancel import INTS, register, slow_service, step_records, tree
-from tests.support.mongowire import WireServer
 from tests.support.processes import gunicorn_api, start_worker, stop, wait_until
 
 pytestmark = pytest.mark.e2e
 
-STORE_TIMEOUT_MS = 20000  # the wire server answers one command at a time (see test_workers.py)
-
-
-@pytest.fixture
-def shared_uri():
-    real = os.environ.get("MACHINERY_TEST_MONGO_URI")
-    if real:
-        store = Store.connect(real)
-        name = f"machinery_cancel_{uuid.uuid4().hex[:8]}"
-        yield real.rsplit("/", 1)[0] + f"/{name}"
-        store.db.client.drop_database(name)
-        store.db.client.close()
-        return
-    server = WireServer().start()
-    yield server.uri
-    server.stop()
-
-
-@pytest.fixture
-def env(shared_uri):
-    return {"MACHINERY_MONGO_URI": shared_uri, "MACHINERY_EMBEDDED_WORKERS": "0", "MACHINERY_LEASE_S": "2",
-            "MACHINERY_POLL_S": "0.05", "MACHINERY_MONGO_TIMEOUT_MS": str(STORE_TIMEOUT_MS)}
 
 
 @pytest.fixture

@@ -5,52 +5,24 @@ calls in any window than its token bucket allows."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from machinery.serving import ServerThread
-from machinery.store import Store
+from tests.e2e.conftest import worker_env
 from tests.support.flow_service import Watch, flow_service
-from tests.support.mongowire import WireServer
 from tests.support.processes import gunicorn_api, start_worker, stop, wait_until
 
 pytestmark = pytest.mark.e2e
 
 TEXT = [{"name": "message", "type": "string"}]
-STORE_TIMEOUT_MS = 20000  # the wire server answers one command at a time: give it what a slow server needs
-
-
-@pytest.fixture
-def shared_uri():
-    real = os.environ.get("MACHINERY_TEST_MONGO_URI")
-    if real:
-        store = Store.connect(real)
-        name = f"machinery_flow_{uuid.uuid4().hex[:8]}"
-        yield real.rsplit("/", 1)[0] + f"/{name}"
-        store.db.client.drop_database(name)
-        store.db.client.close()
-        return
-    server = WireServer().start()
-    yield server.uri
-    server.stop()
 
 
 @pytest.fixture
 def env(shared_uri):
-    return {"MACHINERY_MONGO_URI": shared_uri, "MACHINERY_EMBEDDED_WORKERS": "0", "MACHINERY_LEASE_S": "5",
-            "MACHINERY_POLL_S": "0.05", "MACHINERY_MONGO_TIMEOUT_MS": str(STORE_TIMEOUT_MS),
-            "MACHINERY_FLOW_WAIT_S": "1"}
-
-
-@pytest.fixture
-def store(shared_uri):
-    store = Store.connect(shared_uri, STORE_TIMEOUT_MS)
-    yield store
-    store.db.client.close()
+    return worker_env(shared_uri, MACHINERY_LEASE_S="5", MACHINERY_FLOW_WAIT_S="1")
 
 
 @pytest.fixture

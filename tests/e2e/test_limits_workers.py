@@ -4,9 +4,7 @@ service again, however many leases expire."""
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 
 import pytest
 
@@ -14,7 +12,6 @@ from machinery.app import create_app
 from machinery.serving import ServerThread, free_port
 from machinery.store.limits import MAX_DOCUMENT_BYTES
 from tests.support.fakes import echo_service
-from tests.support.mongowire import WireServer
 from tests.support.processes import MACHINERY, clean_env, serving, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -23,29 +20,12 @@ LEASE_S = 1.0
 TEXT = [{"name": "message", "type": "string"}]
 
 
-@pytest.fixture
-def mongo_uri():
-    real = os.environ.get("MACHINERY_TEST_MONGO_URI")
-    if real:
-        import pymongo
-
-        base, _, query = real.partition("?")
-        name = f"limits-{uuid.uuid4().hex[:8]}"
-        yield base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
-        with pymongo.MongoClient(real) as client:
-            client.drop_database(name)
-        return
-    server = WireServer().start()
-    yield server.uri
-    server.stop()
-
-
-def test_a_worker_fails_an_event_past_16_mib_once_and_never_calls_its_service_again(mongo_uri):
+def test_a_worker_fails_an_event_past_16_mib_once_and_never_calls_its_service_again(shared_uri):
     # GIVEN an echo service that counts its calls, a 20-step chain of it, and a `machinery worker` process
     echo = echo_service()
     service = ServerThread(echo).start()
     # Every value kept inline (MACHINERY_OFFLOAD_BYTES past them all): the bound of the event itself is under test.
-    app = create_app({"MONGO_URI": mongo_uri, "EMBEDDED_WORKERS": 0, "MONGO_TIMEOUT_MS": 5000,
+    app = create_app({"MONGO_URI": shared_uri, "EMBEDDED_WORKERS": 0, "MONGO_TIMEOUT_MS": 5000,
                       "OFFLOAD_BYTES": 1 << 40})
     client = app.test_client()
     store = app.extensions["machinery"].store
@@ -54,7 +34,7 @@ def test_a_worker_fails_an_event_past_16_mib_once_and_never_calls_its_service_ag
     assert client.post("/workflows", json={"name": "long", "services": ["echo"] * 20, "inputs": TEXT,
                                            "outputs": TEXT}).status_code == 201
     metrics_port = free_port()
-    env = clean_env(MACHINERY_MONGO_URI=mongo_uri, MACHINERY_LEASE_S=str(LEASE_S), MACHINERY_POLL_S="0.05",
+    env = clean_env(MACHINERY_MONGO_URI=shared_uri, MACHINERY_LEASE_S=str(LEASE_S), MACHINERY_POLL_S="0.05",
                     MACHINERY_WORKER_METRICS_PORT=str(metrics_port), MACHINERY_OFFLOAD_BYTES=str(1 << 40))
     try:
         with serving([*MACHINERY, "worker", "--threads", "2"], metrics_port, env, ready="/metrics"):

@@ -5,8 +5,6 @@ MongoDB-speaking store (the wire test server, or MACHINERY_TEST_MONGO_URI)."""
 from __future__ import annotations
 
 import json
-import os
-import uuid
 
 import bson
 import pytest
@@ -15,7 +13,6 @@ from bson import ObjectId
 
 from machinery.app import create_app
 from machinery.serving import ServerThread, free_port
-from tests.support.mongowire import WireServer
 from tests.support.payload_services import payload_services
 from tests.support.processes import MACHINERY, clean_env, serving, wait_until
 
@@ -24,27 +21,10 @@ pytestmark = pytest.mark.e2e
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def mongo_uri():
-    real = os.environ.get("MACHINERY_TEST_MONGO_URI")
-    if real:
-        import pymongo
-
-        base, _, query = real.partition("?")
-        name = f"payloads-{uuid.uuid4().hex[:8]}"
-        yield base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
-        with pymongo.MongoClient(real) as client:
-            client.drop_database(name)
-        return
-    server = WireServer().start()
-    yield server.uri
-    server.stop()
-
-
-def test_a_worker_process_runs_an_event_of_large_values_the_api_stored(mongo_uri):
+def test_a_worker_process_runs_an_event_of_large_values_the_api_stored(shared_uri):
     services = ServerThread(payload_services()).start()
     url = services.url.rstrip("/")
-    app = create_app({"MONGO_URI": mongo_uri, "EMBEDDED_WORKERS": 0, "MONGO_TIMEOUT_MS": 5000})
+    app = create_app({"MONGO_URI": shared_uri, "EMBEDDED_WORKERS": 0, "MONGO_TIMEOUT_MS": 5000})
     client, store = app.test_client(), app.extensions["machinery"].store
     field = [{"name": "doc", "type": "object"}]
     for number in range(3):
@@ -54,7 +34,7 @@ def test_a_worker_process_runs_an_event_of_large_values_the_api_stored(mongo_uri
                                            "inputs": field, "outputs": field}).status_code == 201
     value = {"rows": [{"id": number, "text": "ø" * 40} for number in range(60_000)]}  # about 5 MB of JSON
     metrics_port = free_port()
-    env = clean_env(MACHINERY_MONGO_URI=mongo_uri, MACHINERY_POLL_S="0.05",
+    env = clean_env(MACHINERY_MONGO_URI=shared_uri, MACHINERY_POLL_S="0.05",
                     MACHINERY_WORKER_METRICS_PORT=str(metrics_port), MACHINERY_TEST_EVENT_MAX_BYTES="1000000")
     try:
         with serving([*MACHINERY, "worker", "--threads", "2"], metrics_port, env, ready="/metrics"):

@@ -13,7 +13,6 @@ from collections import Counter
 import pytest
 
 from machinery.serving import ServerThread
-from tests.e2e.test_workers import env, shared_uri, store  # noqa: F401
 from tests.support.processes import gunicorn_api, start_worker, stop, wait_until
 from tests.support.tree_services import tree_services
 

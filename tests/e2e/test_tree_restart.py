@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from machinery.serving import ServerThread
-from tests.e2e.test_workers import env, shared_uri, store  # noqa: F401
 from tests.support.processes import gunicorn_served, kill_9, start_worker, stop, wait_until
 from tests.support.tree_services import tree_services
 

@@ -6,55 +6,19 @@ The store is MACHINERY_TEST_MONGO_URI when set, otherwise the wire-protocol test
 
 from __future__ import annotations
 
-import os
 import signal
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from machinery.store import Store
 from tests.e2e.conftest import register_examples_over_http
-from tests.support.mongowire import WireServer
 from tests.support.processes import gunicorn_api, start_worker, stop, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def shared_uri():
-    real = os.environ.get("MACHINERY_TEST_MONGO_URI")
-    if real:
-        store = Store.connect(real)
-        name = f"machinery_workers_{uuid.uuid4().hex[:8]}"
-        yield real.rsplit("/", 1)[0] + f"/{name}"
-        store.db.client.drop_database(name)
-        store.db.client.close()
-        return
-    server = WireServer().start()
-    yield server.uri
-    server.stop()
-
-
-# MACHINERY_MONGO_TIMEOUT_MS bounds every operation. The wire server answers one command at a time,
-# scanning mongomock's documents, so hundreds of events on a loaded machine make it far slower than a
-# MongoDB: give its operations the time it needs, as a slow server's deployment would.
-STORE_TIMEOUT_MS = 20000
-
-
-@pytest.fixture
-def env(shared_uri):
-    return {"MACHINERY_MONGO_URI": shared_uri, "MACHINERY_EMBEDDED_WORKERS": "0", "MACHINERY_LEASE_S": "2",
-            "MACHINERY_POLL_S": "0.05", "MACHINERY_MONGO_TIMEOUT_MS": str(STORE_TIMEOUT_MS)}
-
-
-@pytest.fixture
-def store(shared_uri):
-    store = Store.connect(shared_uri, STORE_TIMEOUT_MS)
-    yield store
-    store.db.client.close()
 
 
 def slow_one(http, api, example_services, delay_s):

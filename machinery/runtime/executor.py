@@ -6,7 +6,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from machinery import guard, search, secrets
 from machinery.exceptions import InvalidData, MachineryError, ServiceCallError, TooLarge
-from machinery.ids import random_hex
+from machinery.ids import random_hex, secret_hex
 from machinery.language import dataflow, types
 from machinery.rollups import event_duration_ms
 from machinery.runtime import calls, cancel, flow, tree
@@ -645,7 +644,7 @@ def check_outputs(service: Mapping[str, Any], payload: Mapping[str, Any]) -> tup
 
 def new_callback_token(event_id: str) -> str:
     """A single-use, unguessable token naming its event (so an early callback can wait for it)."""
-    return f"{event_id}.{os.urandom(24).hex()}"
+    return f"{event_id}.{secret_hex(24)}"
 
 
 def hash_token(token: str) -> str:

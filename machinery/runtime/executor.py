@@ -30,6 +30,8 @@ RUNNING = {"status": "running"}  # what the holder's writes expect: a cancel mak
 MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 300.0
 CONNECT_TIMEOUT_S = 5.0
+# json.dumps with any argument builds an encoder at each call; a step's body needs the same one every time.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class Observer:
@@ -225,7 +227,7 @@ class Executor:
         limits = flow.limits_of(service)
         retry = {**DEFAULT_RETRY, **(service.get("retry") or {})}
         headers = self._headers(event, step["index"], run, span_id, callback_url)
-        body = json.dumps(inputs, separators=(",", ":")).encode() if compiled is None else None
+        body = _COMPACT.encode(inputs).encode() if compiled is None else None
         prepared = None
         used: list[str] = []
         log = []

@@ -244,6 +244,10 @@ _SORTED_KINDS = frozenset({"newest", "due", "expires", "attr", "attr_key", "attr
 _DUE_BY = tuple((_EQUALITY_FIELDS.index(field), date_field) for field, date_field in _DUE.items())
 _EQUALITY_PATHS = tuple((_path(field), field == _MANY_VALUED) for field in _EQUALITY_FIELDS)
 _DUE_PATHS = tuple(_path(date_field) for date_field in _DUE.values())
+# The top-level fields _read reads: an update that changes none of them (TTL fields aside) leaves
+# every index as it was.
+_READ_ROOTS = frozenset(path.split(".", 1)[0]
+                        for path in (*_EQUALITY_FIELDS, *_DUE.values(), "ack_date", "_id", "attrs"))
 
 
 def _read(document: dict) -> tuple:
@@ -731,7 +735,8 @@ def _embedded_classes() -> tuple[type, type]:
                         else:
                             self._apply_update_document(existing, spec, document, False)
                 finally:
-                    self._reindex([oid])
+                    if self._reads(document):
+                        self._reindex([oid])
             matched = int(existing is not None)
             return {"n": matched, "nModified": matched, "ok": 1, "upserted": None, "updatedExisting": bool(matched)}
 
@@ -789,6 +794,15 @@ def _embedded_classes() -> tuple[type, type]:
                 sizes = getattr(self._store, "sizes", None)
                 for oid in touched if sizes is not None else ():
                     sizes.pop(oid, None)  # measured again when next needed
+
+        def _reads(self, update):
+            """Whether an update (of plain operators) may change what the indexes read of a document:
+            one that sets, unsets or pushes only other fields (most of a step's) leaves them as they are."""
+            indexes = self._indexes()
+            if indexes is None:
+                return False
+            touched = {key.split(".", 1)[0] for fields in update.values() for key in fields}
+            return not touched.isdisjoint(_READ_ROOTS) or not touched.isdisjoint(indexes.expiring)
 
         def _reindex(self, ids):
             indexes, store = self._indexes(), self._store

@@ -309,6 +309,44 @@ def run() -> dict:
     return results
 
 
+def floor_with_work(work_us: tuple[int, ...] = (0, 100, 200, 300), rounds: int = 3) -> dict:
+    """The map floor with a fixed amount of CPU added after each call, on the floor's own threads:
+    how much an orchestrator's own work per item (done under the interpreter lock, as Machinery's is)
+    costs the items/s at each width. `python -c "from benchmarks import tree; tree.floor_with_work()"`."""
+    def busy(microseconds: int) -> None:
+        end = time.thread_time() + microseconds / 1e6
+        while time.thread_time() < end:
+            pass
+
+    rates: dict[int, dict[int, list[float]]] = {width: {work: [] for work in work_us} for width in WIDTHS}
+    with contextlib.ExitStack() as stack:
+        port = common.free_port()
+        echo = common.Process("echo-floor-work", common.gunicorn("benchmarks.apps:echo", port, SERVICE_THREADS))
+        stack.callback(echo.stop)
+        url = f"http://{common.LOCAL}:{port}/s0"
+        common.wait_for_post(url, echo)
+        for width in WIDTHS:
+            with ThreadPoolExecutor(width) as pool:
+                def one(index: int, work: int) -> None:
+                    lean_call(url, {"message": f"item {index}"})
+                    busy(work)
+                list(pool.map(lambda index: one(index, 0), range(300)))  # warm-up: connections made
+                for _ in range(rounds):  # the amounts interleaved, so that load drifts on all alike
+                    for work in work_us:
+                        started = time.perf_counter()
+                        list(pool.map(lambda index, work=work: one(index, work), range(MAP_ITEMS)))
+                        rates[width][work].append(MAP_ITEMS / (time.perf_counter() - started))
+    medians = {width: {work: statistics.median(values) for work, values in by_work.items()}
+               for width, by_work in rates.items()}
+    rows = [[f"{work} µs", *(value for width in WIDTHS for value in
+                             (round(medians[width][work]), common.ratio(medians[width][work], medians[width][0])))]
+            for work in work_us]
+    common.table(f"Floor with CPU added per call ({MAP_ITEMS} calls, medians of {rounds})",
+                 ["CPU added per call", *(column for width in WIDTHS
+                                          for column in (f"items/s at {width}", "÷ no work added"))], rows)
+    return medians
+
+
 def report(results: dict) -> list[str]:
     tables = []
     part = results.get("parallel", {})

@@ -45,14 +45,27 @@ HTTP_DURATION = Histogram(
     ["method", "endpoint", "status"], registry=REGISTRY)
 
 
+_children: dict[tuple, object] = {}
+
+
+def _child(metric, *labels: str):
+    """metric.labels(*labels), kept: every call and step looks one up, and labels() validates and locks
+    each time. Children are never removed from these metrics, so a kept one stays the registry's."""
+    key = (metric, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
 class MetricsObserver(Observer):
     """The executor's hooks, counted."""
 
     def call_attempt(self, service: str, outcome: str) -> None:
-        SERVICE_CALLS.labels(service, outcome).inc()
+        _child(SERVICE_CALLS, service, outcome).inc()
 
     def step_finished(self, service: str, status: str, duration_s: float, **_where) -> None:
-        STEP_DURATION.labels(service, status).observe(duration_s)
+        _child(STEP_DURATION, service, status).observe(duration_s)
 
     def event_finished(self, workflow: str, status: str, **_how) -> None:
         EVENTS_FINISHED.labels(workflow, status).inc()

@@ -49,6 +49,21 @@ def bucket_of(when: datetime) -> datetime:
     return datetime.fromtimestamp(seconds - seconds % BUCKET_S, UTC).replace(tzinfo=None)
 
 
+_current: tuple[int, datetime] = (-1, datetime(1970, 1, 1))
+
+
+def current_bucket() -> datetime:
+    """bucket_of(now), worked out once per bucket rather than at every step that ends."""
+    global _current
+    seconds = int(time.time())
+    start, bucket = _current
+    if not start <= seconds < start + BUCKET_S:
+        start = seconds - seconds % BUCKET_S
+        bucket = datetime.fromtimestamp(start, UTC).replace(tzinfo=None)
+        _current = (start, bucket)
+    return bucket
+
+
 def duration_bin(ms: float) -> int:
     """The histogram bin of a duration: 0 holds everything up to 1 ms, bin k up to BIN_RATIO ** k ms."""
     if ms <= 1.0:
@@ -100,8 +115,8 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
-    def _bucket(self, workflow: str, when: datetime) -> dict:
-        key = (workflow, bucket_of(when))
+    def _bucket(self, workflow: str, when: datetime | None) -> dict:
+        key = (workflow, current_bucket() if when is None else bucket_of(when))
         entry = self._pending.get(key)
         if entry is None:
             entry = self._pending[key] = {"inc": defaultdict(int), "max": {}, "services": {}}
@@ -112,7 +127,7 @@ class Recorder:
         if not workflow or status not in ENDINGS:
             return
         with self._lock:
-            entry = self._bucket(workflow, when or datetime.now(UTC))
+            entry = self._bucket(workflow, when)
             inc = entry["inc"]
             inc["n"] += 1
             inc[status] += 1
@@ -125,7 +140,7 @@ class Recorder:
         if not workflow or not step or status == "waiting":
             return
         with self._lock:
-            entry = self._bucket(workflow, when or datetime.now(UTC))
+            entry = self._bucket(workflow, when)
             inc = entry["inc"]
             inc[f"steps.{step}.n"] += 1
             if status == "failed":

@@ -6,7 +6,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from machinery import guard, search, secrets
 from machinery.exceptions import InvalidData, MachineryError, ServiceCallError, TooLarge
-from machinery.ids import random_hex
+from machinery.ids import random_hex, secret_hex
 from machinery.language import dataflow, types
 from machinery.rollups import event_duration_ms
 from machinery.runtime import calls, cancel, flow, payloads, tree, turns
@@ -31,6 +30,8 @@ RUNNING = {"status": "running"}  # what the holder's writes expect: a cancel mak
 MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 300.0
 CONNECT_TIMEOUT_S = 5.0
+# json.dumps with any argument builds an encoder at each call; a step's body needs the same one every time.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class Observer:
@@ -231,7 +232,7 @@ class Executor:
         headers = self._headers(event, step["index"], run, span_id, callback_url)
         # `values`: the inputs may hold references (version 1 steps), sent as the values they stand for.
         if compiled is None:
-            body = values.request_body(inputs) if values else json.dumps(inputs, separators=(",", ":")).encode()
+            body = values.request_body(inputs) if values else _COMPACT.encode(inputs).encode()
         else:
             body, inputs = None, values.resolve(inputs) if values else inputs
         prepared = None
@@ -663,7 +664,7 @@ def check_outputs(service: Mapping[str, Any], payload: Mapping[str, Any],
 
 def new_callback_token(event_id: str) -> str:
     """A single-use, unguessable token naming its event (so an early callback can wait for it)."""
-    return f"{event_id}.{os.urandom(24).hex()}"
+    return f"{event_id}.{secret_hex(24)}"
 
 
 def hash_token(token: str) -> str:

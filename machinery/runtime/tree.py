@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping
 
@@ -19,7 +18,7 @@ from machinery import search
 from machinery.language import dataflow
 from machinery.language.expressions import compile_expression
 from machinery.rollups import event_duration_ms
-from machinery.runtime import cancel, payloads, turns
+from machinery.runtime import cancel, payloads, threads, turns
 from machinery.store import EPOCH, FINISHED, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -242,9 +241,8 @@ class TreeRun:
                 raise
         if limit <= 1 or len(arguments) <= 1:
             return [guarded(argument) for argument in arguments]
-        with ThreadPoolExecutor(max_workers=min(limit, len(arguments)),
-                                thread_name_prefix=f"machinery-tree-{self.event_id[-6:]}") as pool:
-            return list(pool.map(guarded, arguments))
+        results = threads.each(lambda index: guarded(arguments[index]), len(arguments), limit)
+        return [STOP if result is None else result for result in results]
 
     # -- the event document --------------------------------------------------------------
 

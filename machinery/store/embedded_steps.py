@@ -35,8 +35,8 @@ def _string(value: Any) -> Any:
 
 def _read(document: dict) -> tuple:
     """What the lookups read of a record: its event, its key (None when not plainly typed), its token."""
-    event, run, instance = (document.get(field, _MISSING) for field in _KEY)
-    event = _string(event)
+    get = document.get
+    event, run, instance = _string(get("event_id", _MISSING)), get("run", _MISSING), get("instance", _MISSING)
     key = (event, run, instance) if type(event) is str and type(run) is int and type(instance) is str else None
     return event, key, _string(document.get("token_hash", _MISSING))
 
@@ -65,7 +65,7 @@ class _StepLookups(_Expiring):
             self.put(key, document)
 
     def put(self, key: Any, document: dict) -> None:
-        read = (*_read(document), tuple(_expiry(document.get(field)) for field in self.expiring))
+        read = (*_read(document), tuple([_expiry(document.get(field)) for field in self.expiring]))
         old = self._read.get(key)
         if read == old:
             return
@@ -119,6 +119,15 @@ class _StepLookups(_Expiring):
         if numbers is None:
             return None
         return [self.documents[self._key[number]] for number in sorted(numbers)]
+
+    def key_count(self, asked: dict) -> int | None:
+        """How many records hold the whole key `asked` (event_id, run, instance), from the lookups
+        alone; None when that takes mongomock's filter (a value not plainly typed somewhere)."""
+        event, run, instance = (asked.get(field, _MISSING) for field in _KEY)
+        if (type(event) is not str or type(run) is not int or type(instance) is not str or self.odd["event_id"]
+                or event in self.unkeyed):
+            return None
+        return len(self.by_key.get((event, run, instance), ()))
 
     def _numbers_for(self, filter: Any) -> set[int] | None:
         if not isinstance(filter, dict):
@@ -205,6 +214,12 @@ def _step_classes() -> tuple[type, type]:
                         asked[key] = None
                 if index.get("sparse") and set(asked.values()) == {None}:
                     continue
+                if partial is None and tuple(asked) == _KEY and (lookups := self._lookups()) is not None:
+                    count = lookups.key_count(asked)  # the step_run index of every insert, without a filter
+                    if count is not None:
+                        if count > 1:
+                            raise collection_module.DuplicateKeyError("E11000 Duplicate Key Error", 11000)
+                        continue
                 if partial is not None:
                     asked = {"$and": [partial, asked]}
                 if len(list(itertools.islice(self._iter_documents(asked), 2))) > 1:

@@ -964,11 +964,20 @@ class Store:
         spent = self.events.find_one({"spent_tokens": token_hash}, {"_id": 1})
         return None, spent is not None
 
-    @_serialised
     def event_status(self, event_id: str) -> str | None:
-        """An event's status alone (one indexed read of one field); None for an unknown event."""
+        """An event's status alone (one indexed read of one field); None for an unknown event. A tree
+        walk reads it before every call it starts (a cancel stops it), so the embedded store reads
+        it without its lock: the threads of a map would otherwise queue on it at every item."""
         oid = _object_id(event_id)
-        document = self.events.find_one({"_id": oid}, {"status": 1}) if oid else None
+        if oid is None:
+            return None
+        if self.embedded and hasattr(self.events, "field_of"):
+            return self.events.field_of(oid, "status")
+        return self._event_status(oid)
+
+    @_serialised
+    def _event_status(self, oid: ObjectId) -> str | None:
+        document = self.events.find_one({"_id": oid}, {"status": 1})
         return document["status"] if document else None
 
     # -- paused workflows -------------------------------------------------------------------

@@ -11,7 +11,6 @@ import requests
 
 from machinery.app import create_app
 from machinery.serving import ServerThread
-from machinery.store import Store
 from tests.conftest import DEFINITIONS
 from tests.support.fakes import HostileServer, faulty_service, webhook_receiver
 from tests.support.mongowire import WireServer
@@ -41,20 +40,6 @@ def shared_uri():
     server = WireServer().start()
     yield server.uri
     server.stop()
-
-
-@pytest.fixture
-def env(shared_uri):
-    """The environment of the API and worker processes a test starts on the shared store."""
-    return worker_env(shared_uri)
-
-
-@pytest.fixture
-def store(shared_uri):
-    """The shared store, as the test's own process sees it."""
-    store = Store.connect(shared_uri, STORE_TIMEOUT_MS)
-    yield store
-    store.db.client.close()
 
 
 def worker_env(uri: str, **settings: str) -> dict:

@@ -9,6 +9,7 @@ from machinery.runtime import bulk
 from machinery.serving import ServerThread
 from machinery.store import utcnow
 from tests.e2e.test_bulk import TEXT, counting_service
+from tests.e2e.test_workers import env, store  # noqa: F401 - the shared store's fixtures
 from tests.support.processes import gunicorn_api, start_worker, stop, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -9,11 +9,17 @@ import time
 import pytest
 
 from machinery.serving import ServerThread
+from tests.e2e.conftest import worker_env
 from tests.e2e.test_cancel import INTS, register, slow_service, step_records, tree
 from tests.support.processes import gunicorn_api, start_worker, stop, wait_until
 
 pytestmark = pytest.mark.e2e
 
+
+
+@pytest.fixture
+def env(shared_uri):
+    return worker_env(shared_uri)
 
 
 @pytest.fixture

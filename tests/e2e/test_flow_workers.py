@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from machinery.serving import ServerThread
-from tests.e2e.conftest import worker_env
+from machinery.store import Store
+from tests.e2e.conftest import STORE_TIMEOUT_MS, worker_env
 from tests.support.flow_service import Watch, flow_service
 from tests.support.processes import gunicorn_api, start_worker, stop, wait_until
 
@@ -23,6 +24,13 @@ TEXT = [{"name": "message", "type": "string"}]
 @pytest.fixture
 def env(shared_uri):
     return worker_env(shared_uri, MACHINERY_LEASE_S="5", MACHINERY_FLOW_WAIT_S="1")
+
+
+@pytest.fixture
+def store(shared_uri):
+    store = Store.connect(shared_uri, STORE_TIMEOUT_MS)
+    yield store
+    store.db.client.close()
 
 
 @pytest.fixture

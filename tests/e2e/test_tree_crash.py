@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 
 from machinery.serving import ServerThread
+from tests.e2e.test_workers import env, store  # noqa: F401 - the shared store's fixtures
 from tests.support.processes import gunicorn_api, start_worker, stop, wait_until
 from tests.support.tree_services import tree_services
 

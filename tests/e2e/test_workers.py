@@ -13,10 +13,25 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.e2e.conftest import register_examples_over_http
+from machinery.store import Store
+from tests.e2e.conftest import STORE_TIMEOUT_MS, register_examples_over_http, worker_env
 from tests.support.processes import gunicorn_api, start_worker, stop, wait_until
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def env(shared_uri):
+    """The environment of the API and worker processes a test starts on the shared store."""
+    return worker_env(shared_uri)
+
+
+@pytest.fixture
+def store(shared_uri):
+    """The shared store, as the test's own process sees it."""
+    store = Store.connect(shared_uri, STORE_TIMEOUT_MS)
+    yield store
+    store.db.client.close()
 
 
 

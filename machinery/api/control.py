@@ -52,8 +52,8 @@ class Cancel(MethodView):
         if request.get_data(cache=True).strip():
             args = CancelSchema().load(read_json(request))
         store = _runtime().store
-        event = cancel.cancel_event(store, event_id, by=principal(), reason=args.get("reason"))
-        _runtime().executor.observer.event_finished(event.get("workflow_name", ""), "cancelled")
+        event = cancel.cancel_event(store, event_id, by=principal(), reason=args.get("reason"),
+                                    observer=_runtime().executor.observer)
         return events.for_display(event, store)
 
 

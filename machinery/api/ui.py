@@ -387,13 +387,13 @@ def cancel(event_id: str):
         abort(403)
     runtime = _runtime()
     try:
-        event = control.cancel.cancel_event(runtime.store, event_id, by=control.principal(), reason="from the UI")
+        control.cancel.cancel_event(runtime.store, event_id, by=control.principal(), reason="from the UI",
+                                    observer=runtime.executor.observer)
     except NotFound:
         raise
     except MachineryError as error:
         code = next((status for kind, status in STATUS_OF.items() if isinstance(error, kind)), 500)
         return _event_page(runtime.store.get_event(event_id), message=error.message, code=code)
-    runtime.executor.observer.event_finished(event.get("workflow_name", ""), "cancelled")
     return redirect(url_for("ui.event", event_id=event_id), code=303)
 
 

@@ -43,12 +43,12 @@ def canceller(job_id: str) -> str:
     return f"bulk job {job_id}"
 
 
-def cancel_event(store: Store, event_id: str, job: Mapping[str, Any]) -> dict:
+def cancel_event(store: Store, event_id: str, job: Mapping[str, Any], observer=None) -> dict:
     """Cancel one event through the API's own cancel (runtime.cancel), by the job."""
     from machinery.runtime import cancel
 
     return cancel.cancel_event(store, event_id, by=canceller(job["job_id"]),
-                               reason=f"bulk cancel made by {job.get('created_by') or 'anonymous'}")
+                               reason=f"bulk cancel made by {job.get('created_by') or 'anonymous'}", observer=observer)
 
 
 # -- the request ---------------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def _replay_from(event: Mapping[str, Any], from_step: Any) -> Any:
     return 0
 
 
-def apply_one(store: Store, job: Mapping[str, Any], event_id: str) -> tuple[str, str | None]:
+def apply_one(store: Store, job: Mapping[str, Any], event_id: str, observer=None) -> tuple[str, str | None]:
     """Act on one event: ("done", None), ("skipped", why), ("failed", why), or ("unmatched", None) for
     an event that left the filter's status between the read of its page and now (changed by another)."""
     job_id, action = job["job_id"], job["action"]
@@ -258,7 +258,7 @@ def apply_one(store: Store, job: Mapping[str, Any], event_id: str) -> tuple[str,
             elif action == "replay":
                 events.retry_event(store, event_id, _replay_from(event, job.get("from_step")), note=note)
             else:
-                cancel_event(store, event_id, job)
+                cancel_event(store, event_id, job, observer)
             return "done", None
         except Conflict:
             continue  # changed meanwhile: look again
@@ -286,7 +286,7 @@ def take_page(store: Store, job: Mapping[str, Any], owner: str, lease_s: float) 
 
 
 def run_page(store: Store, job: Mapping[str, Any], owner: str, lease_s: float,
-             queued: Callable[[str], None] | None = None) -> dict | None:
+             queued: Callable[[str], None] | None = None, observer=None) -> dict | None:
     """Apply one page of a held job and record its counts: the page in flight when a holder stopped
     in the middle of it, else the next one. The job as it then is, or None when the job is no longer
     this owner's (another holder finishes the page: its counts stand)."""
@@ -301,7 +301,7 @@ def run_page(store: Store, job: Mapping[str, Any], owner: str, lease_s: float,
     samples: dict[str, list] = {"done": [], "skipped": [], "failed": []}
     kept = {name: len((job.get("samples") or {}).get(name) or []) for name in samples}
     for event_id in job["in_flight"]:
-        outcome, reason = apply_one(store, job, event_id)
+        outcome, reason = apply_one(store, job, event_id, observer)
         counts[outcome] += 1
         if outcome == "unmatched":
             continue
@@ -332,13 +332,14 @@ def _key(reason: str) -> str:
 
 
 def run_job(store: Store, job: Mapping[str, Any], owner: str, lease_s: float,
-            queued: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> dict | None:
+            queued: Callable[[str], None] | None = None, stop: threading.Event | None = None,
+            observer=None) -> dict | None:
     """Apply a claimed job page after page until it completes, the process stops, or it is lost."""
     current: Mapping[str, Any] | None = job
     while current is not None and current["status"] == "running":
         if stop is not None and stop.is_set():
             break
-        current = run_page(store, current, owner, lease_s, queued)
+        current = run_page(store, current, owner, lease_s, queued, observer)
     if current is not None and current["status"] == "completed":
         LOG.info("bulk job %s (%s) completed: %d done, %d skipped, %d failed", current["job_id"],
                  current["action"], current["done"], current["skipped"], current["failed"])
@@ -349,8 +350,9 @@ class BulkRunner:
     """A thread that claims bulk jobs and applies them, in every process that runs events."""
 
     def __init__(self, store: Store, config: Mapping[str, Any], owner: str,
-                 queued: Callable[[str], None] | None = None):
+                 queued: Callable[[str], None] | None = None, observer=None):
         self.store, self.config, self.owner, self.queued = store, config, owner, queued
+        self.observer = observer  # told of the events a bulk cancel ends (the metrics, the dashboard)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -371,7 +373,7 @@ class BulkRunner:
             try:
                 job = self.store.bulk_jobs.claim(self.owner, lease_s, utcnow())
                 if job is not None:
-                    run_job(self.store, job, self.owner, lease_s, self.queued, self._stop)
+                    run_job(self.store, job, self.owner, lease_s, self.queued, self._stop, self.observer)
                     continue
             except MachineryError as error:
                 LOG.warning("bulk jobs: %s", error.message)

@@ -21,6 +21,7 @@ import logging
 from typing import Any, Mapping
 
 from machinery.exceptions import Conflict, NotFound, TooLarge
+from machinery.rollups import event_duration_ms
 from machinery.store import EPOCH, FINISHED, HELD, Store, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -35,9 +36,11 @@ def _cancel_error(by: str, reason: str | None) -> dict:
     return {"kind": "cancelled", "message": message}
 
 
-def cancel_event(store: Store, event_id: str, by: str = ANONYMOUS, reason: str | None = None) -> dict:
+def cancel_event(store: Store, event_id: str, by: str = ANONYMOUS, reason: str | None = None,
+                 observer=None) -> dict:
     """Cancel an event that has not ended; Conflict naming its status when it has, NotFound when there
-    is no such event. Returns the event as stored after the cancel."""
+    is no such event. Returns the event as stored after the cancel. `observer` (the executor's: the
+    metrics and the dashboard) is told that the event ended, and so are its children cancelled with it."""
     from machinery.runtime import tree, turns
     from machinery.runtime.executor import close_waiting
 
@@ -76,13 +79,15 @@ def cancel_event(store: Store, event_id: str, by: str = ANONYMOUS, reason: str |
         raise Conflict(f"event {event_id} kept changing while it was being cancelled; try again")
     LOG.info("event %s cancelled by %s (it was %s)", event_id, by, status)
     if (event.get("plan") or {}).get("version") == 2:
-        revoke(store, event_id, by, reason)
+        revoke(store, event_id, by, reason, observer)
     tree.wake_parent(store, event)
     turns.give_up(store, event)  # the next event of its concurrency key may start
+    if observer is not None:
+        observer.event_finished(event.get("workflow_name", ""), "cancelled", duration_ms=event_duration_ms(event, now))
     return store.get_event(event_id)
 
 
-def revoke(store: Store, event_id: str, by: str, reason: str | None = None) -> None:
+def revoke(store: Store, event_id: str, by: str, reason: str | None = None, observer=None) -> None:
     """End a cancelled tree event's waiting step records (callbacks answer 410, timers and polls are
     dropped) and cancel the child events its workflow steps wait for."""
     now = utcnow()
@@ -93,7 +98,7 @@ def revoke(store: Store, event_id: str, by: str, reason: str | None = None) -> N
         if not child:
             continue
         try:
-            cancel_event(store, child, by, f"its parent event {event_id} was cancelled")
+            cancel_event(store, child, by, f"its parent event {event_id} was cancelled", observer)
         except (Conflict, NotFound):
             pass  # the child ended meanwhile, or its TTL removed it
 

@@ -168,7 +168,8 @@ class Worker:
             self._threads.append(thread)
         from machinery.runtime.bulk import BulkRunner
 
-        self.bulk = BulkRunner(self.store, self.config, f"{self.owner}/{self.name}-bulk", self.wake).start()
+        self.bulk = BulkRunner(self.store, self.config, f"{self.owner}/{self.name}-bulk", self.wake,
+                               observer=self.executor.observer).start()
         LOG.info("%s: %d threads claiming events as %s", self.name, self.size, self.owner)
         return self
 

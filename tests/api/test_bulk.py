@@ -251,3 +251,34 @@ def test_a_bulk_replay_of_tree_events_redoes_them_from_their_first_step(client, 
     job = run_all(store, named["job_id"])
     assert (job["done"], job["skipped"]) == (0, 3)
     assert "not a step of this event's plan" in bulk.shown_job(job)["skipped_why"][0]["why"]
+
+
+def test_events_a_bulk_job_cancels_are_counted_where_every_ended_event_is(example_services):
+    # GIVEN a Machinery whose embedded worker runs bulk jobs, and 3 events held by a paused workflow
+    from machinery.app import create_app
+    from machinery.serving import free_port
+    from tests.conftest import register_examples
+    from tests.support.processes import wait_until
+
+    app = create_app({"MONGO_URI": f"mongomock://localhost/bulk-observed-{free_port()}", "EMBEDDED_WORKERS": 1,
+                      "POLL_S": 0.05})
+    client = app.test_client()
+    try:
+        register_examples(client, example_services)
+        assert client.post("/workflows/process-text/pause").status_code == 200
+        held = [client.post("/e/process-text", json={"message": "held"}).get_json()["event_id"] for _ in range(3)]
+        # WHEN they are cancelled in bulk
+        made = client.post("/events/bulk", json={"action": "cancel", "filter": {"workflow": "process-text"}})
+        assert made.status_code == 202, made.get_json()
+        job = wait_until(lambda: (j := client.get(f"/events/bulk/{made.get_json()['job_id']}").get_json())
+                         ["status"] == "completed" and j, 20, message="the bulk job done")
+        assert job["done"] == 3
+        assert {client.get(f"/events/{event_id}").get_json()["status"] for event_id in held} == {"cancelled"}
+        # THEN the metrics and the dashboard count them as cancelled
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'machinery_events_finished_total{status="cancelled",workflow="process-text"} 3.0' in metrics
+        html = client.get("/ui/").get_data(as_text=True)
+        row = html[html.index('<tr data-workflow="process-text">'):]
+        assert "3 cancelled" in row[:row.index("</tr>")]
+    finally:
+        app.extensions["machinery"].close(grace_s=2)

@@ -21,10 +21,11 @@ import logging
 from typing import Any, Mapping
 
 from machinery.exceptions import Conflict, NotFound, TooLarge
-from machinery.rollups import event_duration_ms
 from machinery.store import EPOCH, FINISHED, HELD, Store, pending_webhook, utcnow
 
 LOG = logging.getLogger(__name__)
+
+RUNNING = {"status": "running"}  # what an event's holder expects of its writes: a cancel makes them miss
 
 CANCEL_TRIES = 5  # a running event changes status while it is cancelled (it parks, say): read it again
 MAX_REASON = 500
@@ -41,7 +42,7 @@ def cancel_event(store: Store, event_id: str, by: str = ANONYMOUS, reason: str |
     """Cancel an event that has not ended; Conflict naming its status when it has, NotFound when there
     is no such event. Returns the event as stored after the cancel. `observer` (the executor's: the
     metrics and the dashboard) is told that the event ended, and so are its children cancelled with it."""
-    from machinery.runtime import tree, turns
+    from machinery.runtime import tree
     from machinery.runtime.executor import close_waiting
 
     for _ in range(CANCEL_TRIES):
@@ -80,10 +81,7 @@ def cancel_event(store: Store, event_id: str, by: str = ANONYMOUS, reason: str |
     LOG.info("event %s cancelled by %s (it was %s)", event_id, by, status)
     if (event.get("plan") or {}).get("version") == 2:
         revoke(store, event_id, by, reason, observer)
-    tree.wake_parent(store, event)
-    turns.give_up(store, event)  # the next event of its concurrency key may start
-    if observer is not None:
-        observer.event_finished(event.get("workflow_name", ""), "cancelled", duration_ms=event_duration_ms(event, now))
+    tree.event_ended(store, observer, event, "cancelled", now)
     return store.get_event(event_id)
 
 

@@ -17,7 +17,6 @@ from machinery import guard, search, secrets
 from machinery.exceptions import InvalidData, MachineryError, ServiceCallError, TooLarge
 from machinery.ids import random_hex, secret_hex
 from machinery.language import dataflow, types
-from machinery.rollups import event_duration_ms
 from machinery.runtime import calls, cancel, flow, payloads, tree, turns
 from machinery.runtime.transport import CallFailed, Pool, thread_pool
 from machinery.store import EPOCH, Store, pending_webhook, utcnow
@@ -26,7 +25,6 @@ from machinery.store.limits import EVENT_LIMIT_BYTES, LIMIT, MAX_DOCUMENT_BYTES,
 LOG = logging.getLogger(__name__)
 
 DEFAULT_RETRY = {"max_attempts": 3, "backoff_s": 0.5}
-RUNNING = {"status": "running"}  # what the holder's writes expect: a cancel makes them miss
 MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 300.0
 CONNECT_TIMEOUT_S = 5.0
@@ -374,7 +372,7 @@ class Executor:
             if grown > EVENT_LIMIT_BYTES:
                 return self._too_large(event, owner, record, context, index, size, grown=grown)
             try:
-                held = self.store.update_event(event["event_id"], update, owner=owner, expect=RUNNING)
+                held = self.store.update_event(event["event_id"], update, owner=owner, expect=cancel.RUNNING)
             except TooLarge as refused:
                 return self._too_large(event, owner, record, context, index, size, refused=refused)
             if not held and (cancelled := self._cancelled(event, owner, update)) is not None:
@@ -417,7 +415,7 @@ class Executor:
             return self._too_large(event, owner, record, context, record["step"] if record else index, size,
                                    grown=grown)
         try:
-            held = self.store.update_event(event["event_id"], update, owner=owner, expect=RUNNING)
+            held = self.store.update_event(event["event_id"], update, owner=owner, expect=cancel.RUNNING)
         except TooLarge as refused:
             if not last_resort:
                 return self._too_large(event, owner, record, context, record["step"] if record else index, size,
@@ -430,10 +428,7 @@ class Executor:
             LOG.warning("event %s: lease lost before it could finish", event["event_id"],
                         extra=log_fields(event, index))
             return {**event, "status": "running"}
-        tree.wake_parent(self.store, event)
-        turns.give_up(self.store, event)
-        self.observer.event_finished(event.get("workflow_name", ""), status,
-                                     duration_ms=event_duration_ms(event, now))
+        tree.event_ended(self.store, self.observer, event, status, now)
         # Debug: a sync event's outcome is in the access log line of its request, and the worker logs
         # the events it runs; a line per event here cost 4 % of a loaded API process.
         LOG.debug("event %s %s", event["event_id"], status,
@@ -493,7 +488,7 @@ class Executor:
         if grown > EVENT_LIMIT_BYTES:
             return self._too_large(event, owner, record, context, index, size, grown=grown)
         try:
-            held = self.store.update_event(event["event_id"], update, owner=owner, expect=RUNNING)
+            held = self.store.update_event(event["event_id"], update, owner=owner, expect=cancel.RUNNING)
         except TooLarge as refused:
             return self._too_large(event, owner, record, context, index, size, refused=refused)
         if not held:

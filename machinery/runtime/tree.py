@@ -24,7 +24,6 @@ from machinery.store import EPOCH, FINISHED, pending_webhook, utcnow
 LOG = logging.getLogger(__name__)
 
 OK, WAIT, FAIL, STOP = "ok", "waiting", "failed", "stopped"
-RUNNING = {"status": "running"}  # what the holder's writes expect: a cancel makes them miss
 FAR_FUTURE = datetime(9999, 1, 1)  # the deadline of a wait with none of its own (a child workflow)
 PROGRESS_EVERY_S = 1.0
 EXPRESSION_PLANS = 256  # plans whose compiled expressions are kept
@@ -216,13 +215,15 @@ class TreeRun:
     def may_start(self) -> bool:
         """Whether new work may start: False once the event is cancelled (read from the store, which
         every process writes its cancels to), and the walk stops; in-flight work finishes."""
-        if self.stopped.is_set():
-            return False
+        return not self.stopped.is_set() and not self._stop_if_cancelled()
+
+    def _stop_if_cancelled(self) -> bool:
+        """Whether the event is cancelled (read from the store); if so the walk stops."""
         if cancel.is_cancelled(self.store, self.event_id):
             self.cancelled = True
             self.stopped.set()
-            return False
-        return True
+            return True
+        return False
 
     # -- concurrency --------------------------------------------------------------------
 
@@ -256,11 +257,8 @@ class TreeRun:
             progress = _copy(self.progress)
         held = self.store.update_event(self.event_id, {"$set": {
             "progress": progress, "updated_at": utcnow(), "claims_without_progress": 0}}, owner=self.owner,
-            expect=RUNNING)
-        if not held and cancel.is_cancelled(self.store, self.event_id):
-            self.cancelled = True
-            self.stopped.set()
-        elif not held:
+            expect=cancel.RUNNING)
+        if not held and not self._stop_if_cancelled():
             LOG.warning("event %s: lease lost; another worker resumes it", self.event_id)
             self.lost = True
             self.stopped.set()
@@ -279,15 +277,12 @@ class TreeRun:
         if self.event.get("queued"):
             fields["queued"] = None
         search.fold(self.plan, fields)
-        if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner, expect=RUNNING):
+        if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner, expect=cancel.RUNNING):
             if self.settle_cancelled(context):
                 return self.store.get_event(self.event_id)
             LOG.warning("event %s: lease lost before it could finish", self.event_id)
             return {**self.event, "status": "running"}
-        wake_parent(self.store, self.event)
-        turns.give_up(self.store, self.event)
-        self.executor.observer.event_finished(self.event.get("workflow_name", ""), status,
-                                              duration_ms=event_duration_ms(self.event, now))
+        event_ended(self.store, self.executor.observer, self.event, status, now)
         return {**self.event, **fields}
 
     def park(self, context: dict) -> dict:
@@ -303,7 +298,7 @@ class TreeRun:
         elif self.event.get("queued"):
             fields["queued"] = None
         search.fold(self.plan, fields)
-        if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner, expect=RUNNING):
+        if not self.store.update_event(self.event_id, {"$set": fields}, owner=self.owner, expect=cancel.RUNNING):
             if self.settle_cancelled(context):
                 return self.store.get_event(self.event_id)
             LOG.warning("event %s: lease lost while parking it", self.event_id)
@@ -348,6 +343,15 @@ class TreeRun:
 def wake(store, event_id: str) -> bool:
     """Make a waiting event claimable now (a callback came, a child ended)."""
     return store.update_event(event_id, {"$set": {"lease_expires": EPOCH}}, expect={"status": "waiting"})
+
+
+def event_ended(store, observer, event: Mapping[str, Any], status: str, now: datetime) -> None:
+    """What follows an event's end, whoever ended it (its holder, or a cancel): its parent woken, its
+    turn under its workflow's concurrency key given up, and the observer (metrics, dashboard) told."""
+    wake_parent(store, event)
+    turns.give_up(store, event)
+    if observer is not None:
+        observer.event_finished(event.get("workflow_name", ""), status, duration_ms=event_duration_ms(event, now))
 
 
 def wake_parent(store, event: Mapping[str, Any]) -> None:

@@ -186,16 +186,16 @@ class Recorder:
         with self._flush_lock:
             with self._lock:
                 pending, self._pending = self._pending, {}
-            written = 0
-            for (workflow, bucket), entry in pending.items():
+            entries = list(pending.items())
+            for written, ((workflow, bucket), entry) in enumerate(entries):
                 try:
                     self.store.add_rollup(workflow, bucket, dict(entry["inc"]), entry["max"], entry["services"])
                 except Exception:
-                    with self._lock:  # put it back, merged with what came meanwhile
-                        self._merge_back(workflow, bucket, entry)
+                    with self._lock:  # put back this one and those not written yet, merged with what came meanwhile
+                        for (kept_workflow, kept_bucket), kept in entries[written:]:
+                            self._merge_back(kept_workflow, kept_bucket, kept)
                     raise
-                written += 1
-            return written
+            return len(entries)
 
     def _merge_back(self, workflow: str, bucket: datetime, entry: dict) -> None:
         mine = self._pending.setdefault((workflow, bucket), {"inc": defaultdict(int), "max": {}, "services": {}})

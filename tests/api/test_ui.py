@@ -391,3 +391,12 @@ def test_dashboard_shows_each_limited_service_now(examples, example_services):
     assert '<span data-state="in-flight">0</span> of 2 in flight; 10.0 tokens' in row
     assert 'data-state="breaker">closed</span>' in row and "opens after 3, for 30 s" in row
     assert "Nothing is held back by flow control." in html
+
+
+def test_dashboard_of_a_workflow_whose_last_hour_has_step_runs_but_no_event_ended(examples):
+    runtime = examples.application.extensions["machinery"]
+    runtime.rollups.step_finished("process-text", "step-0", "upper", "completed", 5.0)
+    html = page(examples, "/ui/")
+    row = html[html.index('<tr data-workflow="process-text">'):]
+    row = row[:row.index("</tr>")]
+    assert '<span class="figure" data-figure="hour-events">0</span> events,\n      none ended' in row

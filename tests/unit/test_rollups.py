@@ -90,6 +90,29 @@ def test_a_failed_flush_keeps_the_counts_for_the_next(store, monkeypatch):
     assert (doc["n"], doc["completed"], doc["failed"]) == (2, 1, 1)
 
 
+def test_a_failed_flush_keeps_every_bucket_it_had_not_written(store, monkeypatch):
+    recorder = rollups.Recorder(store, flush_s=3600)
+    when = datetime(2026, 5, 1, 12, 1, tzinfo=UTC)
+    for workflow in ("a", "b", "c"):
+        recorder.event_finished(workflow, "completed", 10.0, when=when)
+    writes = []
+
+    def down_after_one(workflow, *args):
+        if writes:
+            raise RuntimeError("store down")
+        writes.append(workflow)
+        return original(workflow, *args)
+
+    original = store.add_rollup
+    monkeypatch.setattr(store, "add_rollup", down_after_one)
+    with pytest.raises(RuntimeError):
+        recorder.flush()
+    monkeypatch.undo()
+    assert recorder.flush() == 2
+    docs = store.rollups_since(datetime(2026, 5, 1))
+    assert sorted((doc["workflow"], doc["n"]) for doc in docs) == [("a", 1), ("b", 1), ("c", 1)]
+
+
 def test_summaries_per_hour_and_day():
     now = datetime(2026, 5, 1, 12, 2)
     docs = [

@@ -330,6 +330,8 @@ class _Indexes(_Expiring):
     """Secondary indexes over one collection's documents: sets of insertion numbers for equalities,
     sorted lists for orders. Kept by the store and the collection below; read by the collection."""
 
+    reads = _READ_ROOTS  # the top-level fields they read of a document (an update elsewhere leaves them be)
+
     def __init__(self, documents: dict, expiring: tuple[str, ...] = ()):
         from sortedcontainers import SortedList
 
@@ -582,6 +584,10 @@ def _embedded_classes() -> tuple[type, type]:
             store = self._store
             return store.secondary if type(store) is IndexedDocuments else None
 
+        def _lookups(self):
+            """What this collection's writes keep in step (a subclass's own lookups; here its indexes)."""
+            return self._indexes()
+
         def find(self, *args, **kwargs):
             cursor = super().find(*args, **kwargs)
             cursor.__class__ = IndexedCursor
@@ -808,21 +814,21 @@ def _embedded_classes() -> tuple[type, type]:
         def _reads(self, update):
             """Whether an update (of plain operators) may change what the indexes read of a document:
             one that sets, unsets or pushes only other fields (most of a step's) leaves them as they are."""
-            indexes = self._indexes()
-            if indexes is None:
+            lookups = self._lookups()
+            if lookups is None:
                 return False
             touched = {key.split(".", 1)[0] for fields in update.values() for key in fields}
-            return not touched.isdisjoint(_READ_ROOTS) or not touched.isdisjoint(indexes.expiring)
+            return not touched.isdisjoint(lookups.reads) or not touched.isdisjoint(lookups.expiring)
 
         def _reindex(self, ids):
-            indexes, store = self._indexes(), self._store
-            if indexes is None:
+            lookups, store = self._lookups(), self._store
+            if lookups is None:
                 return
             for oid in ids:
                 key = helpers.hashdict(oid) if isinstance(oid, dict) else oid
                 document = store._documents.get(key)
                 if document is not None:
-                    indexes.put(key, document)
+                    lookups.put(key, document)
 
     return IdLookups, IndexedDocuments
 

@@ -45,6 +45,8 @@ class _StepLookups(_Expiring):
     """The records of one collection by event, by key and by token, as insertion numbers (mongomock
     returns documents in the order they were stored), and the expiry dates TTL indexes walk."""
 
+    reads = frozenset((*_KEY, "token_hash"))  # the fields they read of a record
+
     def __init__(self, documents: dict, expiring: tuple[str, ...] = ()):
         from sortedcontainers import SortedList
 
@@ -224,16 +226,6 @@ def _step_classes() -> tuple[type, type]:
                     asked = {"$and": [partial, asked]}
                 if len(list(itertools.islice(self._iter_documents(asked), 2))) > 1:
                     raise collection_module.DuplicateKeyError("E11000 Duplicate Key Error", 11000)
-
-        def _reindex(self, ids):
-            lookups, store = self._lookups(), self._store
-            if lookups is None:
-                return
-            for oid in ids:
-                key = helpers.hashdict(oid) if isinstance(oid, dict) else oid
-                document = store._documents.get(key)
-                if document is not None:
-                    lookups.put(key, document)
 
     return StepLookups, StepDocuments
 

@@ -79,16 +79,16 @@ def _patched(value: Any) -> Any:
     return patch_datetime_awareness_in_document(value)
 
 
-def _plain_field_names(document: dict) -> bool:
+def _plain_field_names(document: dict, top: bool = True) -> bool:
     """Whether mongomock's check of field names (no null character anywhere in the documents nested
     in it, no "$" at the top) surely passes: true of plain string names, and checked without the
     abstract-class tests mongomock makes of every value. Anything else is left to mongomock's check."""
     for name, value in document.items():
-        if type(name) is not str or "\0" in name:
+        if type(name) is not str or "\0" in name or (top and name.startswith("$")):
             return False
         kind = type(value)
         if kind is dict:
-            if not _plain_field_names(value):
+            if not _plain_field_names(value, False):
                 return False
         elif kind not in _AS_IS and kind is not list and kind is not datetime:
             return False
@@ -151,6 +151,41 @@ def _unique_fields(collection) -> set[str]:
         if index.get("unique"):
             fields.update(key.split(".", 1)[0] for key, _ in index["key"])
     return fields
+
+
+def partial_applies(partial: Any, document: dict, filter_applies) -> bool:
+    """Whether a document is inside a partial index: `{field: {"$exists": True}}` on fields of plain
+    embedded documents (every partial index of the Store's but one) is read directly, anything else
+    by mongomock's `filter_applies`, a few microseconds a call on every insert."""
+    if type(partial) is dict and len(partial) == 1:
+        (field, condition), = partial.items()
+        if type(condition) is dict and len(condition) == 1 and condition.get("$exists") is True:
+            value: Any = document
+            for name in field.split("."):
+                if type(value) is not dict:
+                    return filter_applies(partial, document)
+                value = value.get(name, _MISSING)
+                if value is _MISSING:
+                    return False
+            return True
+    return filter_applies(partial, document)
+
+
+def _string_equalities_hold(filter: dict, document: dict, filter_applies) -> bool:
+    """Whether a document found by its `_id` matches the rest of the filter: equalities of top-level
+    fields to strings (a holder's writes: `lease_owner`, `status`) compared directly where the document
+    holds a string there too; anything else by mongomock's `filter_applies`."""
+    for field, condition in filter.items():
+        if field == "_id":
+            continue
+        if type(condition) is not str or "." in field or field.startswith("$"):
+            return filter_applies(filter, document)
+        value = document.get(field)
+        if type(value) is not str:
+            return filter_applies(filter, document)  # a list may hold it; anything else never equals it
+        if value != condition:
+            return False
+    return True
 
 
 def _field(document: dict, path: tuple[str, str | None]) -> Any:
@@ -657,7 +692,7 @@ def _embedded_classes() -> tuple[type, type]:
             documents = [stored[oid] for oid in oids if oid in stored]
             if len(filter) == 1:  # the `_id` is the document's key: nothing left to check
                 return iter(documents)
-            return (document for document in documents if filter_applies(filter, document))
+            return (document for document in documents if _string_equalities_hold(filter, document, filter_applies))
 
         def _by_equality(self, filter):
             indexes = self._indexes()
@@ -684,9 +719,9 @@ def _embedded_classes() -> tuple[type, type]:
                 if type(data) is dict:
                     _refuse_insert(len(bson.encode(data, check_keys=False)) + (0 if "_id" in data else _ID_BYTES))
                 return super()._insert(data, session, ordered)
-            if not all(isinstance(key, str) for key in data):
-                raise ValueError("Document keys must be strings")
-            if not _plain_field_names(data) or any(key.startswith("$") for key in data):
+            if not _plain_field_names(data):
+                if not all(isinstance(key, str) for key in data):
+                    raise ValueError("Document keys must be strings")
                 collection_module._validate_data_fields(data)
             size = len(bson_encoder.encode(data, check_keys=False)) + (0 if "_id" in data else _ID_BYTES)
             _refuse_insert(size)
@@ -695,7 +730,10 @@ def _embedded_classes() -> tuple[type, type]:
             key = data["_id"]
             if isinstance(key, dict):
                 key = helpers.hashdict(key)
-            if key in self._store:
+            # The stored documents themselves, not the store's `in`, which first expires documents past
+            # their TTL: MongoDB expires them only now and then, and a document it has not expired
+            # yet still holds its `_id`.
+            if key in self._store._documents:
                 raise collection_module.DuplicateKeyError("E11000 Duplicate Key Error", 11000)
             data = _patched(data)
             self._store[key] = data
@@ -711,7 +749,7 @@ def _embedded_classes() -> tuple[type, type]:
         def _ensure_uniques(self, new_data):
             for index in self._store.indexes.values():
                 partial = index.get("partialFilterExpression")
-                if index.get("unique") and (partial is None or filter_applies(partial, new_data)):
+                if index.get("unique") and (partial is None or partial_applies(partial, new_data, filter_applies)):
                     # mongomock checks a document it updates before the update returns, while it
                     # is changed in place: index it first, so that the check finds it as it is.
                     self._reindex([new_data["_id"]])

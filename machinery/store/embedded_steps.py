@@ -19,7 +19,15 @@ import functools
 import itertools
 from typing import Any
 
-from machinery.store.embedded import _UNORDERED, _embedded_classes, _expected_internals, _Expiring, _expiring, _expiry
+from machinery.store.embedded import (
+    _UNORDERED,
+    _embedded_classes,
+    _expected_internals,
+    _Expiring,
+    _expiring,
+    _expiry,
+    partial_applies,
+)
 
 _MISSING = object()
 _KEY = ("event_id", "run", "instance")
@@ -206,7 +214,7 @@ def _step_classes() -> tuple[type, type]:
                 if not index.get("unique"):
                     continue
                 partial = index.get("partialFilterExpression")
-                if partial is not None and not filter_applies(partial, new_data):
+                if partial is not None and not partial_applies(partial, new_data, filter_applies):
                     continue
                 asked = {}
                 for key, _ in index["key"]:

@@ -303,3 +303,33 @@ def test_the_store_reads_events_without_scanning_them(scans):
     # AND a question the indexes do not answer does scan (the spy sees scans)
     store.events.find_one({"context.missing": 1})
     assert scans == [{"context.missing": 1}]
+
+
+_DOCUMENTS = [{}, {"a": None}, {"a": "x"}, {"a": ["x", "y"]}, {"a": {"b": "x"}}, {"a": {"b": None}},
+              {"a": [{"b": "x"}]}, {"a": 1}, {"a": "y", "c": "x"}, {"waiting": None}, {"waiting": {"token_hash": "t"}}]
+_PARTIALS = [{"a": {"$exists": True}}, {"a.b": {"$exists": True}}, {"waiting.token_hash": {"$exists": True}},
+             {"a": "x"}, {"a": {"$exists": False}}]
+
+
+@pytest.mark.parametrize("document", _DOCUMENTS)
+@pytest.mark.parametrize("partial", _PARTIALS)
+def test_a_partial_index_is_read_as_mongomock_reads_it(partial, document):
+    from mongomock.filtering import filter_applies
+
+    from machinery.store.embedded import partial_applies
+
+    assert partial_applies(partial, document, filter_applies) == filter_applies(partial, document)
+
+
+@pytest.mark.parametrize("document", _DOCUMENTS)
+@pytest.mark.parametrize("extra", [{"a": "x"}, {"a": "y"}, {"a": "x", "c": "x"}, {"a.b": "x"}, {"a": None},
+                                   {"a": {"$in": ["x"]}}, {"c": "x"}])
+def test_a_holder_s_write_matches_as_mongomock_matches_it(extra, document):
+    from mongomock.filtering import filter_applies
+
+    from machinery.store.embedded import _string_equalities_hold
+
+    oid = ObjectId()
+    filter = {"_id": oid, **extra}
+    assert _string_equalities_hold(filter, {"_id": oid, **document}, filter_applies) == \
+        filter_applies(filter, {"_id": oid, **document})

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import defaultdict
@@ -38,6 +39,8 @@ IDLE_STOP_S = 30.0  # the flushing thread ends after this long with nothing to f
 RETAIN_S = 3 * 24 * 3600
 BIN_RATIO = 1.2
 MAX_BIN = 120  # 1.2 ** 120 ms is past a year
+STEP_COUNTERS = ("n", "failed", "ms", "max_ms", "service")  # a step's fields in a bucket: steps.<id>.<name>
+MAX_STEP_KEYS = 4096  # step ids whose counter names are kept made
 ENDINGS = ("completed", "failed", "cancelled")
 
 
@@ -113,7 +116,9 @@ class Recorder:
         self._flush_lock = threading.Lock()
         self._pending: dict[tuple[str, datetime], dict] = {}
         self._thread: threading.Thread | None = None
+        self._thread_pid = 0
         self._stopped = threading.Event()
+        self._keys: dict[str, tuple[str, ...]] = {}  # a step id's counter names, made once
 
     def _bucket(self, workflow: str, when: datetime | None) -> dict:
         key = (workflow, current_bucket() if when is None else bucket_of(when))
@@ -139,27 +144,34 @@ class Recorder:
                       when: datetime | None = None) -> None:
         if not workflow or not step or status == "waiting":
             return
+        keys = self._keys.get(step)
+        if keys is None:
+            if len(self._keys) >= MAX_STEP_KEYS:  # a bound, however many step ids come and go
+                self._keys.clear()
+            keys = self._keys[step] = tuple(f"steps.{step}.{name}" for name in STEP_COUNTERS)
+        count, failed, ms, longest, served = keys
         with self._lock:
             entry = self._bucket(workflow, when)
             inc = entry["inc"]
-            inc[f"steps.{step}.n"] += 1
+            inc[count] += 1
             if status == "failed":
-                inc[f"steps.{step}.failed"] += 1
-            inc[f"steps.{step}.ms"] += duration_ms
-            key = f"steps.{step}.max_ms"
-            entry["max"][key] = max(entry["max"].get(key, 0.0), duration_ms)
-            entry["services"][f"steps.{step}.service"] = service
+                inc[failed] += 1
+            inc[ms] += duration_ms
+            entry["max"][longest] = max(entry["max"].get(longest, 0.0), duration_ms)
+            entry["services"][served] = service
         self._wake()
 
     def _wake(self) -> None:
-        thread = self._thread
-        if thread is not None and thread.is_alive():
+        # Asked at every step that ends: the thread's own pid says it runs here (not in a forked child,
+        # which has none of its parent's threads) without asking the thread, which takes a lock.
+        if self._thread is not None and self._thread_pid == os.getpid():
             return
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stopped.clear()
             self._thread = threading.Thread(target=self._run, name="rollups", daemon=True)
+            self._thread_pid = os.getpid()
             self._thread.start()
 
     def _run(self) -> None:

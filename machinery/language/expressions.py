@@ -72,15 +72,49 @@ def context_type(context: Mapping[str, Mapping[str, Any]]) -> dict:
                                    for key, slot in context.items()])
 
 
-class Expression:
-    """A compiled expression: `text` its source, `parsed` its tree, `search(value)` its evaluation."""
+def field_path(parsed: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The names of an expression that only reads fields (`item`, `order.total`), in order; None for
+    any other expression."""
+    kind = parsed.get("type")
+    if kind == "field":
+        return (parsed["value"],)
+    if kind == "subexpression":
+        names: tuple[str, ...] = ()
+        for child in parsed["children"]:
+            part = field_path(child)
+            if part is None:
+                return None
+            names += part
+        return names
+    return None
 
-    __slots__ = ("text", "parsed", "_compiled")
+
+class Expression:
+    """A compiled expression: `text` its source, `parsed` its tree, `search(value)` its evaluation.
+    One that only reads fields (most of a plan's: an input named after a context key, `item`,
+    `order.total`) is walked through the objects directly, as JMESPath walks them (a field of
+    anything but an object is null), without its interpreter: that was most of a map item's
+    reading of its inputs."""
+
+    __slots__ = ("text", "parsed", "_compiled", "_path")
 
     def __init__(self, text: str, parsed: dict, compiled: Any):
         self.text, self.parsed, self._compiled = text, parsed, compiled
+        self._path = field_path(parsed)
 
     def search(self, value: Any) -> Any:
+        path = self._path
+        if path is not None:
+            found = value
+            for name in path:
+                if type(found) is dict:
+                    found = found.get(name)
+                elif found is None:
+                    return None
+                else:
+                    break  # something else (a list, a mapping of another type): JMESPath says
+            else:
+                return found
         try:
             return self._compiled.search(value)
         except jmespath.exceptions.JMESPathError as error:

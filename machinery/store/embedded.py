@@ -72,8 +72,12 @@ def _patched(value: Any) -> Any:
         return {key: item if type(item) in _AS_IS else _patched(item) for key, item in value.items()}
     if kind is list:
         return [item if type(item) in _AS_IS else _patched(item) for item in value]
-    if kind is datetime and value.tzinfo is None:
-        return value.replace(microsecond=value.microsecond // 1000 * 1000)
+    if kind is datetime:
+        if value.tzinfo is None:
+            return value.replace(microsecond=value.microsecond // 1000 * 1000)
+        offset = value.utcoffset()
+        if offset is not None:  # an aware date (an event's ack_date, as the API answers it): its UTC, naive
+            return (value - offset).replace(tzinfo=None, microsecond=value.microsecond // 1000 * 1000)
     from mongomock.helpers import patch_datetime_awareness_in_document
 
     return patch_datetime_awareness_in_document(value)

@@ -104,9 +104,22 @@ def _naive(value: Any) -> Any:
 
 
 def _object_id(ref: str) -> ObjectId | None:
+    """The ObjectId a reference spells, None when it spells none. An event's id is parsed at each of
+    its writes and status reads (a map item reads the status before its call), so strings are parsed
+    once each, for the last few thousand."""
+    if type(ref) is str:
+        return _parsed_id(ref)
     try:
         return ObjectId(ref)
     except (InvalidId, TypeError):
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_id(ref: str) -> ObjectId | None:
+    try:
+        return ObjectId(ref)
+    except InvalidId:
         return None
 
 
@@ -771,7 +784,7 @@ class Store:
     def update_event(self, event_id: str, update: Mapping[str, Any], owner: str | None = None,
                      expect: Mapping[str, Any] | None = None) -> bool:
         """Apply one atomic update to an event, held by `owner` when given; False when it is not."""
-        query: dict[str, Any] = {"_id": ObjectId(event_id)}
+        query: dict[str, Any] = {"_id": _object_id(event_id) or ObjectId(event_id)}  # a bad id raises, as ever
         if owner is not None:
             query["lease_owner"] = owner
         query.update(expect or {})

@@ -182,3 +182,18 @@ def test_a_string_literal_fits_an_input_that_takes_only_some_strings():
     assert types.incompatibilities(literal, wanted) == []
     other, _ = infer(compile_expression("'fax'"), {})
     assert types.incompatibilities(other, wanted)
+
+
+@pytest.mark.parametrize("text", ["item", "a.b", "a.b.c", '"x y".z', "a", "a[0]", "a.b[*]", "length(a)"])
+@pytest.mark.parametrize("value", [{"item": "x", "a": {"b": {"c": 1}}}, {"a": [1, {"b": 2}]}, {"a": None},
+                                   {"a": "text"}, {"x y": {"z": True}}, [], None, "a", {"a": {"b": [1, 2]}}])
+def test_a_field_only_expression_answers_what_jmespath_answers(text, value):
+    import jmespath
+
+    try:
+        expected = jmespath.search(text, value)
+    except jmespath.exceptions.JMESPathError:
+        with pytest.raises(ExpressionError):
+            compile_expression(text).search(value)
+        return
+    assert compile_expression(text).search(value) == expected

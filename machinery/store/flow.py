@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from machinery.clock import naive_utc
 from machinery.exceptions import StoreUnavailable
 
 FLOW = "flow"
@@ -119,7 +120,7 @@ class FlowStore:
     @_guarded
     def earlier_waiting(self, key: str, ack_date: datetime, event_id: str, limit: int) -> int:
         """How many active events of `key` that came before this one wait for their turn (counted up to `limit`)."""
-        ack_date = _naive_utc(ack_date)
+        ack_date = naive_utc(ack_date)
         return self.events.count_documents({
             "concurrency.key": key, "concurrency.held": False, "status": {"$in": list(ACTIVE)},
             "$or": [{"ack_date": {"$lt": ack_date}}, {"ack_date": ack_date, "_id": {"$lt": ObjectId(event_id)}}],
@@ -144,13 +145,6 @@ class FlowStore:
             key = (str(queued.get("service") or ""), str(queued.get("workflow") or ""), str(queued.get("why")))
             counts[key] = counts.get(key, 0) + 1
         return counts
-
-
-def _naive_utc(value: datetime) -> datetime:
-    """A date as the store keeps it: naive, in UTC."""
-    if value.tzinfo is not None:
-        value = (value - value.utcoffset()).replace(tzinfo=None)
-    return value
 
 
 def _inserted(update: Mapping[str, Any]) -> dict:

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from machinery.clock import utcnow
 from machinery.exceptions import StoreUnavailable
 
 SECRETS = "secrets"
 CACHE_SIZE = 1024
-
-
-def _now() -> datetime:
-    """Naive UTC to the millisecond, as BSON keeps it (the store's own clock, for the same reason)."""
-    now = datetime.now(UTC)
-    return now.replace(tzinfo=None, microsecond=now.microsecond // 1000 * 1000)
 
 
 def _out(document: dict) -> dict:
@@ -82,7 +77,7 @@ class SecretStore:
     def put(self, name: str, token: str) -> tuple[dict, bool]:
         """Store a secret's token, replacing one of that name; returns (secret, created)."""
         self._index()
-        now = _now()
+        now = utcnow()
         result = self.collection.update_one(
             {"name": name}, {"$set": {"token": token, "updated_at": now}, "$setOnInsert": {"created_at": now}},
             upsert=True)

@@ -31,6 +31,7 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
+from machinery.clock import EPOCH, naive_utc, utcnow
 from machinery.exceptions import (
     Conflict,
     InvalidData,
@@ -58,7 +59,6 @@ ROLLUPS = "rollups"  # the dashboard's five-minute buckets (machinery/rollups.py
 SCHEDULES = "schedules"
 FINISHED = ("completed", "failed", "cancelled")
 ACTIVE = ("pending", "running", "waiting")
-EPOCH = datetime(1970, 1, 1)
 HELD = datetime(9999, 1, 1)  # the lease_expires of a pending event no claim takes (its workflow is paused)
 CLAIMS_KEPT = 20  # an event keeps its last claims (who held it, when) and counts them all
 UNCLAIMABLE_TRIES = 5  # events at the size limit a claim fails, and skips, before it gives up for now
@@ -67,13 +67,6 @@ UNCLAIMABLE_TRIES = 5  # events at the size limit a claim fails, and skips, befo
 def pending_webhook() -> dict:
     """An ended event's completion webhook, due now: what claim_webhook looks for."""
     return {"status": "pending", "attempts": [], "next_at": EPOCH}
-
-
-def utcnow() -> datetime:
-    """Now, as the naive UTC datetime both MongoDB and mongomock store without surprise: to the
-    millisecond, as BSON keeps it, so a date answered before it is stored equals the stored one."""
-    now = datetime.now(UTC)
-    return now.replace(tzinfo=None, microsecond=now.microsecond // 1000 * 1000)
 
 
 def _aware(value: Any) -> Any:
@@ -95,7 +88,7 @@ def due_schedules(now: datetime) -> dict:
 def _naive(value: Any) -> Any:
     """Every aware datetime in a document as the naive UTC one the store keeps, recursively."""
     if isinstance(value, datetime):
-        return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+        return naive_utc(value)
     if isinstance(value, dict):
         return {key: _naive(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -251,7 +244,7 @@ def decode_cursor(token: str) -> tuple[datetime, ObjectId]:
         version, millis, oid = raw.split(":")
         if version != "1" or not millis.isdigit() or len(millis) > 15:
             raise ValueError(raw)
-        when = datetime(1970, 1, 1) + timedelta(milliseconds=int(millis))
+        when = EPOCH + timedelta(milliseconds=int(millis))
         return when, ObjectId(oid)
     except (ValueError, binascii.Error, UnicodeDecodeError, InvalidId, TypeError, OverflowError):
         raise InvalidData("cursor is not one this API gave: pass the next_cursor of a page as it is",

@@ -15,7 +15,7 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from machinery.exceptions import StoreUnavailable
+from machinery.exceptions import StoreRefused, StoreUnavailable
 from machinery.runtime.executor import Observer
 
 LOG = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class FlowCollector:
         try:
             shown = flow.states_shown(self.store)
             waiting = self.store.flow.queued_events()
-        except StoreUnavailable as error:
+        except (StoreUnavailable, StoreRefused) as error:
             LOG.warning("metrics: flow gauges skipped: %s", error.message)
             return
         for name, state in shown.items():

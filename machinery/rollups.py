@@ -31,6 +31,8 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, Iterable, Mapping
 
+from machinery.clock import EPOCH, floor, naive_utc
+
 LOG = logging.getLogger(__name__)
 
 BUCKET_S = 300
@@ -46,13 +48,10 @@ ENDINGS = ("completed", "failed", "cancelled")
 
 def bucket_of(when: datetime) -> datetime:
     """The start of the five-minute bucket `when` falls in, as a naive UTC datetime (as the store keeps dates)."""
-    if when.tzinfo is not None:
-        when = when.astimezone(UTC).replace(tzinfo=None)
-    seconds = int(when.replace(tzinfo=UTC).timestamp())
-    return datetime.fromtimestamp(seconds - seconds % BUCKET_S, UTC).replace(tzinfo=None)
+    return floor(when, BUCKET_S)
 
 
-_current: tuple[int, datetime] = (-1, datetime(1970, 1, 1))
+_current: tuple[int, datetime] = (-1, EPOCH)
 
 
 def current_bucket() -> datetime:
@@ -62,7 +61,7 @@ def current_bucket() -> datetime:
     start, bucket = _current
     if not start <= seconds < start + BUCKET_S:
         start = seconds - seconds % BUCKET_S
-        bucket = datetime.fromtimestamp(start, UTC).replace(tzinfo=None)
+        bucket = EPOCH + timedelta(seconds=start)
         _current = (start, bucket)
     return bucket
 
@@ -102,7 +101,7 @@ def event_duration_ms(event: Mapping[str, Any], finished: datetime) -> float | N
     if not isinstance(started, datetime):
         return None
     if (started.tzinfo is None) != (finished.tzinfo is None):
-        started = started.replace(tzinfo=None) if finished.tzinfo is None else started.replace(tzinfo=UTC)
+        started = naive_utc(started) if finished.tzinfo is None else started.replace(tzinfo=UTC)
     return max(0.0, (finished - started).total_seconds() * 1000)
 
 
@@ -248,14 +247,14 @@ class RollupObserver:
 def summarise(buckets: Iterable[Mapping[str, Any]], now: datetime, hours: int) -> dict[str, dict]:
     """Per workflow over the last `hours`: totals, success rate, p50 and p95, and a series of points
     (one per bucket for an hour, one per hour for longer) for the charts."""
-    now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
+    now = naive_utc(now)
     since = now - timedelta(hours=hours)
     step_s = BUCKET_S if hours <= 1 else 3600
     slots = int(hours * 3600 // step_s)
-    first = _floor(now, step_s) - timedelta(seconds=step_s * (slots - 1))
+    first = floor(now, step_s) - timedelta(seconds=step_s * (slots - 1))
     out: dict[str, dict] = {}
     for doc in buckets:
-        bucket = doc["bucket"].replace(tzinfo=None) if doc["bucket"].tzinfo else doc["bucket"]
+        bucket = naive_utc(doc["bucket"])
         if bucket < since - timedelta(seconds=BUCKET_S) or bucket > now:
             continue
         entry = out.setdefault(doc["workflow"], {
@@ -263,7 +262,7 @@ def summarise(buckets: Iterable[Mapping[str, Any]], now: datetime, hours: int) -
             "series": [{"at": first + timedelta(seconds=step_s * k), "n": 0, "completed": 0, "failed": 0,
                         "h": defaultdict(int)} for k in range(slots)],
             "steps": {}})
-        slot = int((_floor(bucket, step_s) - first).total_seconds() // step_s)
+        slot = int((floor(bucket, step_s) - first).total_seconds() // step_s)
         point = entry["series"][slot] if 0 <= slot < slots else None
         for field in ("n", *ENDINGS):
             value = int(doc.get(field, 0))
@@ -294,8 +293,3 @@ def summarise(buckets: Iterable[Mapping[str, Any]], now: datetime, hours: int) -
             stats["mean_ms"] = stats["ms"] / stats["n"] if stats["n"] else 0.0
             stats["failure_rate"] = stats["failed"] / stats["n"] if stats["n"] else 0.0
     return out
-
-
-def _floor(when: datetime, step_s: int) -> datetime:
-    seconds = int(when.replace(tzinfo=UTC).timestamp())
-    return datetime.fromtimestamp(seconds - seconds % step_s, UTC).replace(tzinfo=None)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from machinery.exceptions import Conflict, InvalidData, NotFound, ServiceCallError, StoreUnavailable
+from machinery.exceptions import Conflict, InvalidData, NotFound, ServiceCallError, StoreRefused, StoreUnavailable
 
 LOG = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Keeper:
         left to the calls themselves."""
         try:
             names = self.unreadable()
-        except StoreUnavailable:
+        except (StoreUnavailable, StoreRefused):
             return []
         if names:
             why = (f"{KEY_VARIABLE} is not set" if self.box is None
@@ -117,7 +117,7 @@ class Keeper:
         """The value of a secret for a call now; ServiceCallError (kind `secret`, not retried) when there is none."""
         try:
             token = self.store.secrets.token(name)
-        except StoreUnavailable as error:
+        except (StoreUnavailable, StoreRefused) as error:
             raise ServiceCallError(f"secret {name!r} could not be read: {error.message}", kind="secret",
                                    retryable=True) from None
         if token is not None:

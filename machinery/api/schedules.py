@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from flask import current_app
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
@@ -11,6 +9,7 @@ from marshmallow import Schema, fields, validate
 from machinery import schedules
 from machinery.api.body import Blueprint, page
 from machinery.api.events import callback_base
+from machinery.clock import aware_now
 from machinery.schedules import MAX_CATCH_UP, MAX_CRON_LENGTH, MAX_EVERY_S, OVERLAPS
 from machinery.schemas import NAME_RULE, PageArgsSchema, page_of
 
@@ -70,10 +69,6 @@ def _runtime():
     return current_app.extensions["machinery"]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 @bp.route("")
 class Schedules(MethodView):
     @bp.arguments(PageArgsSchema, location="query")
@@ -88,7 +83,7 @@ class Schedules(MethodView):
     def post(self, definition):
         """Make a schedule"""
         store = _runtime().store
-        checked = schedules.check_definition(store, definition, _now())
+        checked = schedules.check_definition(store, definition, aware_now())
         checked["callback_base"] = callback_base()  # where the services of its events call back
         return store.insert_schedule(checked)
 
@@ -105,7 +100,8 @@ class Schedule(MethodView):
     def patch(self, changes, name):
         """Change a schedule: a new timing moves its next run; the rest applies from the next tick"""
         store = _runtime().store
-        return store.change_schedule(name, schedules.check_change(store, store.get_schedule(name), changes, _now()))
+        checked = schedules.check_change(store, store.get_schedule(name), changes, aware_now())
+        return store.change_schedule(name, checked)
 
     @bp.response(204)
     def delete(self, name):
@@ -130,4 +126,4 @@ class Resume(MethodView):
         schedule = store.get_schedule(name)
         if not schedule["paused"]:
             return schedule
-        return store.change_schedule(name, schedules.resumed(schedule, _now()), expect={"paused": True})
+        return store.change_schedule(name, schedules.resumed(schedule, aware_now()), expect={"paused": True})

@@ -18,10 +18,11 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
 
 from machinery import events, search
+from machinery.clock import EPOCH, naive_utc
 from machinery.exceptions import Conflict, InvalidData, MachineryError, NotFound, StoreUnavailable
 from machinery.store import Store, utcnow
 from machinery.store.bulk_jobs import SAMPLES_KEPT
@@ -62,8 +63,7 @@ def _date(value: Any, name: str) -> datetime:
         except ValueError:
             raise InvalidData(f"filter.{name} must be an ISO 8601 date and time",
                               errors={f"filter.{name}": ["not an ISO 8601 date and time"]}) from None
-    if when.tzinfo is not None:
-        when = when.astimezone(UTC).replace(tzinfo=None)
+    when = naive_utc(when)
     return when.replace(microsecond=when.microsecond // 1000 * 1000)
 
 
@@ -195,7 +195,7 @@ def create_job(store: Store, request: Mapping[str, Any], created_by: str | None 
     return store.bulk_jobs.insert({
         "action": request["action"], "filter": kept, "from_step": request.get("from_step"),
         "status": "pending", "created_at": now, "updated_at": now, "until": until, "created_by": created_by,
-        "lease_owner": None, "lease_expires": datetime(1970, 1, 1), "cursor": None, "in_flight": [], "more": True,
+        "lease_owner": None, "lease_expires": EPOCH, "cursor": None, "in_flight": [], "more": True,
         "pages": 0, "claims": 0,
         "matched": matched, "matched_is_lower_bound": matched >= COUNT_LIMIT,
         "done": 0, "skipped": 0, "failed": 0, "unmatched": 0, "skipped_why": {},
@@ -275,7 +275,7 @@ def take_page(store: Store, job: Mapping[str, Any], owner: str, lease_s: float) 
     """Take a held job's next page: the ids of its events and the cursor after them, written into the
     job (`in_flight`) before any of them is acted on, so that whoever finishes the page knows which
     events it holds, whatever their status by then. None when the job is no longer this owner's."""
-    until = job["until"].replace(tzinfo=None) if isinstance(job.get("until"), datetime) else None
+    until = naive_utc(job["until"]) if isinstance(job.get("until"), datetime) else None
     ids, after = store.bulk_jobs.event_page(query_of(job["filter"], until), job.get("cursor"), PAGE_SIZE)
     now = utcnow()
     taken = {"in_flight": ids, "cursor": after, "more": after is not None, "updated_at": now,
@@ -314,7 +314,7 @@ def run_page(store: Store, job: Mapping[str, Any], owner: str, lease_s: float,
     now = utcnow()
     fields: dict[str, Any] = {"in_flight": [], "updated_at": now, "lease_expires": now + timedelta(seconds=lease_s)}
     if not job.get("more", True):
-        fields.update(status="completed", finished_at=now, lease_owner=None, lease_expires=datetime(1970, 1, 1))
+        fields.update(status="completed", finished_at=now, lease_owner=None, lease_expires=EPOCH)
     increments = {**counts, "pages": 1, **{f"skipped_why.{_key(reason)}": n for reason, n in why.items()}}
     update: dict[str, Any] = {"$set": fields, "$inc": increments}
     pushes = {f"samples.{name}": {"$each": items} for name, items in samples.items() if items}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
+from machinery.clock import naive_utc
 from machinery.exceptions import Conflict, NotFound, TooLarge
 from machinery.store import EPOCH, FINISHED, HELD, Store, pending_webhook, utcnow
 
@@ -53,7 +54,7 @@ def cancel_event(store: Store, event_id: str, by: str = ANONYMOUS, reason: str |
                            "cancelled", errors={"status": [status]})
         now = utcnow()
         lease = event.get("lease_expires")
-        held = status == "running" and lease is not None and lease.replace(tzinfo=None) > now
+        held = status == "running" and lease is not None and naive_utc(lease) > now
         cancelled = {"by": by, "at": now, "reason": reason, "previous_status": status, "in_flight": held}
         fields: dict[str, Any] = {"status": "cancelled", "cancelled": cancelled, "outputs": None,
                                   "finished_at": now, "updated_at": now}

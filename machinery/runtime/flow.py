@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, TypeVar
 
+from machinery.clock import naive_utc, utcnow
 from machinery.exceptions import ServiceCallError
-from machinery.store import utcnow
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,10 +80,6 @@ class Admission:
     failures: int = 0  # the breaker's count of consecutive failures, as read
 
 
-def _naive(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=None) if value is not None and value.tzinfo is not None else value
-
-
 def breaker_of(document: Mapping[str, Any] | None) -> dict:
     return {**CLOSED, **((document or {}).get("breaker") or {})}
 
@@ -92,7 +88,7 @@ def tokens_now(document: Mapping[str, Any] | None, limits: Limits, now: datetime
     """The bucket's tokens at `now`: what was left, refilled at per_s since, up to the burst."""
     if not document or document.get("tokens") is None:
         return limits.burst
-    at = _naive(document.get("tokens_at")) or now
+    at = naive_utc(document.get("tokens_at")) or now
     elapsed = max(0.0, (now - at).total_seconds())  # another host's clock ahead of this one refills nothing
     return min(limits.burst, float(document["tokens"]) + elapsed * limits.per_s)
 
@@ -106,9 +102,9 @@ def admit(document: Mapping[str, Any] | None, limits: Limits, holder: str, now: 
     trial = False
     breaker = breaker_of(document)
     if limits.threshold is not None and breaker["state"] != "closed":
-        opened = _naive(breaker["opened_at"]) or now
+        opened = naive_utc(breaker["opened_at"]) or now
         reopens = opened + timedelta(seconds=limits.cool_down_s)
-        trial_expires = _naive(breaker["trial_expires"])
+        trial_expires = naive_utc(breaker["trial_expires"])
         if breaker["state"] == "open" and now < reopens:
             return None, Admission(False, "breaker", f"service {name} breaker open (until "
                                    f"{reopens.isoformat(timespec='seconds')}Z)",
@@ -124,7 +120,7 @@ def admit(document: Mapping[str, Any] | None, limits: Limits, holder: str, now: 
         holders = (document or {}).get("holders") or {}
         live = 0
         for other, expires in holders.items():
-            if _naive(expires) > now:
+            if naive_utc(expires) > now:
                 live += 1
             else:
                 update["$unset"][f"holders.{other}"] = ""
@@ -137,7 +133,7 @@ def admit(document: Mapping[str, Any] | None, limits: Limits, holder: str, now: 
         if tokens < 1.0:
             return None, Admission(False, "rate_limit", f"service {name} rate limited",
                                    (1.0 - tokens) / limits.per_s)
-        at = _naive((document or {}).get("tokens_at"))
+        at = naive_utc((document or {}).get("tokens_at"))
         update["$set"].update(tokens=tokens - 1.0, tokens_at=max(now, at) if at else now)
     if not update["$set"] and not update["$unset"]:
         update = None  # a closed breaker alone: a read is enough
@@ -348,7 +344,7 @@ def state_of(document: Mapping[str, Any] | None, service: Mapping[str, Any], now
         return shown
     if limits.max_concurrency is not None:
         holders = (document or {}).get("holders") or {}
-        shown["in_flight"] = sum(1 for expires in holders.values() if _naive(expires) > now)
+        shown["in_flight"] = sum(1 for expires in holders.values() if naive_utc(expires) > now)
         shown["max_concurrency"] = limits.max_concurrency
     if limits.per_s is not None:
         shown["tokens"] = round(tokens_now(document, limits, now), 3)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Mapping
 
 from machinery import metrics
+from machinery.clock import aware_now, naive_utc
 from machinery.events import new_event
 from machinery.exceptions import MachineryError, StoreRefused, StoreUnavailable
 from machinery.schedules import catch_up, timing_of
@@ -68,7 +69,7 @@ class Scheduler:
     def fire(self, schedule: Mapping[str, Any], owner: str) -> str | bool:
         """Fire the due tick of a schedule this process holds (see look)."""
         name, due = schedule["name"], schedule["next_run"]
-        now = datetime.now(UTC)
+        now = aware_now()
         timing = timing_of(schedule)
         try:
             late = catch_up(timing, due, now, schedule["catch_up"], schedule.get("caught_up_to"))
@@ -101,7 +102,7 @@ class Scheduler:
                 idempotency_key=idempotency_key(name, due), lease_s=self.config["LEASE_S"],
                 callback_base=schedule.get("callback_base") or self.config.get("PUBLIC_URL") or None,
                 allowed_hosts=self.config.get("ALLOWED_HOSTS"),
-                schedule={"name": name, "tick": due.astimezone(UTC).replace(tzinfo=None)})
+                schedule={"name": name, "tick": naive_utc(due)})
         except (StoreUnavailable, StoreRefused):
             raise  # the tick stays due: the claim's lease expires and a later look fires it
         except MachineryError as error:

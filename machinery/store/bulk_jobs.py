@@ -8,34 +8,18 @@ is counted once even if two processes ever ran it.
 
 from __future__ import annotations
 
-import functools
 from datetime import timedelta
 from typing import Any, Mapping
 
 from bson import ObjectId
-from bson.errors import InvalidId
 from pymongo import ReturnDocument
-from pymongo.errors import PyMongoError
 
 from machinery.exceptions import NotFound
+from machinery.store.errors import serialised
 
 BULK_JOBS = "bulk_jobs"
 SAMPLES_KEPT = 20  # of each outcome, a job keeps the first few event ids (with why, for skips and failures)
 OPEN = ("pending", "running")
-
-
-def _guarded(method):
-    """Under the embedded store's lock; pymongo's errors answered as the store's domain errors."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        from machinery.store.store import store_error
-
-        with self.store._guard:
-            try:
-                return method(self, *args, **kwargs)
-            except PyMongoError as error:
-                raise store_error(error) from error
-    return wrapper
 
 
 def _out(document: Mapping[str, Any] | None) -> dict | None:
@@ -49,6 +33,7 @@ class BulkJobs:
 
     def __init__(self, store):
         self.store = store
+        self._guard = store._guard  # what `serialised` holds
         self.collection = store.db[BULK_JOBS]
 
     def ensure_indexes(self, index) -> None:
@@ -57,31 +42,30 @@ class BulkJobs:
 
     # -- jobs ----------------------------------------------------------------------------------------
 
-    @_guarded
+    @serialised
     def insert(self, job: Mapping[str, Any]) -> dict:
         document = {**job, "_id": ObjectId()}
         self.collection.insert_one(document)
         self.store.writes += 1
         return _out(document)
 
-    @_guarded
+    @serialised
     def get(self, job_id: str) -> dict:
-        try:
-            oid = ObjectId(job_id)
-        except (InvalidId, TypeError):
-            oid = None
+        from machinery.store.store import _object_id
+
+        oid = _object_id(job_id)
         document = self.collection.find_one({"_id": oid}) if oid else None
         if document is None:
             raise NotFound(f"no bulk job {job_id!r}")
         return _out(document)
 
-    @_guarded
+    @serialised
     def list(self, page: int, page_size: int) -> tuple[list[dict], int]:
         total = self.collection.count_documents({})
         cursor = self.collection.find({}).sort([("created_at", -1), ("_id", -1)]).skip((page - 1) * page_size)
         return [_out(document) for document in cursor.limit(page_size)], total
 
-    @_guarded
+    @serialised
     def claim(self, owner: str, lease_s: float, now) -> dict | None:
         """Take a job to advance: pending, or running with an expired lease (its holder stopped)."""
         document = self.collection.find_one_and_update(
@@ -94,7 +78,7 @@ class BulkJobs:
             self.store.writes += 1
         return _out(document)
 
-    @_guarded
+    @serialised
     def record_page(self, job_id: str, owner: str, cursor: str | None, update: Mapping[str, Any]) -> bool:
         """Apply one page's update to a job still held by `owner` and still at `cursor`; False when not."""
         result = self.collection.update_one(
@@ -104,11 +88,11 @@ class BulkJobs:
 
     # -- the events a job walks ----------------------------------------------------------------------
 
-    @_guarded
+    @serialised
     def count_events(self, query: Mapping[str, Any], limit: int) -> int:
         return self.store.events.count_documents(dict(query), limit=limit)
 
-    @_guarded
+    @serialised
     def event_page(self, query: Mapping[str, Any], after: str | None, limit: int) -> tuple[list[str], str | None]:
         """The ids of up to `limit` events matching `query`, newest first after the position `after`,
         and the position of the last one (None when none is left)."""

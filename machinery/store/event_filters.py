@@ -42,7 +42,7 @@ def event_query(*, workflow_id: str | None = None, status: str | None = None,
         query["workflow_id"] = workflow_id
     if status:
         query["status"] = status
-    conditions = [attr_condition(*entry) for entry in attrs or ()]
+    conditions = list(attr_query(attrs).get("$and", ()))
     if created_after is not None or created_before is not None:
         dates: dict[str, Any] = {}
         if created_after is not None:

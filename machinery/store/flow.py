@@ -18,32 +18,19 @@ operators ($set, $unset, $inc) only, on one document: what MongoDB and the embed
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
 from bson import ObjectId
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
-from machinery.exceptions import StoreUnavailable
+from machinery.clock import naive_utc
+from machinery.store.errors import serialised
 
 FLOW = "flow"
 ACTIVE = ("pending", "running", "waiting")
 QUEUED_COUNTED = 10_000  # the queued events a metrics scrape counts at most
 CHANGE_TRIES = 8  # compare-and-set rounds before a change is given up as contended
-
-
-def _guarded(method):
-    """Under the embedded store's lock (so that a change's read and write are one step there); a store
-    that does not answer raises StoreUnavailable."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self._guard:
-            try:
-                return method(self, *args, **kwargs)
-            except PyMongoError as error:
-                raise StoreUnavailable(f"the store did not answer: {error.__class__.__name__}") from error
-    return wrapper
 
 
 class FlowStore:
@@ -54,17 +41,17 @@ class FlowStore:
         self.events = events if events is not None else database["events"]
         self._guard = guard
 
-    @_guarded
+    @serialised
     def state(self, name: str) -> dict | None:
         return self.collection.find_one({"_id": name})
 
-    @_guarded
+    @serialised
     def states(self, names: Iterable[str] | None = None) -> dict[str, dict]:
         """The flow documents of `names` (every one when None), by service name."""
         query = {} if names is None else {"_id": {"$in": list(names)}}
         return {document["_id"]: document for document in self.collection.find(query)}
 
-    @_guarded
+    @serialised
     def change(self, name: str, decide: Callable[[dict | None], tuple[Mapping[str, Any] | None, Any]],
                tries: int = CHANGE_TRIES) -> tuple[Any, bool]:
         """Read the service's document, let `decide` say what to write and what to answer, and write it
@@ -91,12 +78,12 @@ class FlowStore:
                 return result, True
         return result, False
 
-    @_guarded
+    @serialised
     def release(self, name: str, holder: str) -> None:
         """Give back a call's slot: removing one holder only frees room, so it needs no revision."""
         self.collection.update_one({"_id": name}, {"$unset": {f"holders.{holder}": ""}})  # gone already: a no-op
 
-    @_guarded
+    @serialised
     def renew(self, name: str, holders: Iterable[str], expires: datetime) -> None:
         """Extend the leases of calls still in flight (a holder already dropped as expired stays dropped,
         so a renewal never takes a slot back), and of a trial call one of them makes."""
@@ -108,7 +95,7 @@ class FlowStore:
 
     # -- a workflow's concurrency key (machinery.runtime.turns) -----------------------------------
 
-    @_guarded
+    @serialised
     def ended_events(self, event_ids: list[str]) -> list[str]:
         """Which of these events are no longer active (ended, or gone)."""
         oids = [ObjectId(event_id) for event_id in event_ids if ObjectId.is_valid(event_id)]
@@ -116,23 +103,23 @@ class FlowStore:
                   self.events.find({"_id": {"$in": oids}, "status": {"$in": list(ACTIVE)}}, {"_id": 1})}
         return [event_id for event_id in event_ids if event_id not in active]
 
-    @_guarded
+    @serialised
     def earlier_waiting(self, key: str, ack_date: datetime, event_id: str, limit: int) -> int:
         """How many active events of `key` that came before this one wait for their turn (counted up to `limit`)."""
-        ack_date = _naive_utc(ack_date)
+        ack_date = naive_utc(ack_date)
         return self.events.count_documents({
             "concurrency.key": key, "concurrency.held": False, "status": {"$in": list(ACTIVE)},
             "$or": [{"ack_date": {"$lt": ack_date}}, {"ack_date": ack_date, "_id": {"$lt": ObjectId(event_id)}}],
         }, limit=limit)
 
-    @_guarded
+    @serialised
     def next_waiting(self, key: str, limit: int) -> list[str]:
         """The first events of `key`, in the order they came, that wait for their turn."""
         return [str(document["_id"]) for document in self.events.find(
             {"concurrency.key": key, "concurrency.held": False, "status": "pending"}, {"_id": 1}
         ).sort([("ack_date", 1), ("_id", 1)]).limit(limit)]
 
-    @_guarded
+    @serialised
     def queued_events(self, limit: int = QUEUED_COUNTED) -> dict[tuple[str, str, str], int]:
         """The events queued now (a step held back by its service, or the event by its workflow's
         concurrency), counted by (service, workflow, why), one of the first two empty, up to `limit`
@@ -144,13 +131,6 @@ class FlowStore:
             key = (str(queued.get("service") or ""), str(queued.get("workflow") or ""), str(queued.get("why")))
             counts[key] = counts.get(key, 0) + 1
         return counts
-
-
-def _naive_utc(value: datetime) -> datetime:
-    """A date as the store keeps it: naive, in UTC."""
-    if value.tzinfo is not None:
-        value = (value - value.utcoffset()).replace(tzinfo=None)
-    return value
 
 
 def _inserted(update: Mapping[str, Any]) -> dict:

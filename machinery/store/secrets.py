@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError, PyMongoError
-
-from machinery.exceptions import StoreUnavailable
+from machinery.clock import utcnow
+from machinery.store.errors import serialised
 
 SECRETS = "secrets"
 CACHE_SIZE = 1024
-
-
-def _now() -> datetime:
-    """Naive UTC to the millisecond, as BSON keeps it (the store's own clock, for the same reason)."""
-    now = datetime.now(UTC)
-    return now.replace(tzinfo=None, microsecond=now.microsecond // 1000 * 1000)
 
 
 def _out(document: dict) -> dict:
     """A secret as the rest of the program sees it: its name and dates, never its token."""
     return {"name": document["name"],
             **{key: document[key].replace(tzinfo=UTC) for key in ("created_at", "updated_at") if key in document}}
-
-
-def _guarded(method):
-    """Under the embedded store's lock; a store that does not answer raises StoreUnavailable."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self._guard:
-            try:
-                return method(self, *args, **kwargs)
-            except DuplicateKeyError:
-                raise
-            except PyMongoError as error:
-                raise StoreUnavailable(f"the store did not answer: {error.__class__.__name__}") from error
-    return wrapper
 
 
 class SecretStore:
@@ -61,7 +39,7 @@ class SecretStore:
             self.collection.create_index("name", unique=True)
             self._indexed = True
 
-    @_guarded
+    @serialised
     def token(self, name: str) -> str | None:
         """The encrypted token of a stored secret, or None when none of that name is stored."""
         if self.embedded:
@@ -78,11 +56,11 @@ class SecretStore:
             self._tokens[name] = token
         return token
 
-    @_guarded
+    @serialised
     def put(self, name: str, token: str) -> tuple[dict, bool]:
         """Store a secret's token, replacing one of that name; returns (secret, created)."""
         self._index()
-        now = _now()
+        now = utcnow()
         result = self.collection.update_one(
             {"name": name}, {"$set": {"token": token, "updated_at": now}, "$setOnInsert": {"created_at": now}},
             upsert=True)
@@ -90,29 +68,29 @@ class SecretStore:
         document = self.collection.find_one({"name": name}, {"token": 0})
         return _out(document), result.upserted_id is not None
 
-    @_guarded
+    @serialised
     def get(self, name: str) -> dict | None:
         self._index()
         document = self.collection.find_one({"name": name}, {"token": 0})
         return _out(document) if document else None
 
-    @_guarded
+    @serialised
     def list(self) -> list[dict]:
         return [_out(document) for document in self.collection.find({}, {"token": 0}).sort("name", 1)]
 
-    @_guarded
+    @serialised
     def tokens(self) -> list[tuple[str, str]]:
         """Every stored (name, token): what a start-up check tries to decrypt."""
         return [(document["name"], document["token"])
                 for document in self.collection.find({}, {"name": 1, "token": 1, "_id": 0})]
 
-    @_guarded
+    @serialised
     def delete(self, name: str) -> bool:
         deleted = self.collection.delete_one({"name": name}).deleted_count > 0
         self._tokens.pop(name, None)
         return deleted
 
-    @_guarded
+    @serialised
     def services_using(self, name: str) -> list[str]:
         """The services whose request headers name `{secret.<name>}`. Deleting a secret is rare, and
         services are few: read the header templates of those that have any, rather than index them."""

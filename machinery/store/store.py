@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import logging
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -22,15 +20,13 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ReturnDocument
 from pymongo.errors import (
-    ConnectionFailure,
     DocumentTooLarge,
     DuplicateKeyError,
-    ExecutionTimeout,
     OperationFailure,
     PyMongoError,
-    WriteConcernError,
 )
 
+from machinery.clock import EPOCH, naive_utc, utcnow
 from machinery.exceptions import (
     Conflict,
     InvalidData,
@@ -45,6 +41,7 @@ from machinery.rollups import RETAIN_S as ROLLUP_RETAIN_S
 from machinery.store.bulk_jobs import BulkJobs
 from machinery.store.embedded import embedded_events
 from machinery.store.embedded_steps import embedded_step_runs
+from machinery.store.errors import serialised, server_message, store_error
 from machinery.store.event_filters import ATTR_INDEX, ATTR_KEYS, attr_query
 from machinery.store.flow import FlowStore
 from machinery.store.limits import LIMIT, MAX_DOCUMENT_BYTES, is_too_large
@@ -58,7 +55,6 @@ ROLLUPS = "rollups"  # the dashboard's five-minute buckets (machinery/rollups.py
 SCHEDULES = "schedules"
 FINISHED = ("completed", "failed", "cancelled")
 ACTIVE = ("pending", "running", "waiting")
-EPOCH = datetime(1970, 1, 1)
 HELD = datetime(9999, 1, 1)  # the lease_expires of a pending event no claim takes (its workflow is paused)
 CLAIMS_KEPT = 20  # an event keeps its last claims (who held it, when) and counts them all
 UNCLAIMABLE_TRIES = 5  # events at the size limit a claim fails, and skips, before it gives up for now
@@ -67,13 +63,6 @@ UNCLAIMABLE_TRIES = 5  # events at the size limit a claim fails, and skips, befo
 def pending_webhook() -> dict:
     """An ended event's completion webhook, due now: what claim_webhook looks for."""
     return {"status": "pending", "attempts": [], "next_at": EPOCH}
-
-
-def utcnow() -> datetime:
-    """Now, as the naive UTC datetime both MongoDB and mongomock store without surprise: to the
-    millisecond, as BSON keeps it, so a date answered before it is stored equals the stored one."""
-    now = datetime.now(UTC)
-    return now.replace(tzinfo=None, microsecond=now.microsecond // 1000 * 1000)
 
 
 def _aware(value: Any) -> Any:
@@ -95,7 +84,7 @@ def due_schedules(now: datetime) -> dict:
 def _naive(value: Any) -> Any:
     """Every aware datetime in a document as the naive UTC one the store keeps, recursively."""
     if isinstance(value, datetime):
-        return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+        return naive_utc(value)
     if isinstance(value, dict):
         return {key: _naive(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -136,79 +125,6 @@ def _out(document: Mapping[str, Any] | None, id_field: str) -> dict | None:
     result = _aware(dict(document))
     result[id_field] = str(result.pop("_id"))
     return result
-
-
-# -- what a store error means ------------------------------------------------------------
-
-# Server codes that say "not now" rather than "never": a primary stepping down or shutting down, a
-# network error seen by the server, a write conflict, a time limit. pymongo raises most of these as
-# NotPrimaryError or AutoReconnect already; these are the ones it may leave as OperationFailure.
-TRANSIENT_CODES = frozenset({
-    6, 7, 50, 89, 91, 112, 134, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
-})
-TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
-_CREDENTIALS = re.compile(r"(mongodb(?:\+srv)?://[^:/@\s]+):[^@\s]*@")
-_reported: set[tuple] = set()
-_reported_lock = threading.Lock()
-
-
-def _server_message(error: PyMongoError) -> str:
-    """The server's own message of an error (or pymongo's), without any password a URI in it holds."""
-    details = getattr(error, "details", None)
-    message = details.get("errmsg") if isinstance(details, Mapping) and details.get("errmsg") else str(error)
-    return _CREDENTIALS.sub(r"\1:***@", str(message))[:500]
-
-
-def is_transient(error: PyMongoError) -> bool:
-    """Whether another try may succeed: the store unreachable, slow, electing, or busy."""
-    if isinstance(error, (ConnectionFailure, ExecutionTimeout, WriteConcernError)):
-        return True  # ConnectionFailure: AutoReconnect, NotPrimaryError, NetworkTimeout, server selection
-    if getattr(error, "timeout", False):  # any operation past MACHINERY_MONGO_TIMEOUT_MS (pymongo's timeoutMS)
-        return True
-    if any(error.has_error_label(label) for label in TRANSIENT_LABELS):
-        return True
-    return getattr(error, "code", None) in TRANSIENT_CODES
-
-
-def store_error(error: PyMongoError, doing: str | None = None) -> MachineryError:
-    """The domain error a pymongo error means: StoreUnavailable (503, try again) when it may pass,
-    StoreRefused (an operator must act) when it will not, logged once with the server's code and message."""
-    if is_transient(error):
-        return StoreUnavailable(f"the store did not answer: {error.__class__.__name__}")
-    code = getattr(error, "code", None)
-    details = getattr(error, "details", None)
-    code_name = details.get("codeName") if isinstance(details, Mapping) else None
-    message = _server_message(error)
-    what = error.__class__.__name__
-    if code is not None:
-        what = f"MongoDB error {code}" + (f" {code_name}" if code_name else "")
-    summary = f"{doing}: " if doing else ""
-    refused = StoreRefused(f"{summary}the store refused it ({what}): {message}", code=code, code_name=code_name)
-    with _reported_lock:
-        first = (code, message) not in _reported
-        if first and len(_reported) < 1000:
-            _reported.add((code, message))
-    if first:
-        LOG.error("store refused an operation: %s", refused.message,
-                  extra={"mongo_code": code, "mongo_code_name": code_name})
-    return refused
-
-
-def _serialised(method):
-    """Run a store method under the embedded store's lock (mongomock is not thread-safe), and answer
-    pymongo's errors as the domain errors they mean (see store_error)."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self._guard:
-            try:
-                return method(self, *args, **kwargs)
-            except (DuplicateKeyError, NotFound, Conflict, TooLarge):
-                raise
-            except (PyMongoError, DocumentTooLarge) as error:
-                if is_too_large(error):
-                    raise TooLarge(f"MongoDB refused a write past {LIMIT}: {error}") from error
-                raise store_error(error) from error
-    return wrapper
 
 
 # -- indexes ------------------------------------------------------------------------------
@@ -264,7 +180,7 @@ def decode_cursor(token: str) -> tuple[datetime, ObjectId]:
         version, millis, oid = raw.split(":")
         if version != "1" or not millis.isdigit() or len(millis) > 15:
             raise ValueError(raw)
-        when = datetime(1970, 1, 1) + timedelta(milliseconds=int(millis))
+        when = EPOCH + timedelta(milliseconds=int(millis))
         return when, ObjectId(oid)
     except (ValueError, binascii.Error, UnicodeDecodeError, InvalidId, TypeError, OverflowError):
         raise InvalidData("cursor is not one this API gave: pass the next_cursor of a page as it is",
@@ -325,12 +241,12 @@ class Store:
 
     # -- health and indexes -------------------------------------------------------------
 
-    @_serialised
+    @serialised
     def ping(self) -> None:
         if not self.embedded:
             self.db.client.admin.command("ping")
 
-    @_serialised
+    @serialised
     def ensure_indexes(self, event_ttl_days: float | None = None,
                        build_timeout_s: float | None = INDEX_BUILD_TIMEOUT_S) -> None:
         """Create the indexes every query relies on; idempotent, and safe with several processes
@@ -386,7 +302,7 @@ class Store:
             fields = ", ".join(field for field, _ in keys)
             raise StoreRefused(
                 f"{doing} cannot be made: two or more {collection.name} share one {fields} "
-                f"({_server_message(error)}); rename or delete the duplicates, then restart or run "
+                f"({server_message(error)}); rename or delete the duplicates, then restart or run "
                 f"`machinery init-db`", code=11000, code_name="DuplicateKey") from error
         except PyMongoError as error:
             raise store_error(error, f"{doing} cannot be made") from error
@@ -478,7 +394,7 @@ class Store:
 
     # -- clocks -----------------------------------------------------------------------------
 
-    @_serialised
+    @serialised
     def check_clock(self, tolerance_s: float) -> float | None:
         """This host's clock minus the server's (from `hello`'s localTime, halfway through the round
         trip), checked once per Store; a warning when it is off by more than `tolerance_s`, since lease
@@ -529,7 +445,7 @@ class Store:
             except MachineryError as error:  # it expires by itself
                 LOG.warning("registry lock not released: %s", error.message)
 
-    @_serialised
+    @serialised
     def _take_registry(self, owner: str) -> bool:
         now = utcnow()
         try:
@@ -542,7 +458,7 @@ class Store:
             return False
         return True
 
-    @_serialised
+    @serialised
     def _release_registry(self, owner: str) -> None:
         self.locks.delete_one({"_id": "registry", "owner": owner})
 
@@ -564,27 +480,27 @@ class Store:
         after = collection.find_one({"name": definition["name"]})
         return after, before is None
 
-    @_serialised
+    @serialised
     def put_service(self, definition: Mapping[str, Any]) -> tuple[dict, bool]:
         """Register a service, or replace the one of that name; returns (service, created)."""
         document, created = self._put(self.services, definition, bump_version=False)
         self._service_writes += 1
         return _out(document, "service_id"), created
 
-    @_serialised
+    @serialised
     def get_service(self, ref: str) -> dict:
         document = self.services.find_one(_by_ref(ref))
         if document is None:
             raise NotFound(f"no service {ref!r}")
         return _out(document, "service_id")
 
-    @_serialised
+    @serialised
     def find_services(self, names: Iterable[str]) -> dict[str, dict]:
         """The registered services among `names`, by name."""
         return {doc["name"]: _out(doc, "service_id")
                 for doc in self.services.find({"name": {"$in": list(set(names))}})}
 
-    @_serialised
+    @serialised
     def services_revision(self, names: Iterable[str]) -> tuple:
         """A token that changes whenever a service among `names` is registered, replaced or deleted:
         what a plan cache keys on. The embedded store is written by this process alone, so a count of
@@ -595,11 +511,11 @@ class Store:
         return tuple(sorted((doc["name"], str(doc["_id"]), doc.get("updated_at")) for doc in
                             self.services.find({"name": {"$in": list(set(names))}}, {"name": 1, "updated_at": 1})))
 
-    @_serialised
+    @serialised
     def list_services(self, page: int, page_size: int) -> tuple[list[dict], int]:
         return self._page(self.services, {}, [("name", 1)], page, page_size, "service_id")
 
-    @_serialised
+    @serialised
     def workflows_using(self, service_name: str) -> list[dict]:
         return [_out(doc, "workflow_id") for doc in self.workflows.find({"services": service_name}).sort("name", 1)]
 
@@ -609,7 +525,7 @@ class Store:
         with self.registry_lock():
             return self._delete_unused_service(ref)
 
-    @_serialised
+    @serialised
     def _delete_unused_service(self, ref: str) -> dict:
         service = self.get_service(ref)
         users = [workflow["name"] for workflow in self.workflows_using(service["name"])]
@@ -624,14 +540,14 @@ class Store:
         self.writes += 1
         return service
 
-    @_serialised
+    @serialised
     def put_workflow(self, definition: Mapping[str, Any]) -> tuple[dict, bool]:
         """Register a workflow, or replace the one of that name and bump its version."""
         self._workflows_read.clear()
         document, created = self._put(self.workflows, definition, bump_version=True)
         return _out(document, "workflow_id"), created
 
-    @_serialised
+    @serialised
     def get_workflow(self, ref: str) -> dict:
         """A workflow by id or name (the caller reads it, never changes it)."""
         known = self._workflows_read.get(ref)
@@ -645,11 +561,11 @@ class Store:
             self._workflows_read[ref] = workflow
         return dict(workflow)
 
-    @_serialised
+    @serialised
     def list_workflows(self, page: int, page_size: int) -> tuple[list[dict], int]:
         return self._page(self.workflows, {}, [("name", 1)], page, page_size, "workflow_id")
 
-    @_serialised
+    @serialised
     def workflows_running(self, name: str) -> list[dict]:
         """The registered workflows that run the workflow `name` as a child, by name: the trees whose
         `workflows` hold it, and the trees stored before that field, whose steps are read here. Both
@@ -667,7 +583,7 @@ class Store:
         return (self.workflows.find({**TREES, "workflows": name}),
                 self.workflows.find({**TREES, "workflows": None}))
 
-    @_serialised
+    @serialised
     def delete_workflow(self, ref: str) -> dict:
         workflow = self.get_workflow(ref)
         self._workflows_read.clear()
@@ -682,7 +598,7 @@ class Store:
 
     # -- events -------------------------------------------------------------------------
 
-    @_serialised
+    @serialised
     def insert_event(self, event: dict) -> tuple[dict, bool]:
         """Insert a new event; with an idempotency key already used, return (the first event, False)."""
         document = dict(event)
@@ -708,7 +624,7 @@ class Store:
         inserted["event_id"] = str(inserted.pop("_id"))
         return inserted, True
 
-    @_serialised
+    @serialised
     def get_event(self, event_id: str) -> dict:
         oid = _object_id(event_id)
         document = self.events.find_one({"_id": oid}) if oid else None
@@ -716,7 +632,7 @@ class Store:
             raise NotFound(f"no event {event_id!r}")
         return _out(document, "event_id")
 
-    @_serialised
+    @serialised
     def list_events(self, page: int, page_size: int, workflow_id: str | None = None,
                     status: str | None = None,
                     attrs: Iterable[tuple[str, str, Any]] | None = None) -> tuple[list[dict], int]:
@@ -724,7 +640,7 @@ class Store:
         listed = self.list_events_page(page_size, page=page, workflow_id=workflow_id, status=status, attrs=attrs)
         return listed["items"], listed["total"]
 
-    @_serialised
+    @serialised
     def list_events_page(self, page_size: int, *, page: int = 1, after: str | None = None,
                          workflow_id: str | None = None, status: str | None = None,
                          attrs: Iterable[tuple[str, str, Any]] | None = None) -> dict:
@@ -776,11 +692,11 @@ class Store:
         return [self.events.find({**query, "ack_date": when, "_id": {"$lt": oid}}, project).sort(NEWEST_FIRST),
                 self.events.find({**query, "ack_date": {"$lt": when}}, project).sort(NEWEST_FIRST)]
 
-    @_serialised
+    @serialised
     def count_events(self, status: str) -> int:
         return self.events.count_documents({"status": status})
 
-    @_serialised
+    @serialised
     def update_event(self, event_id: str, update: Mapping[str, Any], owner: str | None = None,
                      expect: Mapping[str, Any] | None = None) -> bool:
         """Apply one atomic update to an event, held by `owner` when given; False when it is not."""
@@ -804,7 +720,7 @@ class Store:
             raise AssertionError(f"event {oid}'s document is {size} bytes, past the "
                                  f"{self.check_event_bytes} MACHINERY_TEST_EVENT_MAX_BYTES allows")
 
-    @_serialised
+    @serialised
     def existing_events(self, event_ids: Iterable[str]) -> set[str]:
         """Which of these event ids are stored (one query of ids only)."""
         oids = [oid for oid in (_object_id(event_id) for event_id in event_ids) if oid is not None]
@@ -820,17 +736,18 @@ class Store:
         except (PyMongoError, DocumentTooLarge) as error:
             raise store_error(error) from error
 
-    @_serialised
+    @serialised
     def delete_events(self, event_ids: Iterable[str]) -> int:
         """Remove events with their step records and their files."""
-        ids = [event_id for event_id in event_ids if _object_id(event_id) is not None]
-        result = self.events.delete_many({"_id": {"$in": [ObjectId(event_id) for event_id in ids]}})
+        oids = {event_id: oid for event_id in event_ids if (oid := _object_id(event_id)) is not None}
+        ids = list(oids)
+        result = self.events.delete_many({"_id": {"$in": list(oids.values())}})
         self.step_runs.delete_many({"event_id": {"$in": ids}})
         self.values.delete_for_events(ids)
         self.writes += 1
         return result.deleted_count
 
-    @_serialised
+    @serialised
     def claim_event(self, owner: str, lease_s: float, event_id: str | None = None) -> dict | None:
         """Atomically take one event to work on: pending, a running one whose lease expired,
         or a waiting one whose callback deadline passed (so its step can be failed); only the
@@ -876,7 +793,7 @@ class Store:
             "message": f"the event's record is at {LIMIT}: not even a claim fits in it any more, so the "
                        f"event failed for good (MongoDB: {error})"}, query)
 
-    @_serialised
+    @serialised
     def fail_too_large(self, event_id: str, error: Mapping[str, Any], owner: str | None = None,
                        expect: Mapping[str, Any] | None = None) -> bool:
         """Fail an event whose record is at MongoDB's size limit, with writes that make it smaller:
@@ -912,7 +829,7 @@ class Store:
         LOG.error("event %s: could not be failed, not even with a write that makes it smaller", oid)
         return False
 
-    @_serialised
+    @serialised
     def claim_webhook(self, owner: str, lease_s: float) -> dict | None:
         """Atomically take one ended event whose completion webhook is due. An event whose record
         has no room left for the claim has its webhook failed, and the claim goes on to the next."""
@@ -948,7 +865,7 @@ class Store:
         self.writes += 1
         return result.matched_count == 1
 
-    @_serialised
+    @serialised
     def renew_leases(self, owner: str, event_ids: Iterable[str], lease_s: float) -> int:
         ids = [ObjectId(event_id) for event_id in event_ids]
         if not ids:
@@ -960,7 +877,7 @@ class Store:
         self.writes += 1
         return result.modified_count
 
-    @_serialised
+    @serialised
     def release_event(self, event_id: str, owner: str) -> bool:
         """Give a running event back so another worker resumes it at once."""
         return self.update_event(
@@ -968,7 +885,7 @@ class Store:
             owner=owner, expect={"status": "running"},
         )
 
-    @_serialised
+    @serialised
     def find_by_callback(self, token_hash: str) -> tuple[dict | None, bool]:
         """The event waiting on a callback token, and whether the token was already spent."""
         document = self.events.find_one({"waiting.token_hash": token_hash})
@@ -988,14 +905,14 @@ class Store:
             return self.events.field_of(oid, "status")
         return self._event_status(oid)
 
-    @_serialised
+    @serialised
     def _event_status(self, oid: ObjectId) -> str | None:
         document = self.events.find_one({"_id": oid}, {"status": 1})
         return document["status"] if document else None
 
     # -- paused workflows -------------------------------------------------------------------
 
-    @_serialised
+    @serialised
     def set_workflow_paused(self, workflow_id: str, paused: Mapping[str, Any] | None,
                             expect_paused: bool) -> bool:
         """Pause a workflow (`paused`: who and when) or resume it (None), if it is paused as
@@ -1008,7 +925,7 @@ class Store:
         self.writes += 1
         return result.matched_count == 1
 
-    @_serialised
+    @serialised
     def hold_events(self, workflow_id: str) -> int:
         """Keep a paused workflow's pending events that never started from being claimed; how many
         were held."""
@@ -1017,7 +934,7 @@ class Store:
         self.writes += 1
         return result.modified_count
 
-    @_serialised
+    @serialised
     def release_events(self, workflow_id: str, event_id: str | None = None) -> int:
         """Make a resumed workflow's held events claimable (all of them, or the one `event_id`), due
         one millisecond apart in the order they arrived, so that claims take them in that order."""
@@ -1037,7 +954,7 @@ class Store:
 
     # -- step records of tree events ---------------------------------------------------------
 
-    @_serialised
+    @serialised
     def insert_step_run(self, record: Mapping[str, Any]) -> tuple[dict, bool]:
         """Insert one step record; one already there for its (event_id, run, instance) is returned
         instead, with created=False."""
@@ -1054,7 +971,7 @@ class Store:
         document.pop("_id", None)
         return document, True
 
-    @_serialised
+    @serialised
     def update_step_run(self, event_id: str, run: int, instance: str, update: Mapping[str, Any],
                         expect: Mapping[str, Any] | None = None) -> bool:
         """One atomic update of a step record, if it matches `expect`; False when it does not."""
@@ -1063,7 +980,7 @@ class Store:
         self.writes += 1
         return result.matched_count == 1
 
-    @_serialised
+    @serialised
     def step_runs_of(self, event_id: str, runs: Iterable[int] | None = None, *, top_only: bool = False,
                      limit: int = 0) -> list[dict]:
         """An event's step records (of the runs given; outside any map item with `top_only`), oldest
@@ -1076,7 +993,7 @@ class Store:
         return [_aware(document) for document in
                 self.step_runs.find(query, {"_id": 0}).sort([("run", 1), ("started_at", 1)]).limit(limit)]
 
-    @_serialised
+    @serialised
     def page_step_runs(self, event_id: str, *, node: str | None = None, item: int | None = None,
                        status: str | None = None, page: int = 1, page_size: int = 50) -> tuple[list[dict], int]:
         """A page of an event's step records, in the order they started, and their total."""
@@ -1092,7 +1009,7 @@ class Store:
                   .skip((page - 1) * page_size).limit(page_size))
         return [_aware(document) for document in cursor], total
 
-    @_serialised
+    @serialised
     def cancel_step_runs(self, event_id: str, fields: Mapping[str, Any]) -> list[dict]:
         """End an event's waiting step records with `fields` (a cancel): their callback tokens answer
         410, their timers and polls are dropped. Returns the records as they were (their children)."""
@@ -1103,14 +1020,14 @@ class Store:
             self.writes += 1
         return found
 
-    @_serialised
+    @serialised
     def find_step_run_by_token(self, token_hash: str) -> dict | None:
         """The step record holding a callback token (waiting, or already completed by it)."""
         return _aware(self.step_runs.find_one({"token_hash": token_hash}, {"_id": 0}))
 
     # -- schedules ------------------------------------------------------------------------
 
-    @_serialised
+    @serialised
     def insert_schedule(self, schedule: Mapping[str, Any]) -> dict:
         """Store a new schedule; Conflict when one of that name exists."""
         now = utcnow()
@@ -1124,18 +1041,18 @@ class Store:
         self.writes += 1
         return _out(document, "schedule_id")
 
-    @_serialised
+    @serialised
     def get_schedule(self, name: str) -> dict:
         document = self.schedules.find_one({"name": name})
         if document is None:
             raise NotFound(f"no schedule {name!r}")
         return _out(document, "schedule_id")
 
-    @_serialised
+    @serialised
     def list_schedules(self, page: int, page_size: int) -> tuple[list[dict], int]:
         return self._page(self.schedules, {}, [("name", 1)], page, page_size, "schedule_id")
 
-    @_serialised
+    @serialised
     def change_schedule(self, name: str, fields: Mapping[str, Any], expect: Mapping[str, Any] | None = None) -> dict:
         """Set fields of a schedule (which its `expect` must match) and return it; NotFound when there
         is none (or Conflict when it no longer matches `expect`). Any lease on it is dropped, so the
@@ -1149,7 +1066,7 @@ class Store:
         self.writes += 1
         return _out(document, "schedule_id")
 
-    @_serialised
+    @serialised
     def delete_schedule(self, name: str) -> dict:
         document = self.schedules.find_one_and_delete({"name": name})
         if document is None:
@@ -1157,7 +1074,7 @@ class Store:
         self.writes += 1
         return _out(document, "schedule_id")
 
-    @_serialised
+    @serialised
     def claim_schedule(self, owner: str, lease_s: float) -> dict | None:
         """Atomically take the schedule whose tick is due soonest (not paused, not held by another),
         for `lease_s`: one walk of the schedules_due index, one write when something is due."""
@@ -1172,7 +1089,7 @@ class Store:
         self.writes += 1
         return _out(document, "schedule_id")
 
-    @_serialised
+    @serialised
     def advance_schedule(self, name: str, owner: str, due: datetime, fields: Mapping[str, Any],
                          tick: Mapping[str, Any] | None = None) -> bool:
         """Move a schedule held by `owner` on from its tick `due`: set `fields` (its next_run among
@@ -1186,7 +1103,7 @@ class Store:
         self.writes += 1
         return result.matched_count == 1
 
-    @_serialised
+    @serialised
     def hold_schedule(self, name: str, owner: str, until: datetime, fields: Mapping[str, Any]) -> bool:
         """Keep a schedule held by `owner` unfired until `until` (its tick waits), setting `fields`."""
         result = self.schedules.update_one({"name": name, "lease_owner": owner},
@@ -1194,13 +1111,13 @@ class Store:
         self.writes += 1
         return result.matched_count == 1
 
-    @_serialised
+    @serialised
     def pending_events_by_status(self) -> dict[str, int]:
         return {status: self.events.count_documents({"status": status}) for status in ACTIVE}
 
     # -- the dashboard's rollups ----------------------------------------------------------
 
-    @_serialised
+    @serialised
     def add_rollup(self, workflow: str, bucket: datetime, inc: Mapping[str, float],
                    maxima: Mapping[str, float], names: Mapping[str, str]) -> None:
         """Add one process's counts to a workflow's bucket: one upsert, whatever it holds."""
@@ -1214,7 +1131,7 @@ class Store:
         self.rollups.update_one({"_id": f"{workflow}|{bucket.isoformat()}"}, update, upsert=True)
         self.writes += 1
 
-    @_serialised
+    @serialised
     def rollups_since(self, since: datetime) -> list[dict]:
         """Every workflow's buckets from `since` on, in no order (read through the expiry index on `bucket`)."""
         return list(self.rollups.find({"bucket": {"$gte": since}}))

@@ -25,6 +25,8 @@ import pymongo
 from bson import Binary
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from machinery.clock import utcnow
+
 BUCKET = "values"
 CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
 FILE_ID_LENGTH = 24 + 1 + 64  # an event id, '-', a sha256 in hex
@@ -84,7 +86,7 @@ class ValueStore:
                 self._insert_chunks(ref, data)
             try:
                 self.files.insert_one({
-                    "_id": ref, "length": len(data), "chunkSize": CHUNK_BYTES, "uploadDate": _now(),
+                    "_id": ref, "length": len(data), "chunkSize": CHUNK_BYTES, "uploadDate": utcnow(),
                     "filename": ref, "metadata": {"event_id": event_id, "sha256": sha256,
                                                   "contentType": "application/json"}})
             except DuplicateKeyError:
@@ -184,7 +186,7 @@ class ValueStore:
                 found = list(self.files.find(query, {"_id": 1, "uploadDate": 1, "metadata.event_id": 1})
                              .sort("_id", pymongo.ASCENDING).limit(batch))
             self._sweep_after = found[-1]["_id"] if len(found) == batch else None
-            old = _now() - timedelta(seconds=self.grace_s if grace_s is None else grace_s)
+            old = utcnow() - timedelta(seconds=self.grace_s if grace_s is None else grace_s)
             candidates = [document for document in found if document["uploadDate"] <= old]
             alive = event_exists({document["metadata"]["event_id"] for document in candidates})
             gone = [document["_id"] for document in candidates if document["metadata"]["event_id"] not in alive]
@@ -220,9 +222,3 @@ class ValueStore:
         """(files, chunks) in the bucket, for tests and the sweeper's checks."""
         with self._guard:
             return self.files.count_documents({}), self.chunks.count_documents({})
-
-
-def _now() -> datetime:
-    from machinery.store.store import utcnow  # one clock for the whole store
-
-    return utcnow()

@@ -36,6 +36,7 @@ def _optional_positive_float(value: str) -> float | None:
 
 MAX_TTL_SECONDS = 2147483647  # the largest expireAfterSeconds MongoDB accepts
 MAX_TTL_DAYS = MAX_TTL_SECONDS // 86400  # 24855
+DEFAULT_OFFLOAD_BYTES = 256 * 1024  # MACHINERY_OFFLOAD_BYTES unset: what the store and the payloads take too
 
 
 def _ttl_days(value: str) -> float | None:
@@ -191,7 +192,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_RESPONSE_BYTES", 64 * 1024 * 1024, _positive_int,
             "Largest reply body read from a service; a larger one fails the step (kind `too_large`, naming "
             "this cap). Large values are kept out of the event (see `MACHINERY_OFFLOAD_BYTES`)."),
-    Setting("OFFLOAD_BYTES", 256 * 1024, _positive_int,
+    Setting("OFFLOAD_BYTES", DEFAULT_OFFLOAD_BYTES, _positive_int,
             "A value of an event's data, of a step's or a callback's outputs or of the workflow's outputs "
             "larger than this is stored as a file in the store's `values` bucket, and the event holds a "
             "reference to it (`{\"$ref\": ..., \"bytes\": N, \"sha256\": ...}`)."),

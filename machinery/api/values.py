@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Response
 
 from machinery.exceptions import InvalidData, NotFound
@@ -29,13 +27,13 @@ def inline(store, event: dict, resolve: bool) -> dict:
 
 def download(store, event_id: str, ref: str) -> Response:
     """GET /events/<id>/values/<ref>: the value's JSON, streamed a few chunks at a time."""
-    store.get_event(event_id)  # NotFound for an event that is not there
+    if store.event_status(event_id) is None:  # one field read: the event itself is not sent
+        raise NotFound(f"no event {event_id!r}")
     if not is_file_id(ref) or event_of(ref) != event_id:
         raise NotFound(f"event {event_id} has no value {ref[:100]!r}: give the $ref that GET /events/{event_id} "
                        "shows", errors={"ref": ["not a value of this event"]})
     length = store.values.length(ref)
-    chunks: Any = store.values.stream(ref) if length is not None else None
-    if chunks is None:
+    if length is None:
         raise NotFound(f"event {event_id} has no value {ref!r}", errors={"ref": ["not stored"]})
-    return Response(chunks, mimetype="application/json", headers={
+    return Response(store.values.chunks_of(ref, length), mimetype="application/json", headers={
         "Content-Length": str(length), "Content-Disposition": f'attachment; filename="{ref}.json"'})

@@ -17,16 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from bson.dbref import DBRef
 
 from machinery import guard
+from machinery.config import DEFAULT_OFFLOAD_BYTES
 from machinery.exceptions import InvalidData
 from machinery.store.limits import element_size
 
 COLLECTION = "values"
-DEFAULT_OFFLOAD_BYTES = 256 * 1024
 # The share of MACHINERY_OFFLOAD_BYTES the outputs of one step may keep inline all together (16 KiB
 # by default): past it, their largest values are offloaded too, so that steps never add up to a
 # large event document however many values just under the threshold each holds.
@@ -219,12 +219,3 @@ def check_storable(values: Mapping[str, Any], name: str, offload_bytes: int | No
 
 def _size(key: str, value: Any) -> int:
     return element_size(key, value)
-
-
-def refs_in(*values: Any) -> Iterable[DBRef]:
-    """The references in event fields (data, context, outputs) and step records' outputs."""
-    for value in values:
-        if isinstance(value, dict):
-            for item in value.values():
-                if is_ref(item):
-                    yield item

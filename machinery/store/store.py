@@ -28,6 +28,7 @@ from pymongo.errors import (
 )
 
 from machinery.clock import EPOCH, naive_utc, utcnow
+from machinery.config import DEFAULT_OFFLOAD_BYTES
 from machinery.exceptions import (
     Conflict,
     InvalidData,
@@ -202,7 +203,7 @@ class Store:
         self.flow = FlowStore(database, self._guard, self.events)  # limited services' slots, buckets and breakers
         self.bulk_jobs = BulkJobs(self)
         self.values = ValueStore(database, self._guard, embedded=embedded)  # large values (runtime.payloads)
-        self.offload_bytes = 256 * 1024  # MACHINERY_OFFLOAD_BYTES, set by whoever reads the config
+        self.offload_bytes = DEFAULT_OFFLOAD_BYTES  # MACHINERY_OFFLOAD_BYTES, set by whoever reads the config
         # Tests set MACHINERY_TEST_EVENT_MAX_BYTES: every event write then checks the document's size.
         self.check_event_bytes = int(os.environ.get("MACHINERY_TEST_EVENT_MAX_BYTES") or 0)
         self.locks = database[LOCKS]

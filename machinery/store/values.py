@@ -139,9 +139,11 @@ class ValueStore:
         length = self.length(ref)
         if length is None:
             return None
-        return self._chunks(ref, length)
+        return self.chunks_of(ref, length)
 
-    def _chunks(self, ref: str, length: int) -> Iterator[bytes]:
+    def chunks_of(self, ref: str, length: int) -> Iterator[bytes]:
+        """The chunks of a file of `length` bytes (as its files document says), in order, read a few at a
+        time: for a reader that has read the length already."""
         count = (length + CHUNK_BYTES - 1) // CHUNK_BYTES
         for start in range(0, count, READ_CHUNKS):
             with self._guard:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from bson import ObjectId
 
 from machinery import guard, registry, search
+from machinery.clock import naive_utc
 from machinery.exceptions import Conflict, DataflowError, Gone, InvalidData, NotFound, ServiceCallError, TooLarge
 from machinery.ids import random_hex
 from machinery.language import dataflow, types
@@ -185,11 +186,25 @@ def completed_records(event: Mapping[str, Any]) -> dict[tuple, Mapping]:
             if record.get("status") == "completed"}
 
 
+def _cancel_as_now(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A cancel's `in_flight` stays true in the store until the holder records what it was doing; a
+    holder that died first never does, and its lease's expiry is what says nothing is in flight any more
+    (no worker takes a cancelled event, so no one writes it)."""
+    cancelled = event.get("cancelled")
+    if not (isinstance(cancelled, dict) and cancelled.get("in_flight")):
+        return event
+    lease = event.get("lease_expires")
+    if lease is not None and naive_utc(lease) > utcnow():
+        return event
+    return {**event, "cancelled": {**cancelled, "in_flight": False}}
+
+
 def for_display(event: Mapping[str, Any], store: Store | None = None) -> dict:
     """An event as the API, the UI and the completion webhook show it. Step records store no copy of
     the inputs sent (they are the plan's inputs read from the context before the step): each is put
     back here, with the context if it was dropped and the claim count. Records that hold their inputs
     (stored before) are shown as they are; a record whose inputs cannot be rebuilt is shown without."""
+    event = _cancel_as_now(event)
     if (event.get("plan") or {}).get("version") == 2:
         return _tree_display(event, store)
     steps = event.get("steps") or []

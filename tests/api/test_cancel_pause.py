@@ -205,6 +205,21 @@ def test_a_running_event_keeps_its_holder_until_the_holder_settles_it(registered
     assert settled["cancelled"]["in_flight"] is False
 
 
+def test_a_holder_that_dies_before_it_settles_leaves_nothing_shown_in_flight_once_its_lease_expires(
+        registered, store):
+    event_id = queue(registered)
+    store.claim_event("holder", 30)
+    assert registered.post(f"/events/{event_id}/cancel").get_json()["cancelled"]["in_flight"] is True
+    assert registered.get(f"/events/{event_id}").get_json()["cancelled"]["in_flight"] is True
+
+    store.events.update_one({"_id": store.events.find_one()["_id"]},
+                            {"$set": {"lease_expires": cancel.EPOCH}})  # the holder was killed: its lease ran out
+
+    body = registered.get(f"/events/{event_id}").get_json()
+    assert body["status"] == "cancelled" and body["cancelled"]["in_flight"] is False
+    assert store.get_event(event_id)["cancelled"]["in_flight"] is True  # shown as it is now, not rewritten
+
+
 def test_a_step_in_flight_too_large_for_the_record_still_lets_the_cancelled_event_go():
     from machinery.exceptions import TooLarge
 

@@ -87,11 +87,19 @@ class FlowStore:
     def renew(self, name: str, holders: Iterable[str], expires: datetime) -> None:
         """Extend the leases of calls still in flight (a holder already dropped as expired stays dropped,
         so a renewal never takes a slot back), and of a trial call one of them makes."""
+        holders = list(holders)
         for holder in holders:
             self.collection.update_one({"_id": name, f"holders.{holder}": {"$exists": True}},
                                        {"$set": {f"holders.{holder}": expires}})
-            self.collection.update_one({"_id": name, "breaker.trial": holder},
+        if holders:  # at most one of them makes the trial call
+            self.collection.update_one({"_id": name, "breaker.trial": {"$in": holders}},
                                        {"$set": {"breaker.trial_expires": expires}})
+
+    @serialised
+    def forget(self, name: str) -> None:
+        """A deleted service's document goes with it: a service registered later under its name starts
+        with its own bucket and a closed breaker, not with what the old one left."""
+        self.collection.delete_one({"_id": name})
 
     # -- a workflow's concurrency key (machinery.runtime.turns) -----------------------------------
 

@@ -539,6 +539,7 @@ class Store:
             )
         self._service_writes += 1
         self.services.delete_one({"_id": ObjectId(service["service_id"])})
+        self.flow.forget(service["name"])
         self.writes += 1
         return service
 

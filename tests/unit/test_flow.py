@@ -151,6 +151,31 @@ def test_a_renewal_never_takes_back_a_slot_dropped_as_expired():
     assert store.state("upper")["holders"] == {"a": at(60)}
 
 
+def test_a_renewal_extends_the_trial_call_one_of_its_holders_makes_and_no_other():
+    store = FlowStore(mongomock.MongoClient().db, threading.RLock())
+    store.collection.insert_one({"_id": "upper", "rev": 0, "holders": {"a": at(1), "b": at(1)},
+                                 "breaker": {"state": "half_open", "trial": "b", "trial_expires": at(1)}})
+    store.collection.insert_one({"_id": "other", "rev": 0, "holders": {"a": at(1)},
+                                 "breaker": {"state": "half_open", "trial": "a", "trial_expires": at(1)}})
+    store.renew("upper", ["a", "b"], at(60))
+    assert store.state("upper")["breaker"]["trial_expires"] == at(60)
+    assert store.state("other")["breaker"]["trial_expires"] == at(1) and store.state("other")["holders"] == {"a": at(1)}
+    store.renew("upper", [], at(90))  # nothing in flight: nothing written
+    assert store.state("upper")["breaker"]["trial_expires"] == at(60)
+
+
+def test_a_deleted_service_takes_its_flow_document_with_it():
+    store = Store(mongomock.MongoClient().db)
+    store.put_service({"name": "upper", "address": "http://127.0.0.1:9/", "max_concurrency": 1,
+                       "inputs": [], "outputs": []})
+    store.flow.collection.insert_one({"_id": "upper", "rev": 3, "breaker": {"state": "open", "failures": 5}})
+    store.flow.collection.insert_one({"_id": "workflow:w1:k", "rev": 1, "holders": {}})
+
+    store.delete_service("upper")
+
+    assert store.flow.state("upper") is None and store.flow.state("workflow:w1:k") is not None
+
+
 # -- the breaker -------------------------------------------------------------------------------
 
 BREAKER = Limits("upper", threshold=3, cool_down_s=30)

@@ -124,12 +124,12 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def parse_filters(arguments: Iterable[tuple[str, Any]], declared: Iterable[str] | None = None,
+def parse_filters(arguments: Iterable[tuple[str, Any]], workflow: Mapping[str, Any] | None = None,
                   prefix: str = PREFIX) -> list[tuple[str, str, Any]]:
     """The (path, operator, value) filters among query arguments named ``attr.<path>[__<op>]`` (or,
-    with prefix "", a filter's own keys); operator "eq" when none is given. `declared`: the search paths
-    of the one workflow searched, when known. InvalidData naming each bad filter."""
-    known = list(declared) if declared is not None else None
+    with prefix "", a filter's own keys); operator "eq" when none is given. `workflow`: the one workflow
+    searched, when known: then only its search paths may be named. InvalidData naming each bad filter."""
+    known = list(workflow.get("search") or []) if workflow is not None else None
     found: list[tuple[str, str, Any]] = []
     errors: dict[str, list[str]] = {}
     for name, raw in arguments:

@@ -164,8 +164,7 @@ class Events(MethodView):
         """List events, newest first, by workflow, status and search attributes (attr.<path>[__op]=value)"""
         store = _runtime().store
         workflow = store.get_workflow(args["workflow"]) if args.get("workflow") else None
-        attrs = search.parse_filters(request.args.items(multi=True),
-                                     workflow.get("search") or [] if workflow else None)
+        attrs = search.parse_filters(request.args.items(multi=True), workflow)
         listed = store.list_events_page(args["page_size"], page=args["page"],
                                         after=args.get("cursor") or args.get("after"),
                                         workflow_id=workflow["workflow_id"] if workflow else None,

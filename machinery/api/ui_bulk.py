@@ -36,7 +36,7 @@ def listed_filters(workflow: dict | None, text: str) -> list[tuple[str, str, Any
     """The search box's filters, checked against the workflow's search paths when one is chosen."""
     if not text.strip():
         return []
-    return search.parse_filters(search_terms(text), workflow.get("search") or [] if workflow else None, prefix="")
+    return search.parse_filters(search_terms(text), workflow, prefix="")
 
 
 def bulk_body(form) -> dict:

@@ -138,7 +138,7 @@ def check_request(store: Store, body: Any) -> dict:
             raise InvalidData("filter.attrs must be an object: {\"<path>[__op]\": value}",
                               errors={"filter.attrs": ["not an object"]})
         try:
-            parsed = search.parse_filters(attrs.items(), workflow.get("search") or [] if workflow else None, prefix="")
+            parsed = search.parse_filters(attrs.items(), workflow, prefix="")
         except InvalidData as error:
             raise InvalidData(f"filter.attrs: {error.message}",
                               errors={f"filter.attrs.{key}": problems for key, problems in error.errors.items()}) \

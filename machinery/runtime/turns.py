@@ -56,20 +56,16 @@ def take(store, event: dict, owner: str) -> dict | None:
     ack_date = event["ack_date"]
 
     def decide(document):
-        holders = dict((document or {}).get("holders") or {})
+        holders = (document or {}).get("holders") or {}
         if event_id in holders:
             return None, True
-        if len(holders) >= limit:
-            gone = store.flow.ended_events(list(holders))
-            for holder in gone:
-                holders.pop(holder)
+        gone = store.flow.ended_events(list(holders)) if len(holders) >= limit else []
         earlier = store.flow.earlier_waiting(key, ack_date, event_id, limit)
-        if len(holders) + earlier >= limit:
+        if len(holders) - len(gone) + earlier >= limit:
             return None, False
         update = {"$set": {f"holders.{event_id}": ack_date}}
-        dropped = set((document or {}).get("holders") or {}) - set(holders)
-        if dropped:
-            update["$unset"] = {f"holders.{holder}": "" for holder in dropped}
+        if gone:
+            update["$unset"] = {f"holders.{holder}": "" for holder in gone}
         return update, True
 
     granted, decided = store.flow.change(f"workflow:{key}", decide)

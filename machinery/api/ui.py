@@ -19,6 +19,7 @@ from machinery.events import for_display, retry_event
 from machinery.exceptions import DataflowError, InvalidData, MachineryError, NotFound
 from machinery.language import types
 from machinery.runtime import flow, payloads
+from machinery.runtime.cancel import cancel_event, pause_workflow, resume_workflow
 from machinery.runtime.tree import run_lineage
 from machinery.schemas import STATUSES, json_default
 from machinery.store import ACTIVE
@@ -387,8 +388,8 @@ def cancel(event_id: str):
         abort(403)
     runtime = _runtime()
     try:
-        control.cancel.cancel_event(runtime.store, event_id, by=control.principal(), reason="from the UI",
-                                    observer=runtime.executor.observer)
+        cancel_event(runtime.store, event_id, by=control.principal(), reason="from the UI",
+                     observer=runtime.executor.observer)
     except NotFound:
         raise
     except MachineryError as error:
@@ -400,13 +401,13 @@ def cancel(event_id: str):
 @bp.post("/workflows/<ref>/pause")
 def pause(ref: str):
     """Pause a workflow (a form)."""
-    return _pause_or_resume(ref, control.cancel.pause_workflow)
+    return _pause_or_resume(ref, pause_workflow)
 
 
 @bp.post("/workflows/<ref>/resume")
 def resume(ref: str):
     """Resume a paused workflow (a form)."""
-    return _pause_or_resume(ref, control.cancel.resume_workflow)
+    return _pause_or_resume(ref, resume_workflow)
 
 
 def _pause_or_resume(ref: str, action):

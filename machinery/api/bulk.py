@@ -78,6 +78,14 @@ def _runtime():
     return current_app.extensions["machinery"]
 
 
+def start_job(runtime, checked: dict, created_by: str | None) -> dict:
+    """Store a job for a checked request and wake this process's bulk runner, so that it starts at once."""
+    job = bulk.create_job(runtime.store, checked, created_by=created_by)
+    if runtime.worker is not None and runtime.worker.bulk is not None:
+        runtime.worker.bulk.wake()
+    return job
+
+
 @bp.route("")
 class BulkJobs(MethodView):
     @bp.doc(requestBody={"required": True, "content": {"application/json": {"schema": REQUEST_DOC}}})
@@ -90,9 +98,7 @@ class BulkJobs(MethodView):
         if checked["dry_run"]:
             # A second success shape: dumped here, since the view's schema is the job's.
             return jsonify(dry_run_schema.dump(bulk.dry_run(runtime.store, checked)))
-        job = bulk.create_job(runtime.store, checked, created_by=g.get("principal"))
-        if runtime.worker is not None and runtime.worker.bulk is not None:
-            runtime.worker.bulk.wake()
+        job = start_job(runtime, checked, created_by=g.get("principal"))
         return bulk.shown_job(job), 202, {"Location": f"{request.script_root}/events/bulk/{job['job_id']}"}
 
     @bp.arguments(PageArgsSchema, location="query")

@@ -9,6 +9,7 @@ from typing import Any
 from flask import abort, redirect, render_template, request, url_for
 
 from machinery import search
+from machinery.api.bulk import start_job
 from machinery.api.ui import _runtime, _same_origin, bp
 from machinery.exceptions import InvalidData, MachineryError, NotFound
 from machinery.runtime import bulk
@@ -79,13 +80,11 @@ def bulk_action():
             counted = bulk.dry_run(runtime.store, checked)
             return redirect(url_for("ui.events", **arguments, action=checked["action"], matched=counted["matched"],
                                     applicable=counted["applicable"]), code=303)
-        job = bulk.create_job(runtime.store, checked, created_by="ui")
+        job = start_job(runtime, checked, created_by="ui")
     except NotFound:
         raise
     except MachineryError as error:
         return redirect(url_for("ui.events", **arguments, problem=error.message), code=303)
-    if runtime.worker is not None and runtime.worker.bulk is not None:
-        runtime.worker.bulk.wake()
     return redirect(url_for("ui.bulk_job", job_id=job["job_id"]), code=303)
 
 

@@ -33,16 +33,21 @@ def timeline(event: Mapping[str, Any], records: Iterable[Mapping[str, Any]] | No
     for record in records:
         started = record.get("started_at")
         finished = record.get("finished_at")
-        if record["status"] in ("waiting", "running") and not finished:
-            length = (now - started).total_seconds() * 1000 if started else 0.0
-        else:
-            length = record.get("duration_ms") or 0.0
+        length = run_ms(record, now)
         offset = (started - start).total_seconds() * 1000 if started and start else 0.0
         left = min(max(offset / span_ms * 100, 0.0), 99.5)
         width = min(max(length / span_ms * 100, 0.5), 100.0 - left)
         bars.append({"record": record, "left": round(left, 3), "width": round(width, 3), "ms": length,
                      "finished": finished})
     return {"bars": bars, "span_ms": span_ms, "start": start, "end": end}
+
+
+def run_ms(record: Mapping[str, Any], now: datetime) -> float:
+    """How long a step run took, or has taken by `now` while it waits or runs, in milliseconds."""
+    started = record.get("started_at")
+    if record["status"] in ("waiting", "running") and not record.get("finished_at"):
+        return (now - started).total_seconds() * 1000 if started else 0.0
+    return record.get("duration_ms") or 0.0
 
 
 def lanes(bars: list[dict], limit: int = MAX_LANES) -> tuple[list[list[dict]], int]:

@@ -345,7 +345,8 @@ def _event_view(item: dict) -> dict:
     for record in records[:TIMELINE_RECORDS]:
         latest[record["instance"]] = record
     shown = {record["instance"]: number for number, record in enumerate(item.get("steps") or [])}
-    drawn = event_view.timeline(item, latest.values())
+    now = datetime.now(UTC)
+    drawn = event_view.timeline(item, latest.values(), now=now)
     for bar in drawn["bars"]:
         record = bar["record"]
         if record.get("instance") in shown and record.get("item") is None:
@@ -354,7 +355,9 @@ def _event_view(item: dict) -> dict:
             bar["href"] = record_link(item["event_id"], record)
     drawn["lanes"], drawn["folded"] = event_view.lanes(drawn["bars"])
     drawn["cut"] = len(records) > TIMELINE_RECORDS
-    return {**view, "timeline": drawn, "details": event_view.timeline(item)["bars"]}
+    # Its steps below the timeline are its top-level records (as shown), each with how long it took.
+    details = [{"record": record, "ms": event_view.run_ms(record, now)} for record in item.get("steps") or []]
+    return {**view, "timeline": drawn, "details": details}
 
 
 def record_link(event_id: str, record: Mapping[str, Any]) -> str:

@@ -75,9 +75,8 @@ def _service_row(service: Mapping[str, Any]) -> dict[str, Any]:
             "state": service.get("flow") or {}}
 
 
-def _scale(values: Iterable[float | None], top: float | None) -> float:
-    peak = max((value for value in values if value is not None), default=0.0)
-    return top if top is not None else (peak or 1.0)
+def _scale(values: Iterable[float | None]) -> float:
+    return max((value for value in values if value is not None), default=0.0) or 1.0
 
 
 def _svg(title: str, parts: list[str]) -> Markup:
@@ -96,7 +95,7 @@ def bars(values: list[float], title: str) -> Markup:
     """A bar per value, scaled to the largest; a zero is drawn as a 1-pixel line."""
     if not values:
         return Markup("")
-    scale = _scale(values, None)
+    scale = _scale(values)
     width = WIDTH / len(values)
     parts = []
     for index, value in enumerate(values):
@@ -127,7 +126,7 @@ def lines(series: Mapping[str, list[float | None]], title: str) -> Markup:
     every = [value for values in series.values() for value in values]
     if not every:
         return Markup("")
-    scale = _scale(every, None)
+    scale = _scale(every)
     count = max(len(values) for values in series.values())
     step = WIDTH / max(count - 1, 1)
     parts = []

@@ -71,3 +71,22 @@ def test_the_dashboard_draws_its_charts_with_the_figures_of_the_events_sent(serv
     shoot(page, f"dashboard-{width}")
     page.get_by_role("link", name="Workflows", exact=True).click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("Workflows")
+
+
+# Each step table's section: how wide its content is, how wide the section is, and where it starts and ends.
+SECTION_BOXES = """() => ['slowest', 'failing'].map(id => {
+  const section = document.getElementById(id).closest('section');
+  const box = section.getBoundingClientRect();
+  return {id, content: section.scrollWidth, width: section.clientWidth, left: box.left, right: box.right};
+})"""
+
+
+@pytest.mark.parametrize("width", (1280, 390))
+def test_the_step_tables_stay_within_their_own_cards(served, open_page, width):
+    page = open_page(width)
+    page.goto(f"{served}/ui/")
+    slowest, failing = page.evaluate(SECTION_BOXES)
+    for section in (slowest, failing):
+        assert section["content"] <= section["width"], f"#{section['id']} runs out of its card at {width}px"
+    assert slowest["right"] <= failing["left"] or failing["right"] <= slowest["left"] or \
+        slowest["left"] == failing["left"], "the two cards overlap"

@@ -7,6 +7,8 @@
   items/s against the floor (a ThreadPoolExecutor of the same width making the same calls through
   Machinery's own client, in one process) and a Celery `chord` of the same calls (a worker of the
   same width). Targets: ≥ 0.7 × the floor, ≥ 1.5 × Celery.
+- Machinery's events and the floor's take turns, round by round, so that the load of the machine
+  weighs on both sides of a ratio alike.
 - Size: store writes per map item and the stored event's BSON size for a 10,000-item map (in
   process, `store.writes` as in overhead), and the API process's RSS while it runs one under
   gunicorn (target < 300 MB).
@@ -18,6 +20,7 @@ BENCH_TREE_MAP_ITEMS (1000), BENCH_TREE_SIZE_ITEMS (10000), BENCH_TIME_LIMIT_S.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -122,25 +125,33 @@ def run_event(session: requests.Session, api: str, workflow: str, body: dict, ti
 
 
 def timed_events(send, times: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        send()
-    seconds = []
-    deadline = time.monotonic() + common.TIME_LIMIT_S
-    while len(seconds) < times and time.monotonic() < deadline:
-        started = time.perf_counter()
-        send()
-        seconds.append(time.perf_counter() - started)
+    return interleaved({"one": send}, times, warmup)["one"]
+
+
+def interleaved(sends: dict, times: int, warmup: int) -> dict[str, list[float]]:
+    """Each send timed up to `times` times, the sends taking turns round by round, so that a drift in
+    the machine's load (two cores, other processes) falls on all of them alike and not on one block."""
+    for send in sends.values():
+        for _ in range(warmup):
+            send()
+    seconds: dict[str, list[float]] = {name: [] for name in sends}
+    deadline = time.monotonic() + common.TIME_LIMIT_S * len(sends)
+    while any(len(taken) < times for taken in seconds.values()) and time.monotonic() < deadline:
+        for name, send in sends.items():
+            started = time.perf_counter()
+            send()
+            seconds[name].append(time.perf_counter() - started)
     return seconds
 
 
 # -- the floor and Celery -------------------------------------------------------------------
 
-def floor_seconds(pool: ThreadPoolExecutor, url: str, count: int, times: int, warmup: int) -> list[float]:
+def floor_send(pool: ThreadPoolExecutor, url: str, count: int):
     """`count` calls through `pool` (threads calling with Machinery's client, a connection per thread)."""
     def send():
         replies = list(pool.map(lambda index: lean_call(url, {"message": f"item {index}"})["message"], range(count)))
         assert len(replies) == count
-    return timed_events(send, times, warmup)
+    return send
 
 
 def celery_seconds(mode: str, url: str, width: int, times: int, concurrency: int) -> dict:
@@ -174,20 +185,37 @@ def failed(part: str, error: Exception) -> dict:
     return {"skipped": reason}
 
 
+def measured_beside_floor(ours, pool: ThreadPoolExecutor, url: str, count: int, times: int, warmup: int,
+                          part: str) -> tuple[list[float] | None, str | None, list[float]]:
+    """Machinery's events (`ours`, a send, or None when it could not be set up) and the floor's calls,
+    taking turns: (Machinery's seconds or None, why it was skipped, the floor's seconds)."""
+    floor = floor_send(pool, url, count)
+    if ours is not None:
+        try:
+            seconds = interleaved({"machinery": ours, "floor": floor}, times, warmup)
+            return seconds["machinery"], None, seconds["floor"]
+        except Exception as error:  # the floor is still measured, for when it works
+            return None, failed(part, error)["skipped"], timed_events(floor, times, warmup)
+    return None, None, timed_events(floor, times, warmup)
+
+
 def parallel(api: str, sleepy_url: str) -> dict:
     session = requests.Session()
+    ours, skipped = None, None
     try:
         workflow = register(http_post(api), *parallel_definitions(sleepy_url))
         body = run_event(session, api, workflow, MESSAGE)
         outputs = body.get("outputs", {})
         if any(outputs.get(f"m{index}") != MESSAGE["message"] for index in range(BRANCHES)):
             raise RuntimeError(f"parallel-{BRANCHES}: outputs {outputs}")
-        results = {"machinery": common.summary(timed_events(lambda: run_event(session, api, workflow, MESSAGE),
-                                                            SAMPLES, 5))}
+        ours = functools.partial(run_event, session, api, workflow, MESSAGE)
     except Exception as error:  # the floor and Celery are still measured, for when it works
-        results = {"machinery": failed("parallel", error)}
+        skipped = failed("parallel", error)["skipped"]
     with ThreadPoolExecutor(BRANCHES) as pool:
-        results["floor"] = common.summary(floor_seconds(pool, f"{sleepy_url}/sleep", BRANCHES, SAMPLES, 5))
+        seconds, skipped_now, floor = measured_beside_floor(ours, pool, f"{sleepy_url}/sleep", BRANCHES,
+                                                            SAMPLES, 5, "parallel")
+    results = {"machinery": common.summary(seconds) if seconds else {"skipped": skipped or skipped_now},
+               "floor": common.summary(floor)}
     celery = celery_seconds("group", f"{sleepy_url}/sleep", BRANCHES, SAMPLES, 32)
     results["celery"] = celery if "skipped" in celery else common.summary(celery["seconds"])
     return results
@@ -198,22 +226,23 @@ def map_rates(api: str, echo_url: str) -> dict:
     body = items(MAP_ITEMS)
     results = {}
     for width in WIDTHS:
+        ours, skipped = None, None
         try:
             workflow = register(http_post(api), *map_definitions(echo_url, width))
             reply = run_event(session, api, workflow, items(20))
             if reply.get("outputs", {}).get("replies") != items(20)["items"]:
                 raise RuntimeError(f"map-{width}: outputs {str(reply.get('outputs'))[:300]}")
-            ours = median_s(timed_events(lambda workflow=workflow: run_event(session, api, workflow, body),
-                                         ROUNDS, 1))
-            skipped = None
+            ours = functools.partial(run_event, session, api, workflow, body)
         except Exception as error:  # the floor and Celery are still measured, for when it works
-            ours, skipped = None, failed(f"map-{width}", error)["skipped"]
+            skipped = failed(f"map-{width}", error)["skipped"]
         with ThreadPoolExecutor(width) as pool:
-            floor = median_s(floor_seconds(pool, f"{echo_url}/s0", MAP_ITEMS, ROUNDS, 1))
+            seconds, skipped_now, floor_s = measured_beside_floor(ours, pool, f"{echo_url}/s0", MAP_ITEMS, ROUNDS,
+                                                                  1, f"map-{width}")
+        machinery, floor = median_s(seconds), median_s(floor_s)
         celery = celery_seconds("chord", f"{echo_url}/s0", MAP_ITEMS, ROUNDS, width)
         celery_s = median_s(celery.get("seconds"))
-        results[width] = {"machinery_items_per_s": round(MAP_ITEMS / ours, 1) if ours else None,
-                          "machinery_skipped": skipped,
+        results[width] = {"machinery_items_per_s": round(MAP_ITEMS / machinery, 1) if machinery else None,
+                          "machinery_skipped": skipped or skipped_now,
                           "floor_items_per_s": round(MAP_ITEMS / floor, 1),
                           "celery_items_per_s": round(MAP_ITEMS / celery_s, 1) if celery_s else None,
                           "celery_skipped": celery.get("skipped")}

@@ -122,6 +122,7 @@ class Runtime:
             self.rollups.stop()
         except MachineryError as error:
             LOG.warning("rollups: the last counts were not written: %s", error.message)
+        self.store.close()
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

@@ -241,6 +241,13 @@ class Store:
             database = client["machinery"]
         return cls(database, embedded=embedded)
 
+    def close(self) -> None:
+        """End the client of a real MongoDB now (its monitor threads, pooled connections and server
+        sessions) rather than whenever the collector finds it. Nothing may use the store after: pymongo
+        refuses a closed client. The embedded store holds nothing to end."""
+        if not self.embedded:
+            self.db.client.close()
+
     # -- health and indexes -------------------------------------------------------------
 
     @serialised

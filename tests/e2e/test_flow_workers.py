@@ -30,7 +30,7 @@ def env(shared_uri):
 def store(shared_uri):
     store = Store.connect(shared_uri, STORE_TIMEOUT_MS)
     yield store
-    store.db.client.close()
+    store.close()
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def test_a_worker_fails_an_event_past_16_mib_once_and_never_calls_its_service_ag
             later = store.get_event(event_id)
     finally:
         app.extensions["machinery"].close(grace_s=1)
-        store.db.client.close()
+        store.close()
         service.stop()
     assert event["error"]["kind"] == "too_large" and event["error"]["limit_bytes"] == MAX_DOCUMENT_BYTES
     assert "16 MiB" in event["error"]["message"] and "try again" not in event["error"]["message"]

@@ -52,5 +52,5 @@ def test_a_worker_process_runs_an_event_of_large_values_the_api_stored(shared_ur
         assert seen["calls"] == 3 and seen["refs"] == 0 and seen["largest"] >= ref["bytes"]  # plain JSON, whole
     finally:
         app.extensions["machinery"].close(grace_s=1)
-        store.db.client.close()
+        store.close()
         services.stop()

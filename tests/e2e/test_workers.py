@@ -31,7 +31,7 @@ def store(shared_uri):
     """The shared store, as the test's own process sees it."""
     store = Store.connect(shared_uri, STORE_TIMEOUT_MS)
     yield store
-    store.db.client.close()
+    store.close()
 
 
 

@@ -37,4 +37,4 @@ def store(request):
     yield store
     if request.param != "embedded":
         store.db.client.drop_database(store.db.name)
-        store.db.client.close()
+        store.close()

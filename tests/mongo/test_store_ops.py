@@ -175,6 +175,7 @@ def test_a_retention_change_over_the_wire_is_a_collmod_not_a_rebuild(wire_server
                                                         ("step_runs", "retention", 5 * 86400)]
     assert {index["name"]: index for index in store.events.list_indexes()}["retention"]["expireAfterSeconds"] == 432000
     store.db.client.drop_database(store.db.name)
+    store.close()
 
 
 def test_the_registry_lock_is_held_by_one_process_and_a_crashed_ones_lapses(store):

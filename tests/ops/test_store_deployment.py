@@ -160,3 +160,15 @@ def race(*calls) -> tuple:
     for thread in threads:
         thread.join(30)
     return tuple(results)
+
+
+def test_closing_the_app_ends_its_mongodb_client_at_once(wire):
+    # GIVEN an app on a MongoDB, which has talked to it
+    app = create_app({"MONGO_URI": fresh_uri(wire), "EMBEDDED_WORKERS": 0, "MONGO_TIMEOUT_MS": 3000})
+    store = app.extensions["machinery"].store
+    assert app.test_client().get("/readyz").status_code == 200
+    # WHEN it is closed
+    app.extensions["machinery"].close(grace_s=1)
+    # THEN its client is ended now, not left to the collector (its threads and connections with it)
+    with pytest.raises(pymongo.errors.InvalidOperation):
+        store.db.client.admin.command("ping")

@@ -125,7 +125,6 @@ def unreachable_app():
     app = create_app({"MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/machinery", "MONGO_TIMEOUT_MS": 100})
     yield app
     app.extensions["machinery"].close(grace_s=1)
-    app.extensions["machinery"].store.db.client.close()
 
 
 def test_with_mongodb_unreachable_the_app_starts_and_every_api_route_answers_503(unreachable_app):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,39 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFINITIONS = ROOT / "examples" / "definitions"
 EXAMPLE_TEXT = "The Sun will rise in the morning !"
 EXAMPLE_RESULT = {"message": "! GNINROM EHT NI ESIR LLIW NUS EHT", "space_count": 7}
+
+
+def _one_parse_at_a_time() -> None:
+    """Python 3.11 before 3.11.8 (and 3.12 before 3.12.2) keeps the AST constructor's recursion count in
+    state shared by the whole interpreter (CPython gh-106905), so a parse that begins while another is
+    building its tree spoils it: "SystemError: AST constructor recursion depth mismatch". Here that
+    happens two ways. The garbage collector, run in the middle of Hypothesis parsing its strategies'
+    lambdas, finalizes an object whose finalizer raises, and pytest formats that unraisable exception's
+    traceback at once, in the same thread; Python 3.11's traceback parses each line for its caret
+    anchors. Or a background thread formats a traceback as it logs one. So in this process a parse
+    waits for the one under way in another thread, and a parse begun inside this thread's own (or
+    kept waiting past PARSE_WAIT_S, which only a deadlock would do) is refused as a SyntaxError, which
+    the traceback module takes as "no carets". The product does not need this: at worst the race costs
+    it a log line (logging reports a record it could not format), and its image runs a fixed Python."""
+    if not ((3, 11) <= sys.version_info < (3, 11, 8) or (3, 12) <= sys.version_info < (3, 12, 2)):
+        return
+    parse, lock, inside = ast.parse, threading.Lock(), threading.local()
+
+    def parse_alone(*args, **kwargs):
+        if getattr(inside, "parsing", False) or not lock.acquire(timeout=PARSE_WAIT_S):
+            raise SyntaxError("not parsed: another parse is building its tree (CPython gh-106905)")
+        inside.parsing = True
+        try:
+            return parse(*args, **kwargs)
+        finally:
+            inside.parsing = False
+            lock.release()
+
+    ast.parse = parse_alone
+
+
+PARSE_WAIT_S = 10.0
+_one_parse_at_a_time()
 
 
 def definition(name: str) -> dict:

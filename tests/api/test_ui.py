@@ -264,8 +264,12 @@ def test_unknown_event_page_is_an_html_404(client):
 
 
 def test_static_files_are_served(client):
-    assert client.get("/static/machinery.css").status_code == 200
-    assert client.get("/static/machinery.js").status_code == 200
+    for path in ("/static/machinery.css", "/static/machinery.js"):
+        response = client.get(path)
+        try:
+            assert response.status_code == 200 and response.data
+        finally:
+            response.close()  # a file sent from disk stays open until its reply is closed
 
 
 # -- GET /workflows/<ref>/graph ---------------------------------------------------------------

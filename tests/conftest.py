@@ -20,6 +20,11 @@ EXAMPLE_TEXT = "The Sun will rise in the morning !"
 EXAMPLE_RESULT = {"message": "! GNINROM EHT NI ESIR LLIW NUS EHT", "space_count": 7}
 
 
+# Pythons whose AST constructor counts its recursion in state every parse shares (CPython gh-106905).
+PARSES_SHARE_STATE = (3, 11) <= sys.version_info < (3, 11, 8) or (3, 12) <= sys.version_info < (3, 12, 2)
+PARSE_WAIT_S = 10.0
+
+
 def _one_parse_at_a_time() -> None:
     """Python 3.11 before 3.11.8 (and 3.12 before 3.12.2) keeps the AST constructor's recursion count in
     state shared by the whole interpreter (CPython gh-106905), so a parse that begins while another is
@@ -32,7 +37,7 @@ def _one_parse_at_a_time() -> None:
     kept waiting past PARSE_WAIT_S, which only a deadlock would do) is refused as a SyntaxError, which
     the traceback module takes as "no carets". The product does not need this: at worst the race costs
     it a log line (logging reports a record it could not format), and its image runs a fixed Python."""
-    if not ((3, 11) <= sys.version_info < (3, 11, 8) or (3, 12) <= sys.version_info < (3, 12, 2)):
+    if not PARSES_SHARE_STATE:
         return
     parse, lock, inside = ast.parse, threading.Lock(), threading.local()
 
@@ -49,7 +54,6 @@ def _one_parse_at_a_time() -> None:
     ast.parse = parse_alone
 
 
-PARSE_WAIT_S = 10.0
 _one_parse_at_a_time()
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import ast
 import gc
-import sys
 
 import pytest
 
+from tests.conftest import PARSES_SHARE_STATE
+
 pytestmark = pytest.mark.skipif(
-    not ((3, 11) <= sys.version_info < (3, 11, 8) or (3, 12) <= sys.version_info < (3, 12, 2)),
-    reason="this Python builds each parse's tree with its own recursion count")
+    not PARSES_SHARE_STATE, reason="this Python builds each parse's tree with its own recursion count")
 
 SOURCE = "\n".join(f"def f{index}(a):\n    return [x + {index} for x in a]" for index in range(400))
 

@@ -185,18 +185,18 @@ def failed(part: str, error: Exception) -> dict:
     return {"skipped": reason}
 
 
-def measured_beside_floor(ours, pool: ThreadPoolExecutor, url: str, count: int, times: int, warmup: int,
-                          part: str) -> tuple[list[float] | None, str | None, list[float]]:
-    """Machinery's events (`ours`, a send, or None when it could not be set up) and the floor's calls,
-    taking turns: (Machinery's seconds or None, why it was skipped, the floor's seconds)."""
+def measured_beside_floor(ours, skipped: str | None, pool: ThreadPoolExecutor, url: str, count: int, times: int,
+                          warmup: int, part: str) -> tuple[list[float] | None, str | None, list[float]]:
+    """Machinery's events (`ours`, a send, or None when it could not be set up, `skipped` saying why) and
+    the floor's calls, taking turns: (Machinery's seconds or None, why it was skipped, the floor's seconds)."""
     floor = floor_send(pool, url, count)
     if ours is not None:
         try:
             seconds = interleaved({"machinery": ours, "floor": floor}, times, warmup)
             return seconds["machinery"], None, seconds["floor"]
         except Exception as error:  # the floor is still measured, for when it works
-            return None, failed(part, error)["skipped"], timed_events(floor, times, warmup)
-    return None, None, timed_events(floor, times, warmup)
+            skipped = failed(part, error)["skipped"]
+    return None, skipped, timed_events(floor, times, warmup)
 
 
 def parallel(api: str, sleepy_url: str) -> dict:
@@ -212,9 +212,9 @@ def parallel(api: str, sleepy_url: str) -> dict:
     except Exception as error:  # the floor and Celery are still measured, for when it works
         skipped = failed("parallel", error)["skipped"]
     with ThreadPoolExecutor(BRANCHES) as pool:
-        seconds, skipped_now, floor = measured_beside_floor(ours, pool, f"{sleepy_url}/sleep", BRANCHES,
-                                                            SAMPLES, 5, "parallel")
-    results = {"machinery": common.summary(seconds) if seconds else {"skipped": skipped or skipped_now},
+        seconds, skipped, floor = measured_beside_floor(ours, skipped, pool, f"{sleepy_url}/sleep", BRANCHES,
+                                                        SAMPLES, 5, "parallel")
+    results = {"machinery": common.summary(seconds) if seconds else {"skipped": skipped},
                "floor": common.summary(floor)}
     celery = celery_seconds("group", f"{sleepy_url}/sleep", BRANCHES, SAMPLES, 32)
     results["celery"] = celery if "skipped" in celery else common.summary(celery["seconds"])
@@ -236,13 +236,13 @@ def map_rates(api: str, echo_url: str) -> dict:
         except Exception as error:  # the floor and Celery are still measured, for when it works
             skipped = failed(f"map-{width}", error)["skipped"]
         with ThreadPoolExecutor(width) as pool:
-            seconds, skipped_now, floor_s = measured_beside_floor(ours, pool, f"{echo_url}/s0", MAP_ITEMS, ROUNDS,
-                                                                  1, f"map-{width}")
+            seconds, skipped, floor_s = measured_beside_floor(ours, skipped, pool, f"{echo_url}/s0", MAP_ITEMS,
+                                                              ROUNDS, 1, f"map-{width}")
         machinery, floor = median_s(seconds), median_s(floor_s)
         celery = celery_seconds("chord", f"{echo_url}/s0", MAP_ITEMS, ROUNDS, width)
         celery_s = median_s(celery.get("seconds"))
         results[width] = {"machinery_items_per_s": round(MAP_ITEMS / machinery, 1) if machinery else None,
-                          "machinery_skipped": skipped or skipped_now,
+                          "machinery_skipped": skipped,
                           "floor_items_per_s": round(MAP_ITEMS / floor, 1),
                           "celery_items_per_s": round(MAP_ITEMS / celery_s, 1) if celery_s else None,
                           "celery_skipped": celery.get("skipped")}

@@ -18,6 +18,7 @@ from machinery.config import is_embedded, load_config
 from machinery.exceptions import MachineryError, StoreRefused, StoreUnavailable
 from machinery.logs import configure_logging, init_request_ids
 from machinery.rollups import Recorder, RollupObserver
+from machinery.runtime import payloads
 from machinery.runtime.executor import Executor, Observer
 from machinery.runtime.worker import LeaseKeeper, Worker, process_owner
 from machinery.schemas import ErrorSchema, json_default
@@ -164,6 +165,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             if runtime.indexes_error:
                 raise StoreRefused(runtime.indexes_error)
             raise StoreUnavailable("the store is not reachable")
+
+    # A large value a request checked and did not store (its event refused) is not kept by the thread.
+    app.teardown_request(lambda _error: payloads.forget_encoded())
 
     api = Api(app)
     from machinery.api import bulk, control, events, graph, health, schedules, services, spec, ui, workflows

@@ -278,6 +278,7 @@ class Executor:
                 return Outcome("waiting", attempts=attempt, attempt_log=log, request=prepared and prepared.record)
             outputs, problems = reply_outputs(service, compiled, payload, used, self.store.offload_bytes)
             if problems:
+                payloads.forget_encoded()  # a large output checked, not stored: not kept by the thread
                 self.observer.call_attempt(service["name"], "contract")
                 entry["outcome"] = "contract"
                 return Outcome("failed", error={"kind": "contract", "status": status,

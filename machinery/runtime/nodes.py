@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from machinery.language import types
 from machinery.language.expressions import ExpressionError
+from machinery.runtime import payloads
 from machinery.runtime.executor import close_waiting, hash_token, new_callback_token, new_span_id
 from machinery.runtime.tree import FAIL, OK, STOP, WAIT, Scope, TreeRun, after_seconds, parse_until
 from machinery.store import FINISHED, utcnow
@@ -357,6 +358,7 @@ def workflow(walk: TreeRun, node: Mapping[str, Any], context: dict, scope: Scope
                                         callback_base=walk.event.get("callback_base"), trace=walk.event.get("trace"),
                                         parent={"event_id": walk.event_id, "instance": instance, "run": walk.run})
         except Exception as error:  # the child's workflow was removed or no longer checks
+            payloads.forget_encoded()  # a large input checked for the child, not stored
             message = getattr(error, "message", str(error))
             walk.count(node["id"], n=1, failed=1)
             return walk.fail({"kind": "workflow", "message": f"child workflow {node['workflow']!r} could not "

@@ -55,6 +55,13 @@ def encoded(value: Any) -> bytes:
     return data
 
 
+def forget_encoded() -> None:
+    """Let go of the value this thread encoded last, and of its JSON: a value checked but not stored
+    after all (its event refused, its reply failing the contract) is not kept until the thread's next
+    large value, which in a pooled thread may be never."""
+    _last.encoded = None
+
+
 _last = threading.local()
 
 
@@ -101,7 +108,7 @@ class Payloads:
     def ref(self, value: Any) -> DBRef:
         """Store one value (once per event and content) and answer its reference."""
         data = encoded(value)
-        _last.encoded = None  # not held past its use
+        forget_encoded()  # not held past its use
         ref, sha256 = self.store.values.put(self.event_id, data, hashlib.sha256(data).hexdigest())
         return DBRef(COLLECTION, ref, bytes=len(data), sha256=sha256)
 

@@ -9,6 +9,7 @@ import pytest
 
 from machinery import events
 from machinery.config import load_config
+from machinery.runtime import payloads
 from machinery.runtime.executor import Executor, backoff_delay, parse_retry_after
 from machinery.runtime.transport import CallFailed
 from machinery.store import Store
@@ -239,3 +240,10 @@ def test_retry_after_is_read_and_capped(value, seconds):
 
 def test_retry_after_as_an_http_date():
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+def test_a_large_output_that_fails_the_contract_is_not_kept_by_the_thread(run):
+    large = ["x" * 1000] * 400  # past the offload threshold: checked by encoding it
+    event, _ = run([service("a")], [reply(body={"message": large})])
+    assert event["status"] == "failed" and event["error"]["kind"] == "contract"
+    assert getattr(payloads._last, "encoded", None) is None

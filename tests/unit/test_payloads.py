@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
+from machinery.app import create_app
 from machinery.exceptions import InvalidData
-from machinery.runtime.payloads import check_storable, encoded, storable_problems
+from machinery.runtime import payloads
+from machinery.runtime.payloads import check_storable, encoded, forget_encoded, storable_problems
 
 THRESHOLD = 1024
 
@@ -42,6 +47,41 @@ def test_without_a_threshold_every_value_is_checked_as_a_document_holds_it():
 def test_a_value_is_encoded_once_for_its_check_and_its_file():
     value = "é" * 3000
     assert encoded(value) is encoded(value) and encoded(value) == ('"' + value + '"').encode()
+
+
+class _Large(list):
+    """A large JSON value that can be watched (a plain list cannot be weakly referenced)."""
+
+
+def _gone(watched: weakref.ref) -> bool:
+    gc.collect()
+    return watched() is None
+
+
+def test_a_large_value_checked_but_not_stored_is_let_go_with_its_json():
+    value = _Large(["x" * 100] * 50)
+    watched = weakref.ref(value)
+    assert storable_problems(value, "doc", THRESHOLD) == []  # encoded to check it, kept for its file
+    del value
+    assert not _gone(watched)
+    forget_encoded()
+    assert _gone(watched)
+
+
+def test_a_request_whose_event_is_refused_leaves_no_large_value_with_its_thread():
+    app = create_app({"MONGO_URI": "mongomock://localhost/forget", "EMBEDDED_WORKERS": 0, "OFFLOAD_BYTES": THRESHOLD})
+    try:
+        client = app.test_client()
+        assert client.post("/workflows", json={
+            "name": "refuses", "steps": [{"id": "nap", "sleep": {"seconds": 1}}],
+            "inputs": [{"name": "doc", "type": "any"}, {"name": "n", "type": "integer"}],
+            "outputs": []}).status_code == 201, "registered"
+        # The test client serves the request in this thread: what the request leaves is this thread's.
+        reply = client.post("/e/refuses", json={"doc": ["x" * 100] * 50, "n": "not a number"})
+        assert reply.status_code == 422 and "n" in reply.get_json()["errors"]
+        assert getattr(payloads._last, "encoded", None) is None
+    finally:
+        app.extensions["machinery"].close(grace_s=2)
 
 
 class _Values:

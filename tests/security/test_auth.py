@@ -109,16 +109,17 @@ def test_each_endpoint_admits_exactly_the_credentials_its_kind_allows(secured, k
     raw = json.dumps(body).encode() if body is not None else b""
     headers = {"Content-Type": "application/json"} if body is not None else {}
     headers.update(CREDENTIALS[credential](raw))
-    response = app.test_client().open(path.format(event=event_id), method=method, data=raw, headers=headers)
     expected = EXPECTED[kind][credential]
-    if expected == OK:
-        assert response.status_code not in (401, 403), response.get_data(as_text=True)[:300]
-    else:
-        assert response.status_code == expected, response.get_data(as_text=True)[:300]
-        document = response.get_json()
-        assert document["code"] == expected and document["message"]
-    if response.status_code == 401:
-        assert response.headers["WWW-Authenticate"].startswith('Bearer realm="machinery"')
+    # Closed on the way out: a static file sent from disk stays open until its reply is closed.
+    with app.test_client().open(path.format(event=event_id), method=method, data=raw, headers=headers) as response:
+        if expected == OK:
+            assert response.status_code not in (401, 403), response.get_data(as_text=True)[:300]
+        else:
+            assert response.status_code == expected, response.get_data(as_text=True)[:300]
+            document = response.get_json()
+            assert document["code"] == expected and document["message"]
+        if response.status_code == 401:
+            assert response.headers["WWW-Authenticate"].startswith('Bearer realm="machinery"')
 
 
 def test_a_refused_request_names_no_credential_it_carried(secured):

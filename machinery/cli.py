@@ -267,6 +267,9 @@ def cmd_worker(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    from machinery import collector
+
+    collector.tune()
     worker.start()
     while not stopping.wait(0.5):
         pass

@@ -2,8 +2,9 @@
 
 The values come from the MACHINERY_* settings (machinery/config.py); a bad one stops gunicorn here,
 before any worker starts, with one line naming the variable. Hooks: stale multiprocess metric
-files are cleared at start, a dead worker's are marked dead, and each worker stops its event
-threads and releases the events it holds when it exits.
+files are cleared at start, a dead worker's are marked dead, each worker sets the garbage collector
+for a long-running server once its app is loaded, and stops its event threads and releases the
+events it holds when it exits.
 """
 
 import logging
@@ -78,6 +79,13 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """In the worker, its app loaded: the collector set for a long-running server (machinery/collector.py)."""
+    from machinery import collector
+
+    collector.tune()
 
 
 def worker_exit(server, worker):

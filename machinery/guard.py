@@ -131,10 +131,24 @@ def url_host(url: str) -> str:
 
 
 def refusal(url: str, allowed: Any) -> str | None:
-    """Why a URL may not be called under the ALLOWED_HOSTS value `allowed`; None when it may."""
+    """Why a URL may not be called under the ALLOWED_HOSTS value `allowed`; None when it may.
+
+    Asked before every call to a service: the answer for a URL and a policy, both immutable, is
+    worked out once (two URL parsers and the patterns cost about 9 µs; the cache, well under one)."""
     rules = policy(allowed)
     if rules.allows_all:
         return None
+    if type(url) is not str:
+        return _refusal(url, rules)
+    return _cached_refusal(url, rules)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_refusal(url: str, rules: HostPolicy) -> str | None:
+    return _refusal(url, rules)
+
+
+def _refusal(url: Any, rules: HostPolicy) -> str | None:
     try:
         host = url_host(url)
     except ValueError as error:

@@ -34,6 +34,16 @@ def test_any_other_host_is_refused(url):
     assert guard.refusal(url, POLICY)
 
 
+def test_the_answer_for_a_url_is_kept_per_policy():
+    """Answers are cached by URL and policy: the same URL under a narrower policy is refused at once,
+    and a policy given as a list (not hashable) is read as its patterns."""
+    url = "http://a.internal/x"
+    assert guard.refusal(url, POLICY) is None and guard.refusal(url, POLICY) is None
+    assert "not in MACHINERY_ALLOWED_HOSTS" in guard.refusal(url, "upper.local")
+    assert guard.refusal(url, ["upper.local", "*.internal"]) is None
+    assert guard.refusal(url, ["upper.local"])
+
+
 def test_no_policy_allows_every_host():
     assert guard.refusal("http://169.254.169.254/", "") is None
     assert guard.refusal("http://169.254.169.254/", None) is None

@@ -59,12 +59,14 @@ def test_a_live_event_with_a_long_timeline_is_followed_less_often(client, store,
     stored = store.get_event(event["event_id"])
     store.update_event(event["event_id"], {"$set": {"status": "running", "plan": {**stored["plan"], "version": 2,
                                                                                    "tree": []}}})
+    # 500 runs that all overlap whatever the axis's span (it ends at the moment the page is drawn, which a
+    # slow machine puts later): each starts a microsecond after the one before and runs for a minute.
     for number in range(500):
-        start = stored["ack_date"] + timedelta(milliseconds=number)
+        start = stored["ack_date"] + timedelta(microseconds=number)
         store.insert_step_run({"event_id": event["event_id"], "run": 0, "instance": f"each[{number}]/up",
                                "node": "up", "kind": "call", "items": [number], "item": number, "status": "completed",
-                               "service": "upper", "attempts": 1, "started_at": start, "duration_ms": 1.0,
-                               "finished_at": start + timedelta(milliseconds=1)})
+                               "service": "upper", "attempts": 1, "started_at": start, "duration_ms": 60_000.0,
+                               "finished_at": start + timedelta(minutes=1)})
     body = client.get(f"/ui/events/{event['event_id']}/live").get_data(as_text=True)
     assert 'data-poll="5000"' in body
     drawn = body.count('class="bar bar-green"')

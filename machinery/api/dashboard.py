@@ -20,6 +20,7 @@ from machinery.runtime import flow
 TOP_STEPS = 10
 SERVICES_SHOWN = 100
 WIDTH, HEIGHT = 168, 40
+LINE_INSET = 2.5  # a line chart's margin inside its box: half a stroke and a point's radius (CSS and `lines`)
 
 
 def dashboard(runtime, now: datetime | None = None) -> dict[str, Any]:
@@ -128,7 +129,10 @@ def lines(series: Mapping[str, list[float | None]], title: str) -> Markup:
         return Markup("")
     scale = _scale(every)
     count = max(len(values) for values in series.values())
-    step = WIDTH / max(count - 1, 1)
+    # The points are kept LINE_INSET inside the chart: a line's stroke and a lone point's dot drawn at
+    # the first or the last minute, or at the largest value, would otherwise be cut in half by its edge.
+    step = (WIDTH - 2 * LINE_INSET) / max(count - 1, 1)
+    top, tall = LINE_INSET, HEIGHT - 1 - 2 * LINE_INSET
     parts = []
     for name, values in series.items():
         run: list[str] = []
@@ -139,13 +143,13 @@ def lines(series: Mapping[str, list[float | None]], title: str) -> Markup:
                     runs.append(run)
                 run = []
                 continue
-            run.append(f"{index * step:.1f},{HEIGHT - 1 - value / scale * (HEIGHT - 2):.1f}")
+            run.append(f"{LINE_INSET + index * step:.1f},{top + tall - value / scale * tall:.1f}")
         if run:
             runs.append(run)
         for points in runs:
             if len(points) == 1:
                 x, y = points[0].split(",")
-                parts.append(f'<circle class="line {escape(name)}" cx="{x}" cy="{y}" r="1.5"/>')
+                parts.append(f'<circle class="line {escape(name)}" cx="{x}" cy="{y}" r="2"/>')
             else:
                 parts.append(f'<polyline class="line {escape(name)}" points="{" ".join(points)}"/>')
     return _svg(title, parts)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from datetime import timedelta
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from bson import ObjectId
@@ -199,14 +200,17 @@ def _cancel_as_now(event: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**event, "cancelled": {**cancelled, "in_flight": False}}
 
 
-def for_display(event: Mapping[str, Any], store: Store | None = None) -> dict:
+def for_display(event: Mapping[str, Any], store: Store | None = None,
+                records: Iterable[Mapping[str, Any]] | None = None) -> dict:
     """An event as the API, the UI and the completion webhook show it. Step records store no copy of
     the inputs sent (they are the plan's inputs read from the context before the step): each is put
     back here, with the context if it was dropped and the claim count. Records that hold their inputs
-    (stored before) are shown as they are; a record whose inputs cannot be rebuilt is shown without."""
+    (stored before) are shown as they are; a record whose inputs cannot be rebuilt is shown without.
+    `records`: a tree event's step records of its latest run lineage, all of them, when the caller has
+    read them already (the event page): its `steps` are taken from them instead of read again."""
     event = _cancel_as_now(event)
     if (event.get("plan") or {}).get("version") == 2:
-        return _tree_display(event, store)
+        return _tree_display(event, store, records)
     steps = event.get("steps") or []
     waiting = event.get("waiting")
     shown = dict(event)
@@ -242,20 +246,25 @@ def for_display(event: Mapping[str, Any], store: Store | None = None) -> dict:
 DISPLAYED_RECORDS = 500
 
 
-def _tree_display(event: Mapping[str, Any], store: Store | None) -> dict:
+def _tree_display(event: Mapping[str, Any], store: Store | None,
+                  records: Iterable[Mapping[str, Any]] | None = None) -> dict:
     """A tree event as shown: its progress, and as `steps` the records of its latest run lineage outside
     any map item (the first DISPLAYED_RECORDS; GET /events/<id>/steps pages them all), when the
-    store is given."""
+    store or those records are given."""
     shown = dict(event)
     shown.setdefault("progress", {})
     if "claim_count" not in shown and "claims" in shown:
         shown["claim_count"] = len(shown["claims"] or [])
-    if store is not None and event.get("event_id"):
-        latest: dict[str, dict] = {}
-        for record in store.step_runs_of(event["event_id"], tree.run_lineage(event), top_only=True,
-                                         limit=DISPLAYED_RECORDS):
-            latest[record["instance"]] = record
-        shown["steps"] = list(latest.values())
+    if records is not None:
+        top = itertools.islice((record for record in records if record.get("item") is None), DISPLAYED_RECORDS)
+    elif store is not None and event.get("event_id"):
+        top = store.step_runs_of(event["event_id"], tree.run_lineage(event), top_only=True, limit=DISPLAYED_RECORDS)
+    else:
+        return shown
+    latest: dict[str, dict] = {}
+    for record in top:
+        latest[record["instance"]] = record
+    shown["steps"] = list(latest.values())
     return shown
 
 

@@ -325,7 +325,12 @@ def _event_page(item: dict, message: str | None = None, code: int = 200, templat
 
 def _event_view(item: dict) -> dict:
     store = _runtime().store
-    item = for_display(item, store)
+    records = None
+    if item.get("plan", {}).get("version") == 2:
+        # Every step run of its latest lineage, read once: the timeline draws them and, unless they
+        # are more than it draws, the top-level records below it are among them.
+        records = store.step_runs_of(item["event_id"], run_lineage(item), limit=TIMELINE_RECORDS + 1)
+    item = for_display(item, store, records if records is not None and len(records) <= TIMELINE_RECORDS else None)
     view = {"event": item, "active": item["status"] in ACTIVE, "tree": None, "failed": [], "failed_total": 0,
             "record_link": record_link}
     if item.get("plan", {}).get("version") != 2:
@@ -341,7 +346,6 @@ def _event_view(item: dict) -> dict:
                                                                 page_size=FAILED_SHOWN)
     view["summary"] = event_view.summary(item["plan"], item.get("progress"))
     latest: dict[str, dict] = {}
-    records = store.step_runs_of(item["event_id"], run_lineage(item), limit=TIMELINE_RECORDS + 1)
     for record in records[:TIMELINE_RECORDS]:
         latest[record["instance"]] = record
     shown = {record["instance"]: number for number, record in enumerate(item.get("steps") or [])}

@@ -67,3 +67,45 @@ def test_the_event_page_of_a_tree_event_draws_its_progress_and_lists_failed_item
     assert "2 done, 1 failed of 3" in text and 'class="progress-done"' in text
     assert "reserve[2]/hold" in text and "only 0 of SKU-3 left" in text
     assert f"/events/{event['event_id']}/steps?node=hold&amp;item=2" in text
+
+
+def _tree_event_with_records(store, items: int):
+    """A completed tree event whose step records are its top-level `order` and `items` map items."""
+    from datetime import timedelta
+
+    from machinery.events import new_event
+
+    event, _ = new_event(store, "order-fulfil", {"order_id": "A-1003"})
+    store.update_event(event["event_id"], {"$set": {"status": "completed", "progress": {"order": {"n": 1, "done": 1}}}})
+    start = event["ack_date"]
+    store.insert_step_run({"event_id": event["event_id"], "run": 0, "instance": "order", "node": "order",
+                           "kind": "call", "item": None, "service": "orders", "status": "completed", "attempts": 1,
+                           "started_at": start, "duration_ms": 1.0, "finished_at": start + timedelta(milliseconds=1)})
+    for number in range(items):
+        at = start + timedelta(milliseconds=2 + number)
+        store.insert_step_run({"event_id": event["event_id"], "run": 0, "instance": f"reserve[{number}]/hold",
+                               "node": "hold", "kind": "call", "items": [number], "item": number, "service": "reserve",
+                               "status": "completed", "attempts": 1, "started_at": at, "duration_ms": 1.0,
+                               "finished_at": at + timedelta(milliseconds=1)})
+    return event
+
+
+@pytest.mark.parametrize("items", [3, 2100])
+def test_the_event_page_of_a_tree_event_reads_its_step_records_once_unless_the_timeline_is_cut(registered, store,
+                                                                                             items, monkeypatch):
+    """The timeline's read holds the top-level records; past what the timeline draws, they are read on their own."""
+    from machinery.api import ui
+
+    event = _tree_event_with_records(store, items)
+    reads = []
+    original = type(store).step_runs_of
+
+    def counted(self, *args, **kwargs):
+        reads.append(kwargs.get("top_only", False))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(store), "step_runs_of", counted)
+    text = registered.get(f"/ui/events/{event['event_id']}").get_data(as_text=True)
+    assert reads == ([False] if items <= ui.TIMELINE_RECORDS else [False, True])
+    # Below the timeline, its one top-level record (`order`) and none of the map's items.
+    assert text.count('<details class="step-record ') == 1 and 'id="step-record-0"' in text

@@ -309,6 +309,7 @@ class Pool:
     def _exchange(self, key: tuple, connection: http.client.HTTPConnection, method: str, path: str,
                   body: bytes | None, headers: Iterable[tuple[str, str]], read_timeout: float) -> Reply:
         """Send the request on a connection and read the reply's status and headers."""
+        response = None
         try:
             head = request_head(method, key, path, headers, body)  # before connecting: a bad header fails first
             if connection.sock is None:
@@ -326,18 +327,18 @@ class Pool:
             response = _Response(sock, method=method)
             response.begin()
         except TimeoutError:
-            connection.close()
+            _abandon(connection, response)
             raise CallFailed("no reply in time", "timeout") from None
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as error:
             # Closed without a reply: a kept-alive connection the service gave up on as it was
             # being reused (a race the idle check cannot see), or a service that hangs up.
-            connection.close()
+            _abandon(connection, response)
             raise _Stale() from error
         except (http.client.HTTPException, OSError) as error:
-            connection.close()
+            _abandon(connection, response)
             raise CallFailed(f"connection failed: {_reason(error)}") from None
         except ValueError as error:  # a header that cannot be sent (a newline in its value, say)
-            connection.close()
+            _abandon(connection, response)
             raise CallFailed(f"request not sent: {error}", retryable=False) from None
 
         def done(reusable: bool) -> None:
@@ -366,6 +367,14 @@ class Pool:
             self._idle.popitem()[1].close()
 
     __del__ = close  # a thread's pool goes with the thread: its sockets are closed, not left to the collector
+
+
+def _abandon(connection: http.client.HTTPConnection, response: http.client.HTTPResponse | None) -> None:
+    """Close a connection given up on mid-exchange, with the reply begun on it: the reply reads the
+    socket through a file of its own, which keeps the socket open after the connection closes it."""
+    if response is not None:
+        response.close()
+    connection.close()
 
 
 def _dropped(sock: socket.socket | None) -> bool:

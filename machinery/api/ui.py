@@ -325,15 +325,14 @@ def _event_page(item: dict, message: str | None = None, code: int = 200, templat
 
 def _event_view(item: dict) -> dict:
     store = _runtime().store
-    records = None
-    if item.get("plan", {}).get("version") == 2:
-        # Every step run of its latest lineage, read once: the timeline draws them and, unless they
-        # are more than it draws, the top-level records below it are among them.
-        records = store.step_runs_of(item["event_id"], run_lineage(item), limit=TIMELINE_RECORDS + 1)
-    item = for_display(item, store, records if records is not None and len(records) <= TIMELINE_RECORDS else None)
+    tree_event = item.get("plan", {}).get("version") == 2
+    # A tree event's step runs of its latest lineage, read once: the timeline draws them and, unless
+    # they are more than it draws, the top-level records listed below it are among them.
+    records = store.step_runs_of(item["event_id"], run_lineage(item), limit=TIMELINE_RECORDS + 1) if tree_event else []
+    item = for_display(item, store, records if tree_event and len(records) <= TIMELINE_RECORDS else None)
     view = {"event": item, "active": item["status"] in ACTIVE, "tree": None, "failed": [], "failed_total": 0,
             "record_link": record_link}
-    if item.get("plan", {}).get("version") != 2:
+    if not tree_event:
         drawn = event_view.timeline(item)
         return {**view, "timeline": drawn, "details": drawn["bars"]}
     # A tree event: its tree with each step's progress and the branches taken, its maps' progress, its

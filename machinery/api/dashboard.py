@@ -132,7 +132,8 @@ def lines(series: Mapping[str, list[float | None]], title: str) -> Markup:
     # The points are kept LINE_INSET inside the chart: a line's stroke and a lone point's dot drawn at
     # the first or the last minute, or at the largest value, would otherwise be cut in half by its edge.
     step = (WIDTH - 2 * LINE_INSET) / max(count - 1, 1)
-    top, tall = LINE_INSET, HEIGHT - 1 - 2 * LINE_INSET
+    bottom = HEIGHT - 1 - LINE_INSET  # a zero, above the axis
+    tall = bottom - LINE_INSET
     parts = []
     for name, values in series.items():
         run: list[str] = []
@@ -143,7 +144,7 @@ def lines(series: Mapping[str, list[float | None]], title: str) -> Markup:
                     runs.append(run)
                 run = []
                 continue
-            run.append(f"{LINE_INSET + index * step:.1f},{top + tall - value / scale * tall:.1f}")
+            run.append(f"{LINE_INSET + index * step:.1f},{bottom - value / scale * tall:.1f}")
         if run:
             runs.append(run)
         for points in runs:

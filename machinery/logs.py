@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -82,6 +83,15 @@ def configure_logging(level: str, fmt: str) -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
 
 
+def _access_line(method: str, path: str, status: int, started: float, request_id: str | None) -> None:
+    """The access log's line for a request whose reply has been sent. Its request id is given, not
+    read from the context: the request's context has ended by then."""
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    ACCESS.info("%s %s %d %.1fms", method, path, status, duration_ms,
+                extra={"method": method, "path": path, "status": status, "duration_ms": duration_ms,
+                       "request_id": request_id})
+
+
 def loggable_path(path: str) -> str:
     """A request path fit for logs: a callback URL's single-use token is a credential, so it is cut."""
     if path.startswith("/callbacks/"):
@@ -108,11 +118,11 @@ def init_request_ids(app, access_log: bool = True) -> None:
         if request_id:
             response.headers[REQUEST_ID_HEADER] = request_id
         if access_log and ACCESS.isEnabledFor(logging.INFO) and "request_started" in g:
-            duration_ms = round((time.perf_counter() - g.request_started) * 1000, 3)
-            path = loggable_path(request.path)
-            ACCESS.info("%s %s %d %.1fms", request.method, path, response.status_code, duration_ms,
-                        extra={"method": request.method, "path": path,
-                               "status": response.status_code, "duration_ms": duration_ms})
+            # Written once the reply is sent (the server closes it): the caller does not wait for
+            # the line, and its duration counts the sending too.
+            response.call_on_close(functools.partial(
+                _access_line, request.method, loggable_path(request.path), response.status_code,
+                g.request_started, request_id))
         return response
 
     def unbind(_error=None):

@@ -7,6 +7,7 @@ worker writes its samples there; a scrape of any worker adds them all up.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -188,12 +189,17 @@ def init_app(app) -> None:
         started = g.get("metrics_started")
         if started is not None:
             rule = route_label(request.url_rule.rule) if request.url_rule is not None else "<unmatched>"
-            HTTP_DURATION.labels(request.method, rule, str(response.status_code)).observe(
-                time.perf_counter() - started)
+            # Observed once the reply is sent, as the access line is: the time to answer, sending included.
+            response.call_on_close(functools.partial(
+                _observe_since, HTTP_DURATION.labels(request.method, rule, str(response.status_code)), started))
         return response
 
     app.before_request_funcs.setdefault(None, []).insert(0, start)
     app.after_request(observe)
+
+
+def _observe_since(histogram, started: float) -> None:
+    histogram.observe(time.perf_counter() - started)
 
 
 _CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^:<>]+)>")

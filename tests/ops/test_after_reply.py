@@ -1,0 +1,65 @@
+"""What waits until a reply is sent: the access line and the request's metric. A WSGI server closes a
+reply once it has sent it; these run then."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from werkzeug.test import EnvironBuilder
+
+from machinery import metrics
+from machinery.logs import RequestIdFilter
+
+
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.addFilter(RequestIdFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def access():
+    handler = Collect()
+    logger = logging.getLogger("machinery.access")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield handler.records
+    logger.setLevel(level)
+    logger.removeHandler(handler)
+
+
+def served(app, path: str, **options):
+    """Call the app as a WSGI server does, up to the reply read but not closed: (status, body, reply)."""
+    started = []
+    reply = app(EnvironBuilder(path=path, **options).get_environ(),
+                lambda status, headers, exc_info=None: started.append(status))
+    return started[0], b"".join(reply), reply
+
+
+def counted(histogram, **labels) -> float:
+    return sum(sample.value for family in histogram.collect() for sample in family.samples
+               if sample.name.endswith("_count") and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def finished(workflow: str) -> float:
+    return sum(sample.value for family in metrics.EVENTS_FINISHED.collect() for sample in family.samples
+               if sample.name.endswith("_total") and sample.labels.get("workflow") == workflow)
+
+
+def test_the_access_line_and_the_request_metric_wait_until_the_reply_is_sent(app, access):
+    before = counted(metrics.HTTP_DURATION, status="404")
+    # WHEN a reply is made and read, THEN neither the line nor the metric is written yet
+    status, body, reply = served(app, "/services/nope", headers={"X-Request-Id": "sent-1"})
+    assert status == "404 NOT FOUND" and b"no service" in body
+    assert counted(metrics.HTTP_DURATION, status="404") == before and access == []
+    # WHEN the server closes it, THEN both are, the line with the request's id though its context has ended
+    reply.close()
+    assert counted(metrics.HTTP_DURATION, status="404") == before + 1
+    assert [(line.request_id, line.path, line.status) for line in access] == [("sent-1", "/services/nope", 404)]
+

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flask_smorest
-from flask import Flask, request
+from flask import Flask, after_this_request, has_request_context, request
 from flask.json.provider import DefaultJSONProvider
 from flask.testing import FlaskClient
 
@@ -95,13 +96,19 @@ class Runtime:
         return f"{self.owner}/api-{threading.get_ident()}"
 
     def run_now(self, event: dict) -> dict:
-        """Run an event this thread holds, renewing its lease meanwhile."""
+        """Run an event this thread holds, renewing its lease meanwhile. In a request, what the run
+        tells the metrics and the dashboard waits until the reply is sent: the caller does not wait for it."""
         owner = event["lease_owner"]
         self.keeper.hold(event["event_id"], owner)
         try:
-            event = self.executor.run(event, owner)
+            with self.executor.observer.deferred() as later:
+                event = self.executor.run(event, owner)
         finally:
             self.keeper.drop(event["event_id"])
+            if later and has_request_context():
+                after_this_request(functools.partial(_tell_when_sent, later))
+            else:
+                _tell(later)
         if event.get("callback_url") and event["status"] in FINISHED:
             self.queued()  # its completion webhook is due
         return event
@@ -133,6 +140,16 @@ class ClosingClient(FlaskClient):
 
     def open(self, *args, buffered: bool = True, **kwargs):
         return super().open(*args, buffered=buffered, **kwargs)
+
+
+def _tell_when_sent(later: list[Callable[[], None]], response):
+    response.call_on_close(functools.partial(_tell, later))
+    return response
+
+
+def _tell(later: list[Callable[[], None]]) -> None:
+    for hook in later:
+        hook()
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

@@ -22,6 +22,8 @@ on `bucket`).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
@@ -29,7 +31,7 @@ import threading
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from machinery.clock import EPOCH, floor, naive_utc
 
@@ -218,21 +220,48 @@ class Recorder:
 
 
 class RollupObserver:
-    """The executor's hooks: passed on to another observer (the metrics), and counted for the dashboard."""
+    """The executor's hooks: passed on to another observer (the metrics), and counted for the dashboard.
+
+    In a thread inside `deferred()`, the hooks are kept in a list instead, for the caller to call
+    later: an API thread running a sync event tells them once its reply is sent (counted in the
+    dashboard's bucket of that moment, a few milliseconds on)."""
 
     def __init__(self, inner, recorder: Recorder):
         self.inner = inner
         self.recorder = recorder
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def deferred(self):
+        later: list[Callable[[], None]] = []
+        self._local.later = later
+        try:
+            yield later
+        finally:
+            self._local.later = None
+
+    def _tell(self, hook: Callable[..., None], *args, **kwargs) -> None:
+        later = getattr(self._local, "later", None)
+        if later is None:
+            hook(*args, **kwargs)
+        else:
+            later.append(functools.partial(hook, *args, **kwargs))
 
     def call_attempt(self, service: str, outcome: str) -> None:
-        self.inner.call_attempt(service, outcome)
+        self._tell(self.inner.call_attempt, service, outcome)
 
     def step_finished(self, service: str, status: str, duration_s: float, *, workflow: str = "",
                       step: str = "") -> None:
+        self._tell(self._step_finished, service, status, duration_s, workflow, step)
+
+    def _step_finished(self, service, status, duration_s, workflow, step) -> None:
         self.inner.step_finished(service, status, duration_s)
         self.recorder.step_finished(workflow, step, service, status, duration_s * 1000)
 
     def event_finished(self, workflow: str, status: str, *, duration_ms: float | None = None) -> None:
+        self._tell(self._event_finished, workflow, status, duration_ms)
+
+    def _event_finished(self, workflow, status, duration_ms) -> None:
         self.inner.event_finished(workflow, status)
         self.recorder.event_finished(workflow, status, duration_ms)
 

@@ -108,9 +108,11 @@ def parse_json(raw: bytes) -> Any:
         raise BadBody(f"malformed JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
     except RecursionError:
         raise BadBody(f"the JSON body is nested more than {MAX_DEPTH} levels deep") from None
-    if _depth(value) > MAX_DEPTH:
+    # Each level opens with a bracket, and only a \u escape can make a lone surrogate (UTF-8 cannot
+    # hold one): a body with few brackets, or no escape, needs no walk for either.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
         raise BadBody(f"the JSON body is nested more than {MAX_DEPTH} levels deep")
-    if _lone_surrogate(value):
+    if "\\u" in text and _lone_surrogate(value):
         raise BadBody("malformed JSON: a \\u escape names a lone surrogate, which is not Unicode text")
     return value
 

@@ -82,7 +82,7 @@ def searchable(value: Any) -> bool:
         return len(value) <= MAX_VALUE
     if kind is bool:
         return True
-    if kind is int:
+    if isinstance(value, int):  # an int, or the Int64 MongoDB answers for one past 32 bits (a resumed event's)
         return -_INT64 <= value < _INT64
     if kind is float:
         return math.isfinite(value)

@@ -18,7 +18,9 @@ from typing import Any, Iterable, Iterator, Mapping
 import bson
 import pymongo
 from bson import ObjectId
+from bson.codec_options import TypeDecoder, TypeRegistry
 from bson.errors import InvalidId
+from bson.int64 import Int64
 from pymongo import ReturnDocument
 from pymongo.errors import (
     DocumentTooLarge,
@@ -51,6 +53,20 @@ from machinery.store.secrets import SecretStore
 from machinery.store.values import ValueStore
 
 LOG = logging.getLogger(__name__)
+
+
+class _Int64AsInt(TypeDecoder):
+    """MongoDB answers a whole number past 32 bits as bson's Int64, an int subclass that JMESPath's
+    functions (max, sum, sort, abs, ...) refuse as not a number and exact type tests miss: every read
+    answers a plain int instead, as the embedded store does. Such an int is still written as an int64."""
+
+    bson_type = Int64
+
+    def transform_bson(self, value: Int64) -> int:
+        return int(value)
+
+
+PLAIN_INTS = TypeRegistry([_Int64AsInt()])
 
 SERVICES, WORKFLOWS, EVENTS, LOCKS, STEP_RUNS = "services", "workflows", "events", "locks", "step_runs"
 ROLLUPS = "rollups"  # the dashboard's five-minute buckets (machinery/rollups.py)
@@ -232,7 +248,7 @@ class Store:
             # with it set, pymongo takes no socketTimeoutMS. Index builds get their own (ensure_indexes).
             client = pymongo.MongoClient(
                 uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-                timeoutMS=timeout_ms, connect=False,
+                timeoutMS=timeout_ms, connect=False, type_registry=PLAIN_INTS,
             )
             embedded = False
         try:

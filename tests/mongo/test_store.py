@@ -9,6 +9,7 @@ import pytest
 
 from machinery import events
 from machinery.exceptions import Conflict, NotFound
+from machinery.language.expressions import compile_expression
 from machinery.store import utcnow
 from tests.conftest import definition
 
@@ -123,6 +124,20 @@ def test_a_claim_takes_each_pending_event_once(store):
     for thread in threads:
         thread.join(timeout=30)
     assert len(claimed) == 5 and len(set(claimed)) == 5
+
+
+def test_whole_numbers_past_32_bits_come_back_as_plain_ints_that_expressions_can_reduce(store):
+    # GIVEN an event whose data holds numbers MongoDB keeps as int64 (millisecond timestamps, large ids)
+    register(store)
+    store.events.insert_one({"status": "pending", "context": {"at_ms": [1_733_500_000_000, 1_733_500_000_500],
+                                                              "order": 5_000_000_000, "small": 7}})
+    # WHEN a worker reads it back, THEN they are ints (not bson's Int64), as the embedded store answers them
+    read = store.events.find_one({"status": "pending"})["context"]
+    assert read == {"at_ms": [1_733_500_000_000, 1_733_500_000_500], "order": 5_000_000_000, "small": 7}
+    assert {type(value) for value in (*read["at_ms"], read["order"], read["small"])} == {int}
+    # AND JMESPath's functions take them as numbers (they refuse an Int64: "invalid type")
+    assert compile_expression("max(at_ms)").search(read) == 1_733_500_000_500
+    assert compile_expression("sum([order, small])").search(read) == 5_000_000_007
 
 
 def test_an_expired_lease_lets_another_owner_resume(store):

@@ -10,18 +10,8 @@ import pytest
 from werkzeug.test import EnvironBuilder
 
 from machinery import metrics
-from machinery.logs import RequestIdFilter
 from tests.conftest import EXAMPLE_TEXT, register_examples
-
-
-class Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.addFilter(RequestIdFilter())
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
+from tests.ops.test_logs import Collect
 
 
 @pytest.fixture

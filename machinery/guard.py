@@ -297,6 +297,10 @@ def storable_problems(value: Any, path: str = "") -> list[str]:
     whole numbers must fit in 64 bits, numbers must be finite, strings valid Unicode, and nesting
     at most MAX_DEPTH deep. The same rules hold on the embedded store, so both behave alike.
     """
+    kind = type(value)  # a lone string or number, as most outputs are, needs no walk when it is fine
+    if kind is str and (value.isascii() or valid_unicode(value)) or kind is bool or value is None or (
+            kind is int and INT64[0] <= value <= INT64[1]) or (kind is float and math.isfinite(value)):
+        return []
     problems: list[str] = []
     stack: list[tuple[Any, str, int]] = [(value, path, 1)]
     while stack and len(problems) < MAX_PROBLEMS:

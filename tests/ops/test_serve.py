@@ -9,7 +9,7 @@ import pytest
 from machinery.serving import free_port
 from tests.conftest import DEFINITIONS, EXAMPLE_RESULT, EXAMPLE_TEXT
 from tests.ops.procs import value
-from tests.support.processes import MACHINERY, clean_env, serving
+from tests.support.processes import MACHINERY, clean_env, serving, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +65,19 @@ def test_metrics_move_after_events(example_services):
 
         # WHEN an event runs through process-text
         answer = api.post("/e/process-text", json={"data": {"message": EXAMPLE_TEXT}})
-        after = api.get("/metrics").text
+
+        # What a sync event tells the metrics, and its request's own metric, are written once its reply
+        # is sent: a scrape made at once may come a moment before them, so it is made again until they are.
+        def scraped():
+            text = api.get("/metrics").text
+            told = [(name, labels) for name, labels in (
+                ("machinery_events_finished_total", {"workflow": "process-text", "status": "completed"}),
+                ("machinery_http_request_duration_seconds_count",
+                 {"method": "POST", "endpoint": "/e/<workflow_ref>", "status": "201"}))
+                if value(text, name, **labels) > value(before, name, **labels)]
+            return text if len(told) == 2 else None
+
+        after = wait_until(scraped, 10, message="the event's metrics written")
 
     # THEN it completed, and the counters moved by one event, three steps, three calls
     assert answer.status_code == 201 and answer.json()["outputs"] == EXAMPLE_RESULT

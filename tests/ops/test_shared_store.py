@@ -15,7 +15,7 @@ from machinery.serving import free_port
 from tests.conftest import EXAMPLE_TEXT, definition, register_examples
 from tests.ops.procs import value
 from tests.support.mongowire import WireServer
-from tests.support.processes import MACHINERY, clean_env, serving
+from tests.support.processes import MACHINERY, clean_env, serving, wait_until
 
 REAL_URI = os.environ.get("MACHINERY_TEST_MONGO_URI")
 
@@ -73,7 +73,13 @@ def test_two_workers_on_one_mongodb_store_see_the_same_definitions(mongo_uri):
         assert api.post("/services", json=definition("service-upper")).status_code == 201
         # THEN every later request, whichever worker answers it, finds it
         answers = [api.get("/services/upper") for _ in range(12)]
-        scrape = api.get("/metrics").text
+        # A request's metric is written once its reply is sent: the scrape is made again until the last is.
+        def scraped():
+            text = api.get("/metrics").text
+            return text if value(text, "machinery_http_request_duration_seconds_count", method="GET",
+                                 endpoint="/services/<ref>", status="200") >= 12 else None
+
+        scrape = wait_until(scraped, 10, message="the 12 requests' metrics written")
         ready = api.get("/readyz")
     assert [answer.status_code for answer in answers] == [200] * 12
     assert value(scrape, "machinery_http_request_duration_seconds_count",

@@ -34,14 +34,15 @@ def served(app, path: str, **options):
     return started[0], b"".join(reply), reply
 
 
-def counted(histogram, **labels) -> float:
-    return sum(sample.value for family in histogram.collect() for sample in family.samples
-               if sample.name.endswith("_count") and all(sample.labels.get(k) == v for k, v in labels.items()))
+def counted(metric, suffix: str = "_count", **labels) -> float:
+    """This process's samples of a metric ending in `suffix` (a histogram's _count, a counter's _total), summed
+    over those with `labels`."""
+    return sum(sample.value for family in metric.collect() for sample in family.samples
+               if sample.name.endswith(suffix) and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
 def finished(workflow: str) -> float:
-    return sum(sample.value for family in metrics.EVENTS_FINISHED.collect() for sample in family.samples
-               if sample.name.endswith("_total") and sample.labels.get("workflow") == workflow)
+    return counted(metrics.EVENTS_FINISHED, "_total", workflow=workflow)
 
 
 def test_the_access_line_and_the_request_metric_wait_until_the_reply_is_sent(app, access):

@@ -82,7 +82,8 @@ def searchable(value: Any) -> bool:
         return len(value) <= MAX_VALUE
     if kind is bool:
         return True
-    if isinstance(value, int):  # an int, or the Int64 MongoDB answers for one past 32 bits (a resumed event's)
+    if isinstance(value, int):  # an int, or bson's Int64 (the store reads those back as ints; a value
+        # decoded without its decoder, or built by a caller, may still be one)
         return -_INT64 <= value < _INT64
     if kind is float:
         return math.isfinite(value)

@@ -9,8 +9,8 @@ from machinery import search
 
 
 def test_a_whole_number_past_32_bits_read_back_from_mongodb_stays_searchable():
-    # GIVEN a context with a millisecond timestamp and a large order number, as a worker reads it back
-    # from MongoDB (pymongo answers a BSON int64 as Int64, not int)
+    # GIVEN a context with a millisecond timestamp and a large order number, as pymongo decodes it from
+    # MongoDB without the store's decoder (a BSON int64 as Int64, not int; the store reads them as ints)
     sent = {"order": {"number": 5_000_000_000, "at_ms": 1_733_500_000_000, "lines": 3}}
     read_back = bson.decode(bson.encode({"context": sent}))["context"]
     assert type(read_back["order"]["number"]) is Int64

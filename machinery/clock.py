@@ -7,16 +7,19 @@ is dropped (dropping the zone alone would shift a date given in another zone by 
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 EPOCH = datetime(1970, 1, 1)  # the earliest date: a lease that has expired, a webhook due at once
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 def utcnow() -> datetime:
     """Now, as the naive UTC datetime both MongoDB and mongomock store without surprise: to the
-    millisecond, as BSON keeps it, so a date answered before it is stored equals the stored one."""
-    now = datetime.now(UTC)
-    return now.replace(tzinfo=None, microsecond=now.microsecond // 1000 * 1000)
+    millisecond, as BSON keeps it, so a date answered before it is stored equals the stored one.
+    Counted from 1970 as BSON counts it: a third of the time of `datetime.now(UTC)` and its
+    rounding, and a sync event reads the clock a dozen times."""
+    return EPOCH + time.time_ns() // 1_000_000 * _MILLISECOND
 
 
 def aware_now() -> datetime:

@@ -152,3 +152,25 @@ def test_pause_a_workflow_cancel_its_held_event_and_resume(live, open_page):
     page.get_by_role("button", name="Resume").click()
     expect(page.locator(".facts")).to_contain_text("running")
     assert live.event(sent["event_id"])["status"] == "cancelled"
+
+
+def test_every_page_loads_without_a_console_error_or_a_failed_request(live, open_page):
+    # GIVEN each page of the UI, the editor and an event's page among them
+    pages = ["/ui/", "/ui/workflows", "/ui/workflows/process-text", "/ui/editor", "/ui/services",
+             "/ui/schedules", "/ui/events", "/ui/bulk", f"/ui/events/{live.completed}", f"/ui/events/{live.failed}"]
+    page = open_page()
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(f"console {message.type}: {message.text}")
+            if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    page.on("requestfailed", lambda request: problems.append(f"request failed: {request.url}"))
+    page.on("response", lambda response: problems.append(f"{response.status}: {response.url}")
+            if response.status >= 400 else None)
+    for path in pages:
+        # WHEN a browser opens it, with the icon, the style and the script it links to
+        page.goto(live.url + path)
+        page.wait_for_load_state("networkidle")
+        # THEN nothing it asked for is missing or refused, and no script fails (a 404 icon was one)
+        assert not problems, f"{path}: {problems}"
+    icon = page.evaluate("document.querySelector('link[rel=icon]').href")
+    assert page.request.get(icon).headers["content-type"].startswith("image/svg+xml")

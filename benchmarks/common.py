@@ -214,6 +214,22 @@ def sequential(call: Callable[[], Any], samples: int = SAMPLES, warmup: int = 20
     return latencies
 
 
+def interleaved(sends: dict[str, Callable[[], Any]], times: int, warmup: int) -> dict[str, list[float]]:
+    """Each send timed up to `times` times, the sends taking turns round by round, so that a drift in
+    the machine's load (two cores, other processes) falls on all of them alike and not on one block."""
+    for send in sends.values():
+        for _ in range(warmup):
+            send()
+    seconds: dict[str, list[float]] = {name: [] for name in sends}
+    deadline = time.monotonic() + TIME_LIMIT_S * len(sends)
+    while any(len(taken) < times for taken in seconds.values()) and time.monotonic() < deadline:
+        for name, send in sends.items():
+            started = time.perf_counter()
+            send()
+            seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
 def concurrent(make_call: Callable[[], Callable[[], Any]], clients: int, events: int,
                time_limit_s: float = TIME_LIMIT_S, warmup: int = 2) -> tuple[float, list[float], int]:
     """`clients` threads sharing `events` calls; returns (calls/s, latencies, errors).

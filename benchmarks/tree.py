@@ -33,6 +33,7 @@ import requests
 
 from benchmarks import common, peers
 from benchmarks.apps import lean_call
+from benchmarks.common import interleaved
 from benchmarks.memory import rss_mb, worker_pid
 
 BRANCHES = 10
@@ -126,22 +127,6 @@ def run_event(session: requests.Session, api: str, workflow: str, body: dict, ti
 
 def timed_events(send, times: int, warmup: int) -> list[float]:
     return interleaved({"one": send}, times, warmup)["one"]
-
-
-def interleaved(sends: dict, times: int, warmup: int) -> dict[str, list[float]]:
-    """Each send timed up to `times` times, the sends taking turns round by round, so that a drift in
-    the machine's load (two cores, other processes) falls on all of them alike and not on one block."""
-    for send in sends.values():
-        for _ in range(warmup):
-            send()
-    seconds: dict[str, list[float]] = {name: [] for name in sends}
-    deadline = time.monotonic() + common.TIME_LIMIT_S * len(sends)
-    while any(len(taken) < times for taken in seconds.values()) and time.monotonic() < deadline:
-        for name, send in sends.items():
-            started = time.perf_counter()
-            send()
-            seconds[name].append(time.perf_counter() - started)
-    return seconds
 
 
 # -- the floor and Celery -------------------------------------------------------------------

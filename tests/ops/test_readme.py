@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -68,32 +69,35 @@ def test_the_readme_is_read_as_the_blocks_a_reader_runs():
     assert not any(PLACEHOLDER.search(command) for command in commands)
 
 
-def _demo(port: int) -> subprocess.Popen:
+def _demo(port: int, log) -> subprocess.Popen:
+    """`make run`'s demo, its output to `log`: a pipe nobody reads would stall it once full."""
     env = {**os.environ}
     env.pop("MACHINERY_MONGO_URI", None)
     env.pop("MACHINERY_API_KEYS", None)
     return subprocess.Popen([sys.executable, "-m", "machinery.cli", "demo", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _wait_for_demo(process: subprocess.Popen, deadline_s: float = 120) -> None:
+def _wait_for_demo(process: subprocess.Popen, log: Path, deadline_s: float = 120) -> None:
+    """Until the demo says it has registered and run its examples; bounded, and not past its exit."""
     deadline = time.monotonic() + deadline_s
-    for line in process.stdout:
-        if "Ctrl-C stops everything" in line:
+    while time.monotonic() < deadline and process.poll() is None:
+        if "Ctrl-C stops everything" in log.read_text(errors="replace"):
             return
-        if time.monotonic() > deadline:
-            break
-    raise AssertionError(f"the demo did not come up (exit {process.poll()})")
+        time.sleep(0.2)
+    raise AssertionError(f"the demo did not come up (exit {process.poll()}): {log.read_text(errors='replace')[-2000:]}")
 
 
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_every_curl_line_of_the_readme_works_against_make_run_and_leaves_the_demo_running():
+def test_every_curl_line_of_the_readme_works_against_make_run_and_leaves_the_demo_running(tmp_path):
     # GIVEN `make run`'s demo, and the README's curl lines block by block, as a reader pastes them
     port = free_port()
-    demo = _demo(port)
+    log_path = tmp_path / "demo.log"
+    log = log_path.open("w")
+    demo = _demo(port, log)
     try:
-        _wait_for_demo(demo)
+        _wait_for_demo(demo, log_path)
         base = f"localhost:{port}"
         ran = 0
         for start, commands in readme_commands((ROOT / "README.md").read_text()):
@@ -124,3 +128,4 @@ def test_every_curl_line_of_the_readme_works_against_make_run_and_leaves_the_dem
         except subprocess.TimeoutExpired:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.communicate(timeout=10)
+        log.close()

@@ -126,7 +126,8 @@ def fuzzed(example_services):
     orders_app = cli._load_example("orders")
     orders_app.config["ORDERS_TOKEN"] = ORDERS_TOKEN
     orders = ServerThread(orders_app).start()
-    addresses = {**example_services, "orders": orders.url}
+    # Each example service at its own server, as the demo registers them, the orders API's too.
+    addresses = {**example_services, **{name: orders.url for name in ("orders", *cli.ORDERS_API_SERVICES)}}
     app = create_app({"MONGO_URI": "mongomock://localhost/machinery-fuzz-tree", "EMBEDDED_WORKERS": 0,
                       "LOG_LEVEL": "critical"})
     client = app.test_client()
@@ -136,8 +137,7 @@ def fuzzed(example_services):
         if "slow-upper" in (definition.get("name"), *definition.get("services", ())):
             continue  # it calls back from a thread of its own, at an address the test client does not serve
         if kind == "service":
-            host = definition["address"].split("//", 1)[1].split(".local", 1)[0]
-            definition = {**definition, "address": addresses[host], "retry": {"max_attempts": 1, "backoff_s": 0}}
+            definition = {**cli.with_addresses(definition, addresses), "retry": {"max_attempts": 1, "backoff_s": 0}}
             assert client.post("/services", json=definition).status_code in (200, 201)
         else:
             workflows.append(definition)
